@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import NasctlError
 from .blocks import BLOCKS, SKIP
 
 _LAYER_RE = re.compile(r"^(?P<op>[a-z][a-z0-9_]*?)_c(?P<ch>[1-9][0-9]*)$")
 
 
-class GenomeError(ValueError):
+class GenomeError(NasctlError, ValueError):
     """A genome string or value that cannot be parsed or does not belong to a space."""
 
 
