@@ -1,0 +1,233 @@
+"""L-infinity attacks on models that take pixels in [0, 1], and the TRADES training loss.
+
+Each attack is a small class with its settings as fields (``to_dict()`` goes into results); the base
+class runs the model in eval mode by default, keeps the adversarial image inside both the
+epsilon-ball and [0, 1], and restores the model's train/eval state afterwards. Randomness comes
+from a ``torch.Generator`` handed in by the caller, never from the global seed.
+
+Training uses ``model_mode="train"`` (BatchNorm on batch statistics): a weight-sharing supernet's
+running statistics are a mixture over all paths and would make the inner maximisation weaker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTACKS: dict[str, type["Attack"]] = {}
+
+
+def register_attack(cls: type["Attack"]) -> type["Attack"]:
+    ATTACKS[cls.name] = cls
+    return cls
+
+
+def _uniform(shape_like: torch.Tensor, low: float, high: float, gen: torch.Generator | None) -> torch.Tensor:
+    u = torch.rand(shape_like.shape, generator=gen, device="cpu" if gen is None else gen.device,
+                   dtype=shape_like.dtype).to(shape_like.device)
+    return low + (high - low) * u
+
+
+@dataclass
+class Attack:
+    """Base: threat model L-inf, budget ``eps`` on pixels in [0, 1]."""
+
+    name: ClassVar[str] = ""
+    eps: float = 8 / 255
+    model_mode: str = "eval"  # "eval" for evaluation; "train" inside adversarial training
+
+    def to_dict(self) -> dict:
+        return {"attack": self.name, "norm": "Linf", **{k: v for k, v in asdict(self).items()}}
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                gen: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+        was_training = model.training
+        model.train(self.model_mode == "train")
+        req = [p.requires_grad for p in model.parameters()]
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                x_adv = self.perturb(model, x.detach(), y, gen)
+        finally:
+            for p, r in zip(model.parameters(), req):
+                p.requires_grad_(r)
+            model.train(was_training)
+        return x_adv.detach()
+
+    def _project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.min(torch.max(x_adv, x - self.eps), x + self.eps), 0.0, 1.0)
+
+
+def _grad(loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_fn(x), x)
+    return g
+
+
+@register_attack
+@dataclass
+class FGSM(Attack):
+    """Fast Gradient Sign Method (Goodfellow et al., 2015): one step of size eps from x."""
+
+    name: ClassVar[str] = "fgsm"
+
+    def perturb(self, model, x, y, gen):
+        g = _grad(lambda z: F.cross_entropy(model(z), y), x)
+        return self._project(x + self.eps * g.sign(), x)
+
+
+@register_attack
+@dataclass
+class FGSMRS(Attack):
+    """FGSM with random start (Wong et al., 2020, "Fast is better than free"): uniform start in the
+    eps-ball, one step of ``alpha`` (default 1.25 eps), projected back to the ball."""
+
+    name: ClassVar[str] = "fgsm-rs"
+    alpha: float | None = None
+
+    def perturb(self, model, x, y, gen):
+        alpha = 1.25 * self.eps if self.alpha is None else self.alpha
+        x0 = torch.clamp(x + _uniform(x, -self.eps, self.eps, gen), 0, 1)
+        g = _grad(lambda z: F.cross_entropy(model(z), y), x0)
+        return self._project(x0 + alpha * g.sign(), x)
+
+
+@register_attack
+@dataclass
+class NFGSM(Attack):
+    """N-FGSM (de Jorge et al., 2022): noise from [-k eps, k eps] (k=2), one step of eps, and no
+    projection back to the eps-ball (only to [0, 1]); avoids catastrophic overfitting at no cost."""
+
+    name: ClassVar[str] = "n-fgsm"
+    noise_mult: float = 2.0
+
+    def perturb(self, model, x, y, gen):
+        k = self.noise_mult * self.eps
+        x0 = torch.clamp(x + _uniform(x, -k, k, gen), 0, 1)
+        g = _grad(lambda z: F.cross_entropy(model(z), y), x0)
+        return torch.clamp(x0 + self.eps * g.sign(), 0, 1)
+
+
+@register_attack
+@dataclass
+class PGD(Attack):
+    """Projected gradient descent on cross-entropy (Madry et al., 2018), L-inf, random start.
+
+    With ``restarts`` > 1 the worst case per example over all restarts is kept (an example counts
+    as robust only if every restart fails). ``alpha`` defaults to 2.5 eps / steps.
+    """
+
+    name: ClassVar[str] = "pgd"
+    steps: int = 10
+    alpha: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+
+    @property
+    def step_size(self) -> float:
+        return self.alpha if self.alpha is not None else 2.5 * self.eps / max(self.steps, 1)
+
+    def perturb(self, model, x, y, gen):
+        best = x.clone()
+        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(max(self.restarts, 1)):
+            x_adv = self._one_run(model, x, y, gen)
+            with torch.no_grad():
+                wrong = model(x_adv).argmax(1) != y
+            best[~fooled] = x_adv[~fooled]  # fooled examples keep the image that fooled them
+            fooled |= wrong
+            if bool(fooled.all()):
+                break
+        return best
+
+    def _one_run(self, model, x, y, gen):
+        if self.eps == 0:
+            return x.clone()
+        x_adv = torch.clamp(x + _uniform(x, -self.eps, self.eps, gen), 0, 1) if self.random_start else x.clone()
+        for _ in range(self.steps):
+            g = _grad(lambda z: F.cross_entropy(model(z), y), x_adv)
+            x_adv = self._project(x_adv + self.step_size * g.sign(), x)
+        return x_adv
+
+
+@register_attack
+@dataclass
+class TRADESAttack(Attack):
+    """The inner maximisation of TRADES (Zhang et al., 2019): PGD on KL(f(x) || f(x'))
+    from a small Gaussian start (0.001)."""
+
+    name: ClassVar[str] = "trades"
+    steps: int = 10
+    alpha: float | None = None
+    beta: float = 6.0  # weight of the robust KL term in the training loss
+
+    def perturb(self, model, x, y, gen):
+        alpha = self.alpha if self.alpha is not None else 2.5 * self.eps / max(self.steps, 1)
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+        noise = torch.randn(x.shape, generator=gen, device="cpu" if gen is None else gen.device).to(x.device)
+        x_adv = torch.clamp(x + 0.001 * noise, 0, 1)
+        for _ in range(self.steps):
+            g = _grad(lambda z: F.kl_div(F.log_softmax(model(z), dim=1), p_clean, reduction="sum"), x_adv)
+            x_adv = self._project(x_adv + alpha * g.sign(), x)
+        return x_adv
+
+
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """CE(clean) + beta * KL(f(x) || f(x')) averaged over the batch (TRADES training objective)."""
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+    return F.cross_entropy(logits_clean, y) + beta * kl
+
+
+def make_attack(name: str, **kwargs) -> Attack:
+    """An attack from the registry by name, with only the settings it accepts."""
+    if name not in ATTACKS:
+        from .errors import NasctlError
+
+        raise NasctlError(f"unknown attack {name!r}: choose one of {', '.join(sorted(ATTACKS))}")
+    cls = ATTACKS[name]
+    fields = set(cls.__dataclass_fields__)
+    return cls(**{k: v for k, v in kwargs.items() if k in fields and v is not None})
+
+
+@dataclass
+class RobustResult:
+    clean_acc: float  # percent
+    adv_acc: float  # percent, under ``attack``
+    n: int
+    attack: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1) == y
+
+
+def evaluate(model: nn.Module, batches, attack: Attack | None, device: torch.device | str = "cpu",
+             gen: torch.Generator | None = None) -> RobustResult:
+    """Clean and adversarial top-1 accuracy (percent) of ``model`` in eval mode over ``batches``."""
+    was_training = model.training
+    model.eval()
+    n = clean = adv = 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            ok = _correct(model, x, y)
+            clean += int(ok.sum())
+            if attack is not None:
+                x_adv = attack(model, x, y, gen)
+                adv += int((_correct(model, x_adv, y) & ok).sum())  # robust = correct on x and x_adv
+            n += len(y)
+    finally:
+        model.train(was_training)
+    return RobustResult(100.0 * clean / max(n, 1), 100.0 * adv / max(n, 1) if attack else float("nan"), n,
+                        attack.to_dict() if attack else {})

@@ -1,0 +1,127 @@
+"""Supernet checkpoints: self-describing, written atomically, loaded with clear errors.
+
+A checkpoint carries the space definition, the data set's shape and normalisation, and the full
+training config next to the weights (like nanoGPT's ``ckpt.pt``), so ``load_supernet`` rebuilds the
+exact network without any other file. Files are written to a temporary name and renamed, so a
+crash mid-write never leaves a truncated checkpoint under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import NasctlError
+from .space import SearchSpace
+from .supernet import Supernet
+
+FORMAT = "nasctl.supernet.v1"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a nasctl checkpoint dict, turning every way it can be unreadable into one clear error."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("supernet.pt", "checkpoint.pt"):
+            if (path / name).exists():
+                path = path / name
+                break
+    if not path.exists():
+        raise NasctlError(f"checkpoint {str(path)!r} does not exist: give the path of a supernet.pt or "
+                          f"checkpoint.pt written by 'nasctl train' (or its run folder)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            AttributeError, TypeError) as e:
+        raise NasctlError(f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'}): re-run 'nasctl train' "
+                          f"(with --resume on its run folder) or pick another checkpoint") from e
+    except Exception as e:  # torch's UnpicklingError and friends
+        raise NasctlError(f"checkpoint {str(path)!r} is not a nasctl checkpoint ({type(e).__name__}): "
+                          f"give a file written by 'nasctl train'") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise NasctlError(f"checkpoint {str(path)!r} is not a nasctl supernet checkpoint (format "
+                          f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
+                          f"expected {FORMAT!r}): give a file written by 'nasctl train'")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+@dataclass
+class LoadedSupernet:
+    supernet: Supernet
+    space: SearchSpace
+    dataset: dict[str, Any]  # DatasetInfo.to_dict() of the data set it was trained on
+    config: dict[str, Any]  # the training config
+    epoch: int  # epochs completed
+    path: str
+
+
+def build_supernet(space: SearchSpace, dataset: dict[str, Any]) -> Supernet:
+    return Supernet(space, dataset["in_channels"], dataset["num_classes"], dataset["mean"], dataset["std"])
+
+
+def load_supernet(path: str | os.PathLike, expect_space: SearchSpace | None = None) -> LoadedSupernet:
+    """Rebuild a trained supernet from its checkpoint (eval mode, on the CPU).
+
+    ``expect_space`` guards against mixing runs: a checkpoint from another space or width raises.
+    """
+    ckpt = read_checkpoint(path)
+    space = SearchSpace.from_dict(ckpt["space"])
+    if expect_space is not None and space.to_dict() != expect_space.to_dict():
+        raise NasctlError(f"checkpoint {ckpt['path']!r} was trained on space {space.describe()}, not "
+                          f"{expect_space.describe()}: pass the matching --space/--width-mult or another checkpoint")
+    net = build_supernet(space, ckpt["dataset"])
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise NasctlError(f"checkpoint {ckpt['path']!r} does not match its own space definition "
+                          f"({str(e).splitlines()[0][:120]}): it was written by another nasctl version") from e
+    net.eval()
+    return LoadedSupernet(net, space, ckpt["dataset"], ckpt.get("config", {}), int(ckpt.get("epoch", 0)), ckpt["path"])

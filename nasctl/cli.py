@@ -1,0 +1,65 @@
+"""The ``nasctl`` command line: parse arguments, call library functions, print one-line errors.
+
+Each subcommand lives in ``nasctl/commands/<name>.py`` with ``add_parser(subparsers)`` and
+``run(args) -> int``; modules are imported lazily so ``nasctl --help`` stays fast (no torch import
+for the help text, no tensorflow ever, unless exporting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+
+# command name -> (module, one-line help). Modules are imported only for the chosen command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("nasctl.commands.train", "adversarially train a weight-sharing supernet"),
+    "search": ("nasctl.commands.search", "NSGA-II search for the Pareto front of robust tiny subnets"),
+    "eval": ("nasctl.commands.eval", "strong robustness evaluation of chosen subnets (PGD restarts, AutoAttack)"),
+    "export": ("nasctl.commands.export", "export a subnet to verified ONNX / TFLite float32 / int8"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nasctl", description="Find tiny networks that stay accurate under adversarial attack, "
+        "and ship them to phones (TAM-NAS).")
+    parser.add_argument("--version", action="version", version=f"nasctl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).add_parser(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s")
+    from nasctl.nas.errors import NasctlError
+
+    try:
+        return int(args.run(args) or 0)
+    except NasctlError as e:
+        print(f"nasctl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nasctl: interrupted; everything finished so far is on disk (use --resume to continue)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
