@@ -1,0 +1,401 @@
+"""Adversarial training of the weight-sharing supernet (``nasctl train``).
+
+Each batch trains one or several paths of the supernet on adversarial examples crafted against
+that same path: ``uniform`` samples one random subnet, ``sandwich`` trains the largest, the smallest
+and ``sandwich_random`` random subnets together (the sandwich rule of BigNAS/OFA), so both ends of
+the search space receive gradients every step. All paths of a step run in one forward call so the
+step is a single DistributedDataParallel forward/backward under ``torchrun``.
+
+A checkpoint is written atomically after every epoch and ``resume`` continues it bit-for-bit
+(weights, optimiser, schedule, every random generator). With single-step attacks a PGD check on the
+validation split runs each epoch; a collapse of PGD accuracy (catastrophic overfitting) stops
+training and restores the best weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attacks import PGD, Attack, evaluate, make_attack, trades_loss
+from .checkpoint import FORMAT, atomic_torch_save, build_supernet, read_checkpoint
+from .data import DataSplits, load_dataset
+from .errors import NasctlError
+from .runs import make_run_dir, write_run_config
+from .space import Genome, SearchSpace, load_space
+from .supernet import Supernet, recalibrate_bn
+
+log = logging.getLogger(__name__)
+
+TRAIN_ATTACKS = ("pgd", "fgsm-rs", "n-fgsm", "trades")
+SINGLE_STEP = ("fgsm-rs", "n-fgsm")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"  # the embedded default: no download
+    data_dir: str | None = None  # where torchvision data sets live (downloaded there when online)
+    space: str | None = None  # built-in space name or YAML path; None: 'digits' for digits, else 'tam'
+    width_mult: float = 1.0  # multiplies every channel choice (TAM-NAS question b)
+    epochs: int = 30  # digits: ~2 min on 2 CPU cores
+    batch_size: int = 64
+    lr: float = 0.05  # SGD, cosine-annealed to 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    attack: str = "pgd"  # pgd | fgsm-rs | n-fgsm | trades
+    eps: float | None = None  # L-inf budget on [0,1] pixels; None: the data set's default (digits 0.1)
+    attack_steps: int = 7  # PGD-7 (Madry); TRADES inner steps too
+    attack_alpha: float | None = None  # None: eps/4 for PGD/TRADES, 1.25 eps for FGSM-RS
+    trades_beta: float = 6.0
+    sampling: str = "sandwich"  # uniform | sandwich
+    sandwich_random: int = 1  # random paths per step besides largest and smallest
+    eval_size: int = 200  # validation images for the per-epoch check
+    eval_steps: int = 20  # PGD-20 in the per-epoch check
+    co_drop: float = 20.0  # points of PGD accuracy lost vs the best epoch that count as catastrophic overfitting
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bfloat16/float16 autocast on CUDA
+    val_size: int | None = None  # None: the data set's default validation size
+    run_root: str = "runs"
+    name: str = ""
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise NasctlError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise NasctlError(f"--batch-size must be > 0, got {self.batch_size}")
+        if self.attack not in TRAIN_ATTACKS:
+            raise NasctlError(f"unknown training attack {self.attack!r}: choose one of {', '.join(TRAIN_ATTACKS)}")
+        if self.sampling not in ("uniform", "sandwich"):
+            raise NasctlError(f"unknown --sampling {self.sampling!r}: choose uniform or sandwich")
+        if self.eps is not None and not 0 <= self.eps <= 1:
+            raise NasctlError(f"--eps must be in [0, 1] (pixels are in [0, 1]), got {self.eps}")
+        if self.width_mult <= 0:
+            raise NasctlError(f"--width-mult must be > 0, got {self.width_mult}")
+
+
+def resolve_space(cfg: TrainConfig) -> SearchSpace:
+    name = cfg.space or ("digits" if cfg.dataset == "digits" else "tam")
+    try:
+        return load_space(name, cfg.width_mult)
+    except ValueError as e:
+        raise NasctlError(str(e)) from e
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NasctlError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                          f"use --device cpu or install a CUDA build of torch")
+    return torch.device(name)
+
+
+class _Paths(nn.Module):
+    """Runs several (genome, images) pairs through the supernet in one forward call (one DDP step)."""
+
+    def __init__(self, supernet: Supernet):
+        super().__init__()
+        self.supernet = supernet
+
+    def forward(self, genomes: list[Genome], images: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs = []
+        for g, x in zip(genomes, images):
+            self.supernet.set_active(g)
+            outs.append(self.supernet(x))
+        return outs
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    lr: float
+    loss: float
+    train_clean_acc: float  # percent, over the trained paths on clean inputs
+    train_adv_acc: float  # percent, over the trained paths on their adversarial inputs
+    val: dict[str, dict[str, float]]  # 'largest'/'smallest' -> clean_acc, adv_acc (PGD-eval_steps)
+    seconds: float
+    images_per_s: float
+    catastrophic_overfitting: bool = False
+
+
+class Callbacks:
+    """Hooks for progress display; the CLI draws bars, library code only calls these."""
+
+    def on_epoch_start(self, epoch: int, epochs: int, n_batches: int) -> None: ...
+    def on_batch(self, loss: float, clean_acc: float, adv_acc: float) -> None: ...
+    def on_epoch_end(self, m: EpochMetrics) -> None: ...
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _maybe_init_distributed(device: torch.device) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+class Trainer:
+    """Owns one training run: data, supernet, optimiser, generators, run folder and checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, data: DataSplits | None = None,
+                 callbacks: Callbacks | None = None):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.cb = callbacks or Callbacks()
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world = _dist_info()
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        self.data = data or load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, val_size=cfg.val_size)
+        self.space = resolve_space(cfg)
+        self.eps = cfg.eps if cfg.eps is not None else self.data.info.default_eps
+        torch.manual_seed(cfg.seed)  # weight init only; all later randomness uses the generators below
+        self.supernet = build_supernet(self.space, self.data.info.to_dict()).to(self.device)
+        self.paths: nn.Module = _Paths(self.supernet)
+        if self.world > 1:
+            self.paths = nn.parallel.DistributedDataParallel(self.paths, find_unused_parameters=True)
+        self.opt = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, nesterov=True)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(cfg.epochs, 1))
+        self.rng = np.random.default_rng(cfg.seed)  # path sampling: identical on every rank
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order: identical on every rank
+        self.attack_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1000 * (self.rank + 1))
+        self.train_attack = self._make_train_attack()
+        self.eval_attack = PGD(eps=self.eps, steps=cfg.eval_steps, alpha=self.eps / 4)
+        self.epoch = 0
+        self.best_adv = -1.0
+        self.best_state: dict[str, Any] | None = None
+        self.stopped_early = False
+        use_amp = cfg.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.use_amp = use_amp
+
+    def _make_train_attack(self) -> Attack:
+        cfg = self.cfg
+        alpha = cfg.attack_alpha
+        if alpha is None and cfg.attack in ("pgd", "trades"):
+            alpha = self.eps / 4
+        return make_attack(cfg.attack, eps=self.eps, steps=cfg.attack_steps, alpha=alpha, model_mode="train",
+                           beta=cfg.trades_beta)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "space": self.space.to_dict(), "dataset": self.data.info.to_dict(),
+            "config": asdict(self.cfg), "epoch": self.epoch, "eps": self.eps,
+            "model": self.supernet.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": {"numpy": self.rng.bit_generator.state, "data": self.data_gen.get_state(),
+                    "attack": self.attack_gen.get_state().cpu()},
+            "best_adv": self.best_adv, "stopped_early": self.stopped_early,
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["space"] != self.space.to_dict():
+            raise NasctlError(f"checkpoint {ckpt['path']!r} is from space {ckpt['space'].get('name')!r} "
+                              f"(width x{ckpt['space'].get('width_mult')}), not {self.space.describe()}: "
+                              f"resume with the run's own settings")
+        self.supernet.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.rng.bit_generator.state = ckpt["rng"]["numpy"]
+        self.data_gen.set_state(ckpt["rng"]["data"])
+        self.attack_gen.set_state(ckpt["rng"]["attack"])
+        self.epoch = int(ckpt["epoch"])
+        self.best_adv = float(ckpt.get("best_adv", -1.0))
+        self.stopped_early = bool(ckpt.get("stopped_early", False))
+
+    def save(self, name: str = "checkpoint.pt") -> Path:
+        path = self.run_dir / name
+        if self.rank == 0:
+            atomic_torch_save(self.state(), path)
+        return path
+
+    # --- training ----------------------------------------------------------------------------
+    def _sample_paths(self) -> list[Genome]:
+        if self.cfg.sampling == "uniform":
+            return [self.space.sample(self.rng)]
+        return [self.space.largest(), self.space.smallest()] + [
+            self.space.sample(self.rng) for _ in range(self.cfg.sandwich_random)]
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+
+    def train_epoch(self) -> EpochMetrics:
+        import time
+
+        cfg = self.cfg
+        self.supernet.train()
+        n_batches = len(self.data.train) // (cfg.batch_size * self.world)
+        self.cb.on_epoch_start(self.epoch + 1, cfg.epochs, n_batches)
+        tot_loss = tot_clean = tot_adv = tot_n = 0.0
+        t0 = time.perf_counter()
+        images = 0
+        for x, y in self.data.train.batches(cfg.batch_size, shuffle=True, generator=self.data_gen, drop_last=True,
+                                           rank=self.rank, world_size=self.world):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            genomes = self._sample_paths()
+            advs = []
+            for g in genomes:
+                self.supernet.set_active(g)
+                with self._autocast():
+                    advs.append(self.train_attack(self.supernet, x, y, self.attack_gen))
+            k = len(genomes)
+            with self._autocast():
+                if cfg.attack == "trades":  # TRADES needs clean logits with gradient
+                    outs = self.paths(genomes + genomes, advs + [x] * k)
+                    adv_logits, clean_logits = outs[:k], outs[k:]
+                    losses = [trades_loss(c.float(), a.float(), y, cfg.trades_beta)
+                              for c, a in zip(clean_logits, adv_logits)]
+                else:
+                    adv_logits = self.paths(genomes, advs)
+                    losses = [F.cross_entropy(a.float(), y) for a in adv_logits]
+                    with torch.no_grad():  # clean accuracy, for the progress display only
+                        clean_logits = []
+                        for g in genomes:
+                            self.supernet.set_active(g)
+                            clean_logits.append(self.supernet(x))
+                loss = torch.stack(losses).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            with torch.no_grad():
+                c_acc = float(torch.stack([(c.argmax(1) == y).float().mean() for c in clean_logits]).mean())
+                a_acc = float(torch.stack([(a.argmax(1) == y).float().mean() for a in adv_logits]).mean())
+            tot_loss += float(loss) * len(y)
+            tot_clean += c_acc * len(y)
+            tot_adv += a_acc * len(y)
+            tot_n += len(y)
+            images += len(y) * len(genomes)
+            self.cb.on_batch(float(loss), 100 * c_acc, 100 * a_acc)
+        seconds = time.perf_counter() - t0
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        self.epoch += 1
+        sums = torch.tensor([tot_loss, tot_clean, tot_adv, tot_n, images], dtype=torch.float64)
+        if self.world > 1:
+            torch.distributed.all_reduce(sums)
+        tot_loss, tot_clean, tot_adv, tot_n, images = sums.tolist()
+        val = self.validate()
+        m = EpochMetrics(self.epoch, lr, tot_loss / max(tot_n, 1), 100 * tot_clean / max(tot_n, 1),
+                         100 * tot_adv / max(tot_n, 1), val, seconds, images / max(seconds, 1e-9))
+        self._guard_overfitting(m)
+        return m
+
+    def validate(self) -> dict[str, dict[str, float]]:
+        """Clean and PGD accuracy of the largest and smallest subnets, BN recalibrated, eval mode."""
+        out = {}
+        val = self.data.val.subset(min(self.cfg.eval_size, len(self.data.val)))
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        for label, g in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
+            sub = self.supernet.extract(g)
+            calib = torch.Generator().manual_seed(self.cfg.seed)
+            recalibrate_bn(sub, (x for x, _ in self.data.train.batches(
+                64, shuffle=True, generator=calib, drop_last=False)), self.device)
+            r = evaluate(sub, val.batches(256), self.eval_attack, self.device, gen)
+            out[label] = {"clean_acc": r.clean_acc, "adv_acc": r.adv_acc}
+        self.supernet.train()
+        return out
+
+    def _guard_overfitting(self, m: EpochMetrics) -> None:
+        adv = m.val["largest"]["adv_acc"]
+        if adv > self.best_adv:
+            self.best_adv = adv
+            if self.cfg.attack in SINGLE_STEP:
+                self.best_state = copy.deepcopy(self.supernet.state_dict())
+        elif self.cfg.attack in SINGLE_STEP and adv < self.best_adv - self.cfg.co_drop:
+            log.warning("catastrophic overfitting: PGD-%d accuracy fell from %.1f%% to %.1f%% at epoch %d; "
+                        "restoring the best weights and stopping (use --attack n-fgsm or pgd)",
+                        self.cfg.eval_steps, self.best_adv, adv, m.epoch)
+            if self.best_state is not None:
+                self.supernet.load_state_dict(self.best_state)
+            m.catastrophic_overfitting = True
+            self.stopped_early = True
+
+    def fit(self) -> list[EpochMetrics]:
+        history = []
+        metrics_path = self.run_dir / "metrics.jsonl"
+        while self.epoch < self.cfg.epochs and not self.stopped_early:
+            m = self.train_epoch()
+            history.append(m)
+            if self.rank == 0:
+                with open(metrics_path, "a") as f:
+                    f.write(_json_line(asdict(m)))
+                    f.flush()
+                    os.fsync(f.fileno())
+            self.save("checkpoint.pt")
+            self.cb.on_epoch_end(m)
+        self.save("supernet.pt")
+        return history
+
+
+
+def _json_line(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n"
+
+
+def train_supernet(cfg: TrainConfig, callbacks: Callbacks | None = None, run_dir: Path | None = None,
+                   data: DataSplits | None = None) -> tuple[Path, list[EpochMetrics]]:
+    """Train a supernet in a new run folder; returns (path of supernet.pt, per-epoch metrics)."""
+    owns_pg = _maybe_init_distributed(resolve_device(cfg.device))
+    try:
+        rank, _ = _dist_info()
+        if run_dir is None:
+            run_dir = make_run_dir(cfg.run_root, "train", cfg.name) if rank == 0 else None
+            if owns_pg:  # every rank writes into rank 0's folder
+                box = [str(run_dir) if run_dir else None]
+                torch.distributed.broadcast_object_list(box, src=0)
+                run_dir = Path(box[0])
+        trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
+        if trainer.rank == 0:
+            write_run_config(run_dir, "train", cfg, {"space": trainer.space.to_dict(),
+                                                     "dataset": trainer.data.info.to_dict(), "eps": trainer.eps,
+                                                     "world_size": trainer.world, "device": str(trainer.device)})
+        history = trainer.fit()
+    finally:
+        if owns_pg:
+            torch.distributed.destroy_process_group()
+    return run_dir / "supernet.pt", history
+
+
+def resume_training(run_dir: str | Path, callbacks: Callbacks | None = None,
+                    epochs: int | None = None) -> tuple[Path, list[EpochMetrics]]:
+    """Continue a run from its last checkpoint with the run's own config (optionally more epochs)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NasctlError(f"--resume {str(run_dir)!r} is not a run folder: give runs/train/<stamp>-<name>")
+    ckpt = read_checkpoint(run_dir / "checkpoint.pt")
+    cfg = TrainConfig(**ckpt["config"])
+    if epochs is not None:
+        cfg.epochs = epochs
+        cfg.validate()
+    owns_pg = _maybe_init_distributed(resolve_device(cfg.device))
+    try:
+        trainer = Trainer(cfg, run_dir, callbacks=callbacks)
+        trainer.load_state(ckpt)
+        trainer.sched.T_max = max(cfg.epochs, 1)
+        log.info("resuming %s at epoch %d of %d", run_dir, trainer.epoch, cfg.epochs)
+        history = trainer.fit()
+    finally:
+        if owns_pg:
+            torch.distributed.destroy_process_group()
+    return run_dir / "supernet.pt", history

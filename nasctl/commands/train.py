@@ -1,0 +1,59 @@
+"""``nasctl train``: adversarially train a weight-sharing supernet."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_config_flags, config_overrides, epoch_progress
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text + ". Checkpoints every epoch into "
+                       "runs/train/<stamp>-<name>/; --resume RUN continues it.")
+    add_train_flags(p)
+    p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its last checkpoint")
+    p.set_defaults(run=run)
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    from nasctl.nas.train import TRAIN_ATTACKS
+
+    g = p.add_argument_group("supernet training")
+    g.add_argument("--dataset", help="digits (default, embedded), cifar10, cifar100, svhn, mnist, fashion-mnist")
+    g.add_argument("--data-dir", help="folder of a torchvision data set (downloaded there when online)")
+    g.add_argument("--space", help="search space: a built-in name (digits, tam) or a YAML file")
+    g.add_argument("--width-mult", type=float, help="width multiplier on every channel choice (default 1.0)")
+    g.add_argument("--epochs", type=int, help="training epochs (default 12)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float, help="initial SGD learning rate (cosine schedule)")
+    g.add_argument("--attack", choices=TRAIN_ATTACKS, help="training attack (default pgd)")
+    g.add_argument("--eps", type=float, help="L-inf budget on [0,1] pixels (default: the data set's, digits 0.1)")
+    g.add_argument("--attack-steps", type=int, help="PGD/TRADES inner steps (default 7)")
+    g.add_argument("--sampling", choices=("uniform", "sandwich"), help="paths trained per batch (default sandwich)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
+    add_config_flags(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nasctl.nas.runs import merge_config
+    from nasctl.nas.train import TrainConfig, resume_training, train_supernet
+
+    if args.resume:
+        path, history = resume_training(args.resume, epoch_progress(), epochs=args.epochs)
+    else:
+        cfg = merge_config(TrainConfig, args.config, config_overrides(args, TrainConfig))
+        path, history = train_supernet(cfg, epoch_progress())
+    if history:
+        last = history[-1]
+        for label, v in last.val.items():
+            print(f"{label:>8} subnet: clean {v['clean_acc']:.1f} %  PGD-{last_steps(path)} {v['adv_acc']:.1f} %")
+    print(f"supernet: {path}")
+    return 0
+
+
+def last_steps(path) -> int:
+    import json
+
+    cfg = json.loads((path.parent / "config.json").read_text())["config"]
+    return int(cfg["eval_steps"])
