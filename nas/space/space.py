@@ -172,30 +172,48 @@ class SearchSpace:
         return Genome(tuple(genes))
 
     # --- analytic costs ----------------------------------------------------------------------
+    def conv_specs(self, genome: Genome, in_channels: int, resolution: int) -> list[tuple[ConvSpec | BNSpec, int]]:
+        """Every conv/BN layer of the subnet with its output resolution (head conv included)."""
+        self.validate(genome)
+        hw = out_size(resolution, self.stem_stride)
+        out: list[tuple[ConvSpec | BNSpec, int]] = [(ConvSpec(in_channels, self.stem, 3, self.stem_stride), hw),
+                                                    (BNSpec(self.stem), hw)]
+        cin = self.stem
+        for gene, lc in zip(genome.layers, self.layers):
+            if gene.op == SKIP:
+                continue
+            block = BLOCKS[gene.op](2, 2, lc.stride)  # tiny instance, only for its specs
+            hw_out = out_size(hw, lc.stride)
+            out += [(spec, hw if at_input else hw_out) for _, spec, at_input in block.specs(cin, gene.channels)]
+            hw, cin = hw_out, gene.channels
+        out += [(ConvSpec(cin, self.head, 1), hw), (BNSpec(self.head), hw)]
+        return out
+
     def cost(self, genome: Genome, in_channels: int, resolution: int, num_classes: int) -> tuple[int, int]:
         """(parameters, MACs) of the subnet, computed from the genome alone.
 
         Equals ``sum(p.numel())`` of the extracted model exactly (tested); MACs count conv and
         linear multiply-accumulates at the given input resolution (BatchNorm folded, as deployed).
         """
-        self.validate(genome)
-        hw = out_size(resolution, self.stem_stride)
-        stem = ConvSpec(in_channels, self.stem, 3, self.stem_stride)
-        params = stem.params() + BNSpec(self.stem).params()
-        macs = stem.macs(hw)
-        cin = self.stem
-        for gene, lc in zip(genome.layers, self.layers):
-            if gene.op == SKIP:
-                continue
-            block = BLOCKS[gene.op](2, 2, lc.stride)  # tiny instance, only for its specs
-            p, m = block.cost(cin, gene.channels, hw)
-            params, macs = params + p, macs + m
-            hw = out_size(hw, lc.stride)
-            cin = gene.channels
-        head = ConvSpec(cin, self.head, 1)
-        params += head.params() + BNSpec(self.head).params() + self.head * num_classes + num_classes
-        macs += head.macs(hw) + self.head * num_classes
-        return params, macs
+        params = macs = 0
+        for spec, hw in self.conv_specs(genome, in_channels, resolution):
+            params += spec.params()
+            macs += spec.macs(hw)
+        return params + self.head * num_classes + num_classes, macs + self.head * num_classes
+
+    def int8_bytes(self, genome: Genome, in_channels: int, resolution: int, num_classes: int) -> int:
+        """Estimated size of the full-int8 TFLite file: one byte per weight, BatchNorm folded into a
+        per-channel int32 bias, a float32 scale and an int64 zero point per output channel, plus a
+        fixed ~2 KB for the flatbuffer, tensors and operator tables (about 300 B per operator)."""
+        weights = per_channel = ops = 0
+        for spec, _ in self.conv_specs(genome, in_channels, resolution):
+            if isinstance(spec, ConvSpec):
+                weights += spec.params()
+                per_channel += spec.out_ch
+                ops += 1
+        weights += self.head * num_classes
+        per_channel += num_classes
+        return weights + 16 * per_channel + 300 * (ops + 3) + 2048
 
 
 def _op_params(op: str, cin: int, cout: int, stride: int) -> int:

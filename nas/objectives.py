@@ -1,0 +1,59 @@
+"""Search objectives and constraints: what each means, its unit, and how it becomes a value to minimise.
+
+Accuracies are maximised (pymoo minimises ``1 - acc/100``); sizes are minimised and divided by the
+size of the space's largest subnet, so every minimised value lies in about [0, 1] and one fixed
+hypervolume reference point (1.1 in every objective) is meaningful across runs of the same space.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .errors import NasctlError
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    maximize: bool
+    unit: str
+    label: str
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("clean_acc", True, "%", "clean accuracy"),
+    Objective("adv_acc", True, "%", "PGD accuracy"),
+    Objective("params", False, "", "parameters"),
+    Objective("int8_bytes", False, "B", "int8 model size (estimated)"),
+    Objective("macs", False, "", "multiply-accumulates"),
+    Objective("latency_ms", False, "ms", "latency"),
+)}
+SIZE_OBJECTIVES = ("params", "int8_bytes", "macs")
+DEFAULT_OBJECTIVES = ("clean_acc", "adv_acc", "params")
+
+
+def parse_objectives(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Validate a comma-separated objective list; latency is refused until a profiler is wired in."""
+    names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if len(names) < 2:
+        raise NasctlError(f"--objectives needs at least two objectives, got {names}: e.g. clean_acc,adv_acc,params")
+    for n in names:
+        if n not in OBJECTIVES:
+            hint = difflib.get_close_matches(n, list(OBJECTIVES), n=1)
+            raise NasctlError(f"unknown objective {n!r}" + (f": did you mean {hint[0]!r}?" if hint else "")
+                              + f"; choose from {', '.join(OBJECTIVES)}")
+        if n == "latency_ms":
+            raise NasctlError("objective latency_ms needs a latency source (nasctl profile / on-device "
+                              "measurements), which this version does not have yet: use params, int8_bytes "
+                              "or macs as the size/cost objective")
+    if len(set(names)) != len(names):
+        raise NasctlError(f"--objectives lists an objective twice: {names}")
+    return tuple(names)
+
+
+def minimised(name: str, value: float, scale: dict[str, float]) -> float:
+    """The value pymoo minimises for objective ``name`` (errors in [0,1], sizes over ``scale``)."""
+    if OBJECTIVES[name].maximize:
+        return 1.0 - value / 100.0
+    return value / scale[name]

@@ -1,0 +1,174 @@
+"""What a search leaves behind for people: the front, its plots, layer statistics and a summary.
+
+The layer-wise statistics of the first front (how often each block type and width appears at each
+layer) are TAM-NAS's design guideline for robust tiny networks; they go to ``layer_stats.csv`` and
+a heat map. Plots use matplotlib's Agg backend so no display is needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import atomic_write_bytes, atomic_write_text
+from .objectives import OBJECTIVES
+from .space import SKIP, Genome, SearchSpace
+
+
+def knee_index(front: list[dict[str, Any]], objectives: tuple[str, ...]) -> int:
+    """The front member closest (Euclidean) to the ideal point after scaling each objective to [0, 1]
+    over the front -- the balanced choice that ``nasctl export`` takes by default."""
+    if not front:
+        raise ValueError("empty front")
+    F = np.array([[(-r[o] if OBJECTIVES[o].maximize else r[o]) for o in objectives] for r in front], dtype=float)
+    lo, hi = F.min(0), F.max(0)
+    Z = (F - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return int(np.argmin(np.linalg.norm(Z, axis=1)))
+
+
+def layer_stats(space: SearchSpace, front: list[dict[str, Any]]) -> tuple[list[str], list[list[int]], list[str],
+                                                                          list[list[int]]]:
+    """Counts over the front: (block names, layer x block counts, width labels, layer x width counts)."""
+    ops = sorted({op for lc in space.layers for op in lc.ops}, key=lambda o: (o == SKIP, o))
+    widths = sorted({c for lc in space.layers for c in lc.channels})
+    op_counts = [[0] * len(ops) for _ in space.layers]
+    ch_counts = [[0] * len(widths) for _ in space.layers]
+    for rec in front:
+        for i, gene in enumerate(Genome.decode(rec["genome"]).layers):
+            op_counts[i][ops.index(gene.op)] += 1
+            if gene.op != SKIP:
+                ch_counts[i][widths.index(gene.channels)] += 1
+    return ops, op_counts, [str(w) for w in widths], ch_counts
+
+
+def layer_stats_csv(space: SearchSpace, front: list[dict[str, Any]]) -> str:
+    ops, op_counts, widths, ch_counts = layer_stats(space, front)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["layer", "stride", *[f"block:{o}" for o in ops], *[f"width:{c}" for c in widths]])
+    for lc, oc, cc in zip(space.layers, op_counts, ch_counts):
+        w.writerow([lc.index, lc.stride, *oc, *cc])
+    return buf.getvalue()
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_projections(path: Path, archive: list[dict[str, Any]], front: list[dict[str, Any]],
+                     objectives: tuple[str, ...]) -> None:
+    """2-D projections of the front over every evaluated candidate, one panel per objective pair."""
+    plt = _plt()
+    pairs = list(itertools.combinations(objectives, 2))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4), squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs):
+        ax.scatter([r[a] for r in archive], [r[b] for r in archive], s=10, c="0.75", label="evaluated")
+        ax.scatter([r[a] for r in front], [r[b] for r in front], s=24, c="C3", label="Pareto front")
+        ax.set_xlabel(f"{OBJECTIVES[a].label} ({a})")
+        ax.set_ylabel(f"{OBJECTIVES[b].label} ({b})")
+        for o, setter in ((a, ax.set_xscale), (b, ax.set_yscale)):
+            if not OBJECTIVES[o].maximize:
+                setter("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"{len(front)} non-dominated of {len(archive)} evaluated subnets")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_hypervolume(path: Path, history: list[dict[str, Any]], label: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([h["generation"] for h in history], [h["hypervolume"] for h in history], marker="o")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("hypervolume")
+    ax.set_title(label)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_layer_heatmap(path: Path, space: SearchSpace, front: list[dict[str, Any]]) -> None:
+    plt = _plt()
+    ops, op_counts, widths, ch_counts = layer_stats(space, front)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(4 + 0.5 * (len(ops) + len(widths)), 0.5 * len(space.layers) + 2),
+                                 gridspec_kw={"width_ratios": [len(ops), max(len(widths), 1)]})
+    for ax, counts, labels, title in ((a1, op_counts, ops, "block type"), (a2, ch_counts, widths, "width")):
+        m = np.array(counts)
+        ax.imshow(m, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(space.layers)), [f"L{lc.index} s{lc.stride}" for lc in space.layers], fontsize=8)
+        for (i, j), v in np.ndenumerate(m):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", color="w", fontsize=7)
+        ax.set_title(f"{title} per layer on the first front")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: int,
+                     history: list[dict[str, Any]]) -> str:
+    objs = meta["objectives"]
+    final = meta.get("final_attack") or {}
+    lines = [
+        f"# nasctl search: {meta['run']}",
+        "",
+        f"- data set: **{meta['dataset']}**; supernet: `{meta['supernet']}`",
+        f"- threat model: L-inf, eps = {meta['eps']:.4g} on [0,1] pixels",
+        f"- search: {meta['algorithm']}, population {meta['pop_size']}, {meta['generations']} generations, "
+        f"{meta['evaluations']} distinct subnets evaluated, seed {meta['seed']}",
+        f"- objectives: {', '.join(objs)}; search-time attack: PGD-{meta['search_attack']['steps']} on "
+        f"{meta['val_images']} validation images (never the test split)",
+        f"- final evaluation: PGD-{final.get('steps')} x {final.get('restarts')} restarts on the test split "
+        f"({meta.get('final_images')} images)",
+        f"- hypervolume (reference point {meta['reference_point']} in each minimised objective): "
+        f"{history[-1]['hypervolume']:.4f} after generation {history[-1]['generation']}" if history else "",
+        f"- wall time: {meta['seconds']:.0f} s",
+        "",
+        f"## Pareto front ({len(front)} subnets, knee marked *)",
+        "",
+        "| # | genome | params | int8 KB | MACs | val clean % | val PGD % | test clean % | test PGD % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(front):
+        lines.append(f"| {i}{'*' if i == knee else ''} | `{r['genome']}` | {r['params']:,} | "
+                     f"{r['int8_bytes'] / 1024:.1f} | {r['macs']:,} | {r['clean_acc']:.1f} | {r['adv_acc']:.1f} | "
+                     f"{r.get('final_clean_acc', float('nan')):.1f} | {r.get('final_adv_acc', float('nan')):.1f} |")
+    lines += ["", "Files: `pareto.json` (front), `archive.jsonl` (every evaluated subnet), `history.json` "
+              "(hypervolume per generation), `front_projections.png`, `hypervolume.png`, `layer_heatmap.png`, "
+              "`layer_stats.csv`, `config.json` (settings, seed, versions).", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(run_dir: Path, space: SearchSpace, meta: dict[str, Any], archive: list[dict[str, Any]],
+                  front: list[dict[str, Any]], history: list[dict[str, Any]]) -> int:
+    """Write pareto.json, layer_stats.csv, the plots and summary.md; returns the knee index."""
+    from .checkpoint import atomic_write_json
+
+    objs = tuple(meta["objectives"])
+    knee = knee_index(front, objs) if front else -1
+    atomic_write_json(run_dir / "pareto.json", {**meta, "knee": knee, "front": front})
+    atomic_write_text(run_dir / "layer_stats.csv", layer_stats_csv(space, front))
+    if front:
+        plot_projections(run_dir / "front_projections.png", archive, front, objs)
+        plot_layer_heatmap(run_dir / "layer_heatmap.png", space, front)
+    if history:
+        plot_hypervolume(run_dir / "hypervolume.png", history, f"{meta['algorithm']}, seed {meta['seed']}")
+    atomic_write_text(run_dir / "summary.md", summary_markdown(meta, front, knee, history))
+    return knee

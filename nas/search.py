@@ -1,0 +1,313 @@
+"""NSGA-II search over subnets with inherited weights (``nasctl search``), crash-safe and resumable.
+
+pymoo drives the search (categorical genes: a ``Choice`` for each layer's block and width, uniform
+crossover, random-choice mutation, duplicates removed by genome string) through its ask/tell
+interface; this module only supplies the evaluations. Every evaluated candidate is appended to
+``archive.jsonl`` as soon as it finishes. Resuming re-runs the algorithm from the same seed and
+answers every candidate already in the archive from it -- evaluations are deterministic per genome
+(see :mod:`.evaluate`), so the resumed run retraces the uninterrupted one exactly, with no pickled
+algorithm state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import NasctlError
+from .objectives import DEFAULT_OBJECTIVES, OBJECTIVES, SIZE_OBJECTIVES, minimised, parse_objectives
+from .space import SKIP, Genome, LayerGene, SearchSpace
+
+log = logging.getLogger(__name__)
+
+HV_REFERENCE = 1.1  # in every minimised objective (errors in [0,1], sizes relative to the largest subnet)
+
+
+@dataclass
+class SearchConfig:
+    supernet: str | None = None  # trained supernet checkpoint; None: train one first (data set defaults)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    space: str | None = None  # only used when training a supernet first
+    width_mult: float = 1.0  # only used when training a supernet first
+    epochs: int | None = None  # supernet training epochs when training first (None: training default)
+    algorithm: str = "nsga2"  # nsga2 | random (the baseline at the same evaluation budget)
+    objectives: str = ",".join(DEFAULT_OBJECTIVES)
+    pop_size: int = 20
+    generations: int = 10
+    max_params: int | None = None  # constraint
+    max_latency_ms: float | None = None  # constraint (needs a latency source)
+    min_clean_acc: float | None = None  # constraint, percent
+    eps: float | None = None  # None: the eps the supernet was trained with
+    pgd_steps: int = 10  # search-time proxy attack
+    val_size: int = 200
+    calib_batches: int = 4
+    final_steps: int = 20  # final evaluation of the front on the test split
+    final_restarts: int = 3
+    seed: int = 0
+    device: str = "auto"
+    run_root: str = "runs"
+    name: str = ""
+
+    def validate(self) -> None:
+        parse_objectives(self.objectives)
+        if self.algorithm not in ("nsga2", "random"):
+            raise NasctlError(f"unknown --algorithm {self.algorithm!r}: choose nsga2 or random")
+        if self.pop_size < 2 or self.generations < 1:
+            raise NasctlError(f"--pop-size must be >= 2 and --generations >= 1 (got {self.pop_size}, "
+                              f"{self.generations})")
+        if self.max_latency_ms is not None:
+            raise NasctlError("--max-latency-ms needs a latency source (nasctl profile), which this version "
+                              "does not have yet: constrain size with --max-params instead")
+
+
+@dataclass
+class GenerationStats:
+    generation: int
+    evaluations: int  # distinct candidates evaluated so far
+    hypervolume: float
+    best: dict[str, float]  # best raw value of each objective so far (feasible candidates)
+    seconds: float
+
+
+class Callbacks:
+    def on_generation(self, stats: GenerationStats, total: int) -> None: ...
+    def on_evaluation(self, record: dict[str, Any]) -> None: ...
+
+
+# --- the archive ----------------------------------------------------------------------------
+class Archive:
+    """Append-only JSON-lines record of every evaluated candidate; the search's cache and its resume."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        good_bytes = 0
+        with open(self.path, "rb") as f:
+            for raw in f:
+                try:
+                    rec = json.loads(raw)
+                except json.JSONDecodeError:
+                    log.warning("archive %s: dropping a half-written last line (crash during a write)", self.path)
+                    break
+                if not raw.endswith(b"\n"):
+                    break
+                self.records[rec["genome"]] = rec
+                good_bytes += len(raw)
+        if good_bytes != self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.truncate(good_bytes)
+
+    def __contains__(self, genome: str) -> bool:
+        return genome in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, rec: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[rec["genome"]] = rec
+
+
+# --- pymoo problem --------------------------------------------------------------------------
+def _pymoo():
+    from pymoo.algorithms.moo.nsga2 import NSGA2, binary_tournament
+    from pymoo.core.duplicate import ElementwiseDuplicateElimination
+    from pymoo.core.mixed import MixedVariableMating, MixedVariableSampling
+    from pymoo.core.problem import Problem
+    from pymoo.core.variable import Choice
+    from pymoo.operators.selection.tournament import TournamentSelection
+
+    return NSGA2, binary_tournament, ElementwiseDuplicateElimination, MixedVariableMating, \
+        MixedVariableSampling, Problem, Choice, TournamentSelection
+
+
+def space_vars(space: SearchSpace) -> dict[str, Any]:
+    """One pymoo ``Choice`` per gene: the block of each layer and its width."""
+    *_, Choice, _ = _pymoo()
+    out = {}
+    for lc in space.layers:
+        out[f"L{lc.index:02d}_op"] = Choice(options=list(lc.ops))
+        out[f"L{lc.index:02d}_ch"] = Choice(options=list(lc.channels))
+    return out
+
+
+def genome_from_vars(space: SearchSpace, x: dict[str, Any]) -> Genome:
+    genes = []
+    for lc in space.layers:
+        op, ch = str(x[f"L{lc.index:02d}_op"]), int(x[f"L{lc.index:02d}_ch"])
+        genes.append(LayerGene(op) if op == SKIP else LayerGene(op, ch))
+    return Genome(tuple(genes))
+
+
+class SearchState:
+    """The objective function of one run: cache/archive lookup, evaluation, and bookkeeping."""
+
+    def __init__(self, space: SearchSpace, objectives: tuple[str, ...], evaluate_fn: Callable[[Genome], dict],
+                 sizes: Callable[[Genome], dict], archive: Archive, cfg: SearchConfig,
+                 callbacks: Callbacks):
+        self.space, self.objectives, self.evaluate_fn, self.sizes = space, objectives, evaluate_fn, sizes
+        self.archive, self.cfg, self.cb = archive, cfg, callbacks
+        largest = sizes(space.largest())
+        self.scale = {k: float(largest[k]) for k in SIZE_OBJECTIVES}
+        self.generation = 0
+        self.constraints = [c for c in ("max_params", "min_clean_acc") if getattr(cfg, c) is not None]
+
+    def record(self, genome: Genome) -> dict[str, Any]:
+        key = genome.encode()
+        if key in self.archive:
+            return self.archive.records[key]
+        rec = {"genome": key, **self.sizes(genome), **self.evaluate_fn(genome), "generation": self.generation,
+               "index": len(self.archive)}
+        self.archive.add(rec)
+        self.cb.on_evaluation(rec)
+        return rec
+
+    def F(self, rec: dict[str, Any]) -> list[float]:
+        return [minimised(o, rec[o], self.scale) for o in self.objectives]
+
+    def G(self, rec: dict[str, Any]) -> list[float]:
+        g = []
+        if self.cfg.max_params is not None:
+            g.append((rec["params"] - self.cfg.max_params) / self.scale["params"])
+        if self.cfg.min_clean_acc is not None:
+            g.append((self.cfg.min_clean_acc - rec["clean_acc"]) / 100.0)
+        return g
+
+    def feasible(self, rec: dict[str, Any]) -> bool:
+        return all(v <= 0 for v in self.G(rec))
+
+
+def _make_problem(state: SearchState):
+    *_, Problem, _, _ = _pymoo()
+
+    class RobustTinyNAS(Problem):
+        def __init__(self):
+            super().__init__(vars=space_vars(state.space), n_obj=len(state.objectives),
+                             n_ieq_constr=len(state.constraints))
+
+        def _evaluate(self, X, out, *args, **kwargs):
+            recs = [state.record(genome_from_vars(state.space, x)) for x in X]
+            out["F"] = np.array([state.F(r) for r in recs], dtype=float)
+            if state.constraints:
+                out["G"] = np.array([state.G(r) for r in recs], dtype=float)
+
+    return RobustTinyNAS()
+
+
+def _make_nsga2(space: SearchSpace, pop_size: int):
+    NSGA2, binary_tournament, ElementwiseDup, MixedVariableMating, MixedVariableSampling, _, _, Tournament = _pymoo()
+
+    class SameGenome(ElementwiseDup):
+        """Two individuals are duplicates when they encode the same subnet (skip ignores width)."""
+
+        def is_equal(self, a, b):
+            return genome_from_vars(space, a.X) == genome_from_vars(space, b.X)
+
+    dup = SameGenome()
+    return NSGA2(pop_size=pop_size, sampling=MixedVariableSampling(),
+                 mating=MixedVariableMating(selection=Tournament(func_comp=binary_tournament),
+                                            eliminate_duplicates=dup),
+                 eliminate_duplicates=dup)
+
+
+# --- front analysis helpers -----------------------------------------------------------------
+def nondominated(state: SearchState, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    feas = [r for r in recs if state.feasible(r)]
+    if not feas:
+        return []
+    F = np.array([state.F(r) for r in feas])
+    idx = NonDominatedSorting().do(F, only_non_dominated_front=True)
+    return [feas[i] for i in sorted(idx, key=lambda i: (feas[i]["params"], feas[i]["genome"]))]
+
+
+def hypervolume(state: SearchState, front: list[dict[str, Any]]) -> float:
+    from pymoo.indicators.hv import HV
+
+    if not front:
+        return 0.0
+    F = np.array([state.F(r) for r in front])
+    return float(HV(ref_point=np.full(F.shape[1], HV_REFERENCE))(F))
+
+
+def best_values(state: SearchState, recs: list[dict[str, Any]]) -> dict[str, float]:
+    feas = [r for r in recs if state.feasible(r)] or recs
+    out = {}
+    for o in state.objectives:
+        vals = [r[o] for r in feas]
+        out[o] = max(vals) if OBJECTIVES[o].maximize else min(vals)
+    return out
+
+
+# --- the driver -----------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    front: list[dict[str, Any]]
+    history: list[GenerationStats] = field(default_factory=list)
+    evaluations: int = 0
+
+
+def run_generations(state: SearchState, cfg: SearchConfig, history_path: Path | None = None) -> SearchResult:
+    """Run NSGA-II (or the random baseline) for ``cfg.generations`` generations of ``cfg.pop_size``."""
+    history: list[GenerationStats] = []
+    t0 = time.perf_counter()
+
+    def end_generation(gen: int) -> None:
+        recs = list(state.archive.records.values())
+        front = nondominated(state, recs)
+        st = GenerationStats(gen, len(recs), hypervolume(state, front), best_values(state, recs),
+                             time.perf_counter() - t0)
+        history.append(st)
+        if history_path is not None:
+            from .checkpoint import atomic_write_json
+
+            atomic_write_json(history_path, {"reference_point": HV_REFERENCE, "objectives": list(state.objectives),
+                                             "scale": state.scale, "generations": [asdict(h) for h in history]})
+        state.cb.on_generation(st, cfg.generations)
+
+    if cfg.algorithm == "nsga2":
+        algo = _make_nsga2(state.space, cfg.pop_size)
+        problem = _make_problem(state)
+        algo.setup(problem, termination=("n_gen", cfg.generations), seed=cfg.seed, verbose=False)
+        gen = 0
+        while algo.has_next():
+            gen += 1
+            state.generation = gen
+            pop = algo.ask()
+            algo.evaluator.eval(problem, pop)
+            algo.tell(infills=pop)
+            end_generation(state.generation)
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        seen: set[str] = set()
+        for gen in range(1, cfg.generations + 1):
+            state.generation = gen
+            batch = []
+            for _ in range(100 * cfg.pop_size):
+                if len(batch) == cfg.pop_size:
+                    break
+                g = state.space.sample(rng)
+                if g.encode() not in seen:
+                    seen.add(g.encode())
+                    batch.append(g)
+            for g in batch:
+                state.record(g)
+            end_generation(gen)
+    front = nondominated(state, list(state.archive.records.values()))
+    return SearchResult(front, history, len(state.archive))

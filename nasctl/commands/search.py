@@ -1,0 +1,88 @@
+"""``nasctl search``: the main job -- NSGA-II over a trained supernet, the Pareto front and its plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._common import add_config_flags, config_overrides, epoch_progress
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text + ". With no arguments: trains a small "
+                       "supernet on the embedded digits data set, searches it, and writes the front, plots and "
+                       "layer statistics to runs/search/<stamp>/.")
+    g = p.add_argument_group("search")
+    g.add_argument("--supernet", metavar="CKPT", help="trained supernet (supernet.pt or its run folder); "
+                   "without it, one is trained first")
+    g.add_argument("--dataset", help="digits (default), cifar10, cifar100, svhn, mnist, fashion-mnist")
+    g.add_argument("--data-dir", help="folder of a torchvision data set")
+    g.add_argument("--space", help="space for the supernet trained first (digits, tam or a YAML file)")
+    g.add_argument("--width-mult", type=float, help="width multiplier of the supernet trained first")
+    g.add_argument("--epochs", type=int, help="epochs of the supernet trained first")
+    g.add_argument("--algorithm", choices=("nsga2", "random"), help="nsga2 (default) or the random baseline")
+    g.add_argument("--objectives", help="comma-separated from clean_acc, adv_acc, params, int8_bytes, macs, "
+                   "latency_ms (default clean_acc,adv_acc,params)")
+    g.add_argument("--pop-size", type=int, help="population size (default 20)")
+    g.add_argument("--generations", type=int, help="generations (default 10)")
+    g.add_argument("--max-params", type=int, help="constraint: at most this many parameters")
+    g.add_argument("--max-latency-ms", type=float, help="constraint: latency budget (needs a latency source)")
+    g.add_argument("--min-clean-acc", type=float, help="constraint: clean validation accuracy, percent")
+    g.add_argument("--eps", type=float, help="L-inf budget (default: the supernet's training eps)")
+    g.add_argument("--pgd-steps", type=int, help="search-time PGD steps (default 10)")
+    g.add_argument("--val-size", type=int, help="validation images per candidate (default 200)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
+    add_config_flags(p)
+    p.set_defaults(run=run)
+
+
+def _progress():
+    from tqdm import tqdm
+
+    from nasctl.nas.objectives import OBJECTIVES
+    from nasctl.nas.search import Callbacks
+
+    class Bars(Callbacks):
+        bar = None
+
+        def on_generation(self, st, total):
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc="search", unit="gen", file=sys.stderr, dynamic_ncols=True)
+            best = " ".join(f"{k}={v:.1f}" if OBJECTIVES[k].maximize else f"{k}={v:,.0f}" for k, v in st.best.items())
+            self.bar.set_postfix_str(f"evals={st.evaluations} HV={st.hypervolume:.4f} best: {best}")
+            self.bar.update(1)
+            if self.bar.n >= total:
+                self.bar.close()
+
+    return Bars()
+
+
+def run(args: argparse.Namespace) -> int:
+    from nasctl.nas.runs import merge_config
+    from nasctl.nas.search import SearchConfig
+    from nasctl.nas.search_run import resume_search, search
+
+    if args.resume:
+        path = resume_search(args.resume, _progress(), epoch_progress())
+    else:
+        cfg = merge_config(SearchConfig, args.config, config_overrides(args, SearchConfig))
+        path = search(cfg, _progress(), epoch_progress())
+    print_front(path)
+    return 0
+
+
+def print_front(path) -> None:
+    doc = json.loads(path.read_text())
+    front, knee = doc["front"], doc["knee"]
+    fa = doc.get("final_attack") or {}
+    print(f"\nPareto front: {len(front)} subnets from {doc['evaluations']} evaluated "
+          f"({doc['dataset']}, L-inf eps={doc['eps']:.4g}; val = PGD-{doc['search_attack']['steps']} on "
+          f"{doc['val_images']} validation images, test = PGD-{fa.get('steps')} x{fa.get('restarts')} restarts)")
+    print(f"{'#':>3} {'params':>8} {'val clean':>9} {'val PGD':>8} {'test clean':>10} {'test PGD':>8}  genome")
+    for i, r in enumerate(front):
+        mark = "*" if i == knee else " "
+        print(f"{i:>2}{mark} {r['params']:>8,} {r['clean_acc']:>9.1f} {r['adv_acc']:>8.1f} "
+              f"{r['final_clean_acc']:>10.1f} {r['final_adv_acc']:>8.1f}  {r['genome']}")
+    print(f"(* knee: the default pick of nasctl export)\nrun folder: {path.parent}  (read summary.md first)")
