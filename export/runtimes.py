@@ -10,10 +10,35 @@ as on phones), so the runners loop over images.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import Any
+import sys
+import tempfile
+from typing import Any, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _stderr_to_log() -> Iterator[None]:
+    """Route C-level stderr (LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" line) to
+    the debug log instead of the terminal, where it would break the CLI's step lines."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.debug("litert: %s", line)
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
@@ -55,8 +80,9 @@ class TFLiteRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = str(path)
-        self.interpreter = Interpreter(model_path=self.path, num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with _stderr_to_log():
+            self.interpreter = Interpreter(model_path=self.path, num_threads=threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(d) for d in self.input["shape"])

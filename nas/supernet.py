@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .space import SKIP, Genome, SearchSpace, build_block, to_static
+from .space import BLOCKS, SKIP, Genome, SearchSpace, to_static
+from .space.blocks import family_block
 from .space.layers import BNSpec, ConvSpec
 
 
@@ -85,9 +86,12 @@ class Supernet(nn.Module):
         max_in = space.stem
         for lc in space.layers:
             max_out = max(lc.channels)
-            ops = nn.ModuleDict({op: build_block(op, max_in, max_out, lc.stride)
-                                 for op in lc.ops if op != SKIP})
-            self.choices.append(ops)
+            families: dict[str, list[str]] = {}
+            for op in lc.ops:
+                if op != SKIP:
+                    families.setdefault(BLOCKS[op].family, []).append(op)
+            self.choices.append(nn.ModuleDict({fam: family_block(tokens, max_in, max_out, lc.stride)
+                                               for fam, tokens in families.items()}))
             # a skip layer passes its input through, so the next layer may see up to the max of both
             max_in = max(max_out, max_in) if SKIP in lc.ops else max_out
         self.head = Head(max_in, space.head, num_classes)
@@ -99,7 +103,7 @@ class Supernet(nn.Module):
         cin = self.space.stem
         for gene, ops in zip(genome.layers, self.choices):
             if gene.op != SKIP:
-                ops[gene.op].set_active(cin, gene.channels)
+                ops[BLOCKS[gene.op].family].set_active(cin, gene.channels, gene.op)
                 cin = gene.channels
         self.head.set_active(cin)
         self.active = genome
@@ -108,7 +112,7 @@ class Supernet(nn.Module):
         return self.space.sample(rng)
 
     def active_blocks(self) -> list[nn.Module]:
-        return [ops[g.op] for g, ops in zip(self.active.layers, self.choices) if g.op != SKIP]
+        return [ops[BLOCKS[g.op].family] for g, ops in zip(self.active.layers, self.choices) if g.op != SKIP]
 
     def forward(self, x):
         x = self.stem(self.normalize(x))
@@ -120,6 +124,8 @@ class Supernet(nn.Module):
         """A static copy of one subnet with its weights (and BatchNorm statistics) sliced out."""
         self.set_active(genome)
         parts = copy.deepcopy(nn.ModuleList([self.normalize, self.stem, *self.active_blocks(), self.head]))
+        for block in parts[2:-1]:
+            block.drop_inactive()
         to_static(parts)
         subnet = Subnet(parts[0], parts[1], list(parts[2:-1]), parts[-1], genome.encode())
         subnet.train(self.training)

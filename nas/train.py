@@ -66,6 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # bfloat16/float16 autocast on CUDA
     val_size: int | None = None  # None: the data set's default validation size
+    limit_train: int | None = None  # use only the first N training images (smoke tests, quick looks)
     run_root: str = "runs"
     name: str = ""
 
@@ -82,6 +83,8 @@ class TrainConfig:
             raise NasctlError(f"--eps must be in [0, 1] (pixels are in [0, 1]), got {self.eps}")
         if self.width_mult <= 0:
             raise NasctlError(f"--width-mult must be > 0, got {self.width_mult}")
+        if self.limit_train is not None and self.limit_train < self.batch_size:
+            raise NasctlError(f"--limit-train {self.limit_train} is smaller than one batch ({self.batch_size})")
 
 
 def resolve_space(cfg: TrainConfig) -> SearchSpace:
@@ -164,6 +167,9 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
         self.data = data or load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, val_size=cfg.val_size)
+        if cfg.limit_train:
+            self.data = DataSplits(self.data.info, self.data.train.subset(cfg.limit_train), self.data.val,
+                                   self.data.test)
         self.space = resolve_space(cfg)
         self.eps = cfg.eps if cfg.eps is not None else self.data.info.default_eps
         torch.manual_seed(cfg.seed)  # weight init only; all later randomness uses the generators below

@@ -9,6 +9,7 @@ parametrised over :data:`BLOCKS` cover it automatically.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -19,21 +20,50 @@ from .layers import SLIM_TYPES, BNSpec, ConvSpec, Spec, channel_shuffle, out_siz
 
 SKIP = "skip"
 
-# token -> factory(max_in, max_out, stride) -> Block
-BLOCKS: dict[str, Callable[[int, int, int], "Block"]] = {}
+@dataclass(frozen=True)
+class BlockType:
+    """A registered block token: its class (the weight-sharing family) and fixed hyper-parameters."""
+
+    token: str
+    cls: type["Block"]
+    hparams: tuple[tuple[str, int], ...]
+
+    def __call__(self, cin: int, cout: int, stride: int) -> "Block":
+        return self.cls(cin, cout, stride, token=self.token, **dict(self.hparams))
+
+    @property
+    def family(self) -> str:
+        return self.cls.__name__
 
 
-def register_block(token: str, **kwargs) -> Callable[[type["Block"]], type["Block"]]:
-    """Register a block class under ``token`` with fixed constructor keywords (kernel, expansion)."""
+BLOCKS: dict[str, BlockType] = {}
+
+
+def register_block(token: str, **kwargs: int) -> Callable[[type["Block"]], type["Block"]]:
+    """Register a block class under ``token`` with fixed hyper-parameters (kernel, expansion)."""
 
     def deco(cls: type["Block"]) -> type["Block"]:
         if token in BLOCKS:
             raise ValueError(f"block token {token!r} registered twice")
-        BLOCKS[token] = lambda cin, cout, stride: cls(cin, cout, stride, token=token, **kwargs)
-        cls.tokens = getattr(cls, "tokens", ()) + (token,)
+        BLOCKS[token] = BlockType(token, cls, tuple(sorted(kwargs.items())))
         return cls
 
     return deco
+
+
+def family_block(tokens: list[str], cin: int, cout: int, stride: int) -> "Block":
+    """One block holding the weights of every token of a family (same class) at the largest
+    kernel and expansion among them: smaller kernels use the centre of the largest kernel and
+    smaller expansions the first hidden channels (Once-for-All's elastic kernel/expansion), so all
+    variants train the same weights instead of splitting the few training steps between them."""
+    types = [BLOCKS[t] for t in tokens]
+    if len({t.cls for t in types}) != 1:
+        raise ValueError(f"tokens {tokens} are not one family")
+    merged: dict[str, int] = {}
+    for t in types:
+        for k, v in t.hparams:
+            merged[k] = max(merged.get(k, v), v)
+    return types[0].cls(cin, cout, stride, token=types[0].family, **merged)
 
 
 class Block(nn.Module):
@@ -57,10 +87,20 @@ class Block(nn.Module):
         raise NotImplementedError
 
     # --- shared machinery --------------------------------------------------------------------
-    def set_active(self, cin: int, cout: int) -> None:
+    def set_active(self, cin: int, cout: int, token: str | None = None) -> None:
+        """Activate ``cin`` -> ``cout`` channels, and, in a family block, the variant ``token``."""
+        if token is not None and token != self.token:
+            self.token, self.hparams = token, dict(BLOCKS[token].hparams)
         for name, spec, _ in self.specs(cin, cout):
             getattr(self, name).set_active(spec)
         self.in_ch, self.out_ch = cin, cout
+
+    def drop_inactive(self) -> None:
+        """Remove layers the active variant does not use (e.g. the expansion conv when e=1)."""
+        keep = {name for name, _, _ in self.specs(self.in_ch, self.out_ch)}
+        for name, _ in list(self.named_children()):
+            if name not in keep:
+                delattr(self, name)
 
     def cost(self, cin: int, cout: int, in_hw: int) -> tuple[int, int]:
         return block_cost(self.specs(cin, cout), in_hw, self.stride)

@@ -71,15 +71,18 @@ class SlimConv2d(nn.Module):
 
     def set_active(self, spec: ConvSpec) -> None:
         m = self.max_spec
-        if spec.in_ch > m.in_ch or spec.out_ch > m.out_ch or (spec.kernel, spec.stride) != (m.kernel, m.stride):
+        if (spec.in_ch > m.in_ch or spec.out_ch > m.out_ch or spec.kernel > m.kernel or spec.stride != m.stride
+                or spec.depthwise != m.depthwise or spec.kernel % 2 != m.kernel % 2):
             raise ValueError(f"active conv {spec} does not fit in {m}")
         self.active = spec
 
     def _weight(self) -> torch.Tensor:
         a = self.active
-        if a.depthwise:
-            return self.weight[: a.out_ch]
-        return self.weight[: a.out_ch, : a.in_ch]
+        w = self.weight[: a.out_ch] if a.depthwise else self.weight[: a.out_ch, : a.in_ch]
+        if a.kernel < self.max_spec.kernel:  # a smaller kernel is the centre of the largest
+            off = (self.max_spec.kernel - a.kernel) // 2
+            w = w[:, :, off: off + a.kernel, off: off + a.kernel]
+        return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.active
@@ -91,7 +94,7 @@ class SlimConv2d(nn.Module):
         conv = nn.Conv2d(a.in_ch, a.out_ch, a.kernel, a.stride, a.kernel // 2,
                          groups=a.in_ch if a.depthwise else 1, bias=False)
         conv.weight.data.copy_(self._weight().detach())
-        return conv
+        return conv.train(self.training)
 
 
 class SlimBatchNorm2d(nn.BatchNorm2d):
@@ -134,7 +137,7 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
         bn.running_mean.copy_(self.running_mean[:c])
         bn.running_var.copy_(self.running_var[:c])
         bn.num_batches_tracked.copy_(self.num_batches_tracked)
-        return bn
+        return bn.train(self.training)
 
 
 Spec = ConvSpec | BNSpec

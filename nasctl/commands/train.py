@@ -30,6 +30,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eps", type=float, help="L-inf budget on [0,1] pixels (default: the data set's, digits 0.1)")
     g.add_argument("--attack-steps", type=int, help="PGD/TRADES inner steps (default 7)")
     g.add_argument("--sampling", choices=("uniform", "sandwich"), help="paths trained per batch (default sandwich)")
+    g.add_argument("--limit-train", type=int, help="train on the first N training images only (smoke runs)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
     add_config_flags(p)

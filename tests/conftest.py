@@ -1,0 +1,39 @@
+"""Shared fixtures: small real data and tiny trained models, made by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from nasctl.nas.data import load_dataset
+
+    return load_dataset("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def undefended_model(digits):
+    """A small static subnet trained without adversarial examples (clean ~90 %+), for attack tests."""
+    from nasctl.nas.space import load_space
+    from nasctl.nas.supernet import Supernet
+
+    torch.manual_seed(0)
+    space = load_space("digits")
+    info = digits.info
+    net = Supernet(space, info.in_channels, info.num_classes, info.mean, info.std)
+    model = net.extract(space.parse("dsc_k3_c16-skip-dsc_k3_c32-skip-dsc_k3_c48-skip"))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(15):
+        for x, y in digits.train.batches(64, shuffle=True, generator=gen):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval()

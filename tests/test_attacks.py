@@ -1,0 +1,114 @@
+"""Attacks against a really trained undefended model, cross-checked with ART's PGD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nasctl.nas.attacks import ATTACKS, FGSM, NFGSM, PGD, FGSMRS, evaluate, make_attack, trades_loss
+from nasctl.nas.errors import NasctlError
+
+
+def _acc(model, digits, attack, n=397, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return evaluate(model, digits.test.subset(n).batches(400), attack, gen=gen)
+
+
+def test_undefended_model_is_trained(undefended_model, digits):
+    r = _acc(undefended_model, digits, None)
+    assert r.clean_acc > 85.0
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_eps_zero_leaves_accuracy_unchanged(undefended_model, digits, name):
+    attack = make_attack(name, eps=0.0, steps=5)
+    r = _acc(undefended_model, digits, attack)
+    assert r.adv_acc == pytest.approx(r.clean_acc)
+
+
+def test_pgd_at_least_as_strong_as_fgsm(undefended_model, digits):
+    fgsm = _acc(undefended_model, digits, FGSM(eps=0.1)).adv_acc
+    pgd = _acc(undefended_model, digits, PGD(eps=0.1, steps=20)).adv_acc
+    clean = _acc(undefended_model, digits, None).clean_acc
+    assert pgd <= fgsm < clean
+
+
+def test_large_eps_breaks_undefended_model(undefended_model, digits):
+    assert _acc(undefended_model, digits, PGD(eps=0.3, steps=20)).adv_acc < 10.0
+
+
+def test_restarts_never_weaker(undefended_model, digits):
+    one = _acc(undefended_model, digits, PGD(eps=0.05, steps=10, restarts=1)).adv_acc
+    three = _acc(undefended_model, digits, PGD(eps=0.05, steps=10, restarts=3)).adv_acc
+    assert three <= one
+
+
+@pytest.mark.parametrize("attack, bound", [(FGSM(eps=0.1), 0.1), (FGSMRS(eps=0.1), 0.1),
+                                           (PGD(eps=0.1, steps=5), 0.1), (NFGSM(eps=0.1), 0.3)])
+def test_perturbation_stays_in_budget_and_pixel_range(undefended_model, digits, attack, bound):
+    x, y = next(digits.test.batches(64))
+    x_adv = attack(undefended_model, x, y, torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= bound + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_attack_restores_model_state(undefended_model, digits):
+    x, y = next(digits.test.batches(32))
+    undefended_model.train()
+    req = [p.requires_grad for p in undefended_model.parameters()]
+    try:
+        PGD(eps=0.1, steps=2)(undefended_model, x, y)
+        assert undefended_model.training
+        assert [p.requires_grad for p in undefended_model.parameters()] == req
+    finally:
+        undefended_model.eval()
+
+
+def test_same_generator_seed_same_result(undefended_model, digits):
+    x, y = next(digits.test.batches(64))
+    a = PGD(eps=0.1, steps=3)(undefended_model, x, y, torch.Generator().manual_seed(5))
+    b = PGD(eps=0.1, steps=3)(undefended_model, x, y, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_pgd_agrees_with_adversarial_robustness_toolbox(undefended_model, digits):
+    """Our PGD and ART's independent ProjectedGradientDescent, same eps/step/steps: within 2 points."""
+    art = pytest.importorskip("art")
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    eps, steps = 0.1, 20
+    clf = PyTorchClassifier(model=undefended_model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8),
+                            nb_classes=10, clip_values=(0.0, 1.0))
+    x = digits.test.numpy_images()
+    y = digits.test.labels.numpy()
+    art_pgd = ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2.5 * eps / steps, max_iter=steps,
+                                       num_random_init=1, batch_size=400, verbose=False)
+    np.random.seed(0)  # ART draws its random start from numpy's global generator
+    x_adv = art_pgd.generate(x=x)
+    with torch.no_grad():
+        clean_ok = undefended_model(torch.from_numpy(x)).argmax(1).numpy() == y
+        art_acc = 100.0 * np.mean(clean_ok & (undefended_model(torch.from_numpy(x_adv)).argmax(1).numpy() == y))
+    ours = _acc(undefended_model, digits, PGD(eps=eps, steps=steps)).adv_acc
+    assert art.__version__
+    assert abs(ours - art_acc) <= 2.0, (ours, art_acc)
+    assert ours < 70.0  # and the attack does real work at this budget
+
+
+def test_trades_loss_reduces_to_cross_entropy_when_outputs_agree():
+    logits = torch.randn(8, 10)
+    y = torch.randint(0, 10, (8,))
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.allclose(trades_loss(logits, logits.clone(), y, beta=6.0), ce, atol=1e-6)
+    assert trades_loss(logits, logits + torch.randn(8, 10), y, beta=6.0) > ce
+
+
+def test_unknown_attack_is_a_clear_error():
+    with pytest.raises(NasctlError, match="unknown attack 'pgdd'"):
+        make_attack("pgdd", eps=0.1)
+
+
+def test_to_dict_states_threat_model():
+    d = PGD(eps=0.1, steps=20, restarts=2).to_dict()
+    assert d["attack"] == "pgd" and d["norm"] == "Linf" and d["eps"] == 0.1 and d["steps"] == 20

@@ -1,0 +1,85 @@
+"""Supernet: extracted subnets equal the active path, own their weights, and BN recalibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nasctl.nas.space import load_space
+from nasctl.nas.supernet import Supernet, recalibrate_bn
+
+SPACES = {"digits": (1, 8), "tam": (3, 32)}
+
+
+def _warm_bn(net: Supernet, cin: int, res: int, rng) -> None:
+    """Give the shared BN statistics non-trivial values through a few training-mode passes."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(4):
+            net.set_active(net.sample(rng))
+            net(torch.rand(16, cin, res, res))
+    net.eval()
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_extracted_subnet_equals_active_path(name):
+    torch.manual_seed(0)
+    cin, res = SPACES[name]
+    space = load_space(name)
+    net = Supernet(space, cin, 10, [0.4] * cin, [0.3] * cin)
+    rng = np.random.default_rng(0)
+    _warm_bn(net, cin, res, rng)
+    x = torch.rand(4, cin, res, res)
+    for g in [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(10)]:
+        sub = net.extract(g).eval()
+        net.set_active(g)
+        with torch.no_grad():
+            diff = (sub(x) - net(x)).abs().max().item()
+        assert diff <= 1e-5, (g, diff)
+        assert sub.genome == g.encode()
+
+
+def test_extracted_subnet_owns_its_weights():
+    space = load_space("digits")
+    net = Supernet(space, 1, 10, [0.3], [0.4]).eval()
+    g = space.largest()
+    sub = net.extract(g)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in sub.parameters():
+            p.add_(1.0)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not any(type(m).__name__.startswith("Slim") for m in sub.modules())
+
+
+def test_bn_recalibration_matches_data_statistics():
+    torch.manual_seed(0)
+    space = load_space("digits")
+    net = Supernet(space, 1, 10, [0.3], [0.4])
+    g = space.sample(np.random.default_rng(3))
+    sub = net.extract(g)
+    batches = [torch.rand(32, 1, 8, 8) for _ in range(3)]
+    seen = recalibrate_bn(sub, batches)
+    assert seen == 96 and not sub.training
+    # the stem BN sees the stem conv output of the normalised input: its statistics must equal
+    # the mean and (unbiased, per-batch averaged) variance of exactly those activations
+    with torch.no_grad():
+        acts = [sub.stem.conv(sub.normalize(b)) for b in batches]
+    mean = torch.stack([a.mean(dim=(0, 2, 3)) for a in acts]).mean(0)
+    var = torch.stack([a.var(dim=(0, 2, 3), unbiased=True) for a in acts]).mean(0)
+    assert torch.allclose(sub.stem.bn.running_mean, mean, atol=1e-5)
+    assert torch.allclose(sub.stem.bn.running_var, var, atol=1e-4)
+
+
+def test_width_multiplier_supernet_builds_and_runs():
+    space = load_space("digits", width_mult=0.5)
+    net = Supernet(space, 1, 10, [0.3], [0.4]).eval()
+    g = space.largest()
+    net.set_active(g)
+    assert net(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    small = sum(p.numel() for p in net.extract(g).parameters())
+    big_space = load_space("digits")
+    assert small < sum(p.numel() for p in Supernet(big_space, 1, 10, [0.3], [0.4]).extract(big_space.largest())
+                       .parameters())
