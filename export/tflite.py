@@ -47,8 +47,8 @@ SAMPLE_SHAPE = (20, 128, 128, 3)  # what onnx2tf's download_test_image_data retu
 def _import_converters() -> tuple[Any, Any]:
     """(onnx2tf.onnx2tf module, tensorflow); a missing package names the export extra."""
     try:
+        import onnx2tf.onnx2tf as o2t  # imports tensorflow itself
         import tensorflow as tf
-        import onnx2tf.onnx2tf as o2t
     except ImportError as e:
         raise ExportError(f"TFLite export needs the export extra ({e.name or e} is not installed): "
                           f"{EXTRA_HINT}") from e

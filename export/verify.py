@@ -34,11 +34,12 @@ class Check:
         return asdict(self)
 
     def summary(self) -> str:
+        cmp = "<=" if self.passed else ">"
         if self.metric == "max_abs_diff":
-            text = f"max|diff| {self.value:.1e} (<= {self.threshold:.0e})"
+            text = f"max|diff| {self.value:.1e} ({cmp} {self.threshold:.0e})"
         elif self.metric == "int8_acc_drop":
             d = self.detail
-            text = (f"acc {d['int8_acc']:.1f} % vs float {d['float_acc']:.1f} % (drop {self.value:.1f} <= "
+            text = (f"acc {d['int8_acc']:.1f} % vs float {d['float_acc']:.1f} % (drop {self.value:.1f} {cmp} "
                     f"{self.threshold:g}), top-1 agree {d['top1_agreement']:.1f} %")
         else:
             text = f"{self.metric} {self.value:g}"

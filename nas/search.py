@@ -35,8 +35,8 @@ class SearchConfig:
     supernet: str | None = None  # trained supernet checkpoint; None: train one first (data set defaults)
     dataset: str = "digits"
     data_dir: str | None = None
-    space: str | None = None  # only used when training a supernet first
-    width_mult: float = 1.0  # only used when training a supernet first
+    space: str | None = None  # supernet trained first; with --supernet: must match it
+    width_mult: float | None = None  # supernet trained first (default 1.0); with --supernet: must match it
     epochs: int | None = None  # supernet training epochs when training first (None: training default)
     algorithm: str = "nsga2"  # nsga2 | random (the baseline at the same evaluation budget)
     objectives: str = ",".join(DEFAULT_OBJECTIVES)

@@ -37,13 +37,21 @@ def _train_first(cfg: SearchConfig, run_dir: Path, train_callbacks) -> Path:
         log.info("resuming the interrupted supernet training in %s", sub)
         return train_mod.resume_training(sub, train_callbacks)[0]
     sub.mkdir(parents=True, exist_ok=True)
-    tcfg = train_mod.TrainConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, space=cfg.space,
-                                 width_mult=cfg.width_mult, seed=cfg.seed, device=cfg.device,
-                                 **({"epochs": cfg.epochs} if cfg.epochs is not None else {}))
+    optional = {"epochs": cfg.epochs, "width_mult": cfg.width_mult}
+    tcfg = train_mod.TrainConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, space=cfg.space, seed=cfg.seed,
+                                 device=cfg.device, **{k: v for k, v in optional.items() if v is not None})
     tcfg.validate()
     log.info("no --supernet given: training one first (%d epochs, %s attack, %s sampling) in %s",
              tcfg.epochs, tcfg.attack, tcfg.sampling, sub)
     return train_mod.train_supernet(tcfg, train_callbacks, run_dir=sub)[0]
+
+
+def _expected_space(cfg: SearchConfig):
+    """The space the user asked for explicitly (--space/--width-mult), to check a given supernet."""
+    if cfg.supernet is None or (cfg.space is None and cfg.width_mult is None):
+        return None
+    tcfg = train_mod.TrainConfig(dataset=cfg.dataset, space=cfg.space, width_mult=cfg.width_mult or 1.0)
+    return train_mod.resolve_space(tcfg)
 
 
 def _sizes_fn(space, info: dict[str, Any]):
@@ -61,7 +69,7 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
     callbacks = callbacks or Callbacks()
     objectives = parse_objectives(cfg.objectives)
     ckpt_path = cfg.supernet or str(_train_first(cfg, run_dir, train_callbacks))
-    loaded = load_supernet(ckpt_path)
+    loaded = load_supernet(ckpt_path, expect_space=_expected_space(cfg))
     ckpt = read_checkpoint(loaded.path)
     if loaded.dataset["name"] != cfg.dataset:
         raise NasctlError(f"supernet {loaded.path!r} was trained on {loaded.dataset['name']!r}, not {cfg.dataset!r}: "
@@ -100,7 +108,7 @@ def search(cfg: SearchConfig, callbacks: Callbacks | None = None, train_callback
     """Start a new search run folder under ``cfg.run_root``; returns the path of ``pareto.json``."""
     cfg.validate()
     if cfg.supernet is not None:
-        load_supernet(cfg.supernet)  # fail on a bad checkpoint before creating anything
+        load_supernet(cfg.supernet, expect_space=_expected_space(cfg))  # fail before creating anything
     run_dir = make_run_dir(cfg.run_root, "search", cfg.name)
     write_run_config(run_dir, "search", cfg)
     log.info("run folder: %s", run_dir)

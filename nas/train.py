@@ -290,7 +290,7 @@ class Trainer:
             tot_adv += a_acc * len(y)
             tot_n += len(y)
             images += len(y) * len(genomes)
-            self.cb.on_batch(float(loss), 100 * c_acc, 100 * a_acc)
+            self.cb.on_batch(loss.item(), 100 * c_acc, 100 * a_acc)
         seconds = time.perf_counter() - t0
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()

@@ -1,0 +1,52 @@
+"""``nasctl eval``: strong robustness evaluation of chosen subnets on the test split."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text + ". Writes runs/eval/<stamp>/eval.json.")
+    p.add_argument("--run", dest="run_dir", help="search run folder (its pareto.json)")
+    p.add_argument("--pick", help="knee (default), all, an index into the front, or a genome string")
+    p.add_argument("--supernet", metavar="CKPT", help="supernet checkpoint (with --arch)")
+    p.add_argument("--arch", action="append", metavar="GENOME", help="genome string (repeatable)")
+    p.add_argument("--steps", type=int, default=50, help="PGD steps (default 50)")
+    p.add_argument("--restarts", type=int, default=5, help="PGD random restarts (default 5)")
+    p.add_argument("--eps", type=float, help="L-inf budget (default: the supernet's training eps)")
+    p.add_argument("--n-images", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--data-dir", help="folder of a torchvision data set")
+    p.add_argument("--run-root", default="runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nasctl.nas.checkpoint import atomic_write_json, read_checkpoint
+    from nasctl.nas.data import load_dataset
+    from nasctl.nas.evaluate import CandidateEvaluator
+    from nasctl.nas.robust_eval import StrongEvalConfig, strong_evaluation
+    from nasctl.nas.runs import make_run_dir, write_run_config
+    from nasctl.nas.select import select
+
+    sel = select(args.run_dir, args.pick, args.supernet, args.arch)
+    ds = sel.loaded.dataset
+    eps = args.eps if args.eps is not None else float(read_checkpoint(sel.loaded.path).get("eps", ds["default_eps"]))
+    data = load_dataset(ds["name"], args.data_dir or (sel.run or {}).get("data_dir"),
+                        seed=int(sel.loaded.config.get("seed", 0)), val_size=sel.loaded.config.get("val_size"))
+    cfg = StrongEvalConfig(steps=args.steps, restarts=args.restarts, n_images=args.n_images, seed=args.seed)
+    out_dir = make_run_dir(args.run_root, "eval")
+    write_run_config(out_dir, "eval", cfg, {"supernet": sel.loaded.path, "genomes": [g.encode() for g in sel.genomes],
+                                            "eps": eps})
+    ev = CandidateEvaluator(sel.loaded.supernet, data, eps, seed=args.seed)
+    results = []
+    for g in sel.genomes:
+        r = strong_evaluation(ev.subnet(g), g.encode(), data.test, eps, ds, cfg)
+        results.append(r)
+        attacks = "  ".join(f"{k} {v['acc']:.1f}" for k, v in r["attacks"].items())
+        print(f"{g.encode()}\n  clean {r['clean_acc']:.1f} %  robust (min) {r['robust_acc']:.1f} %  [{attacks}]  "
+              f"eps={eps:.4g}, {r['images']} test images")
+    atomic_write_json(out_dir / "eval.json", {"supernet": sel.loaded.path, "eps": eps, "results": results})
+    print(f"written: {out_dir / 'eval.json'}")
+    return 0
+

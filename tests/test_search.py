@@ -1,0 +1,206 @@
+"""Search: pymoo NSGA-II end to end on a tiny supernet, outputs re-read, and kill/resume exactness."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nasctl.nas.search import SearchConfig
+from nasctl.nas.search_run import resume_search, search
+from nasctl.nas.space import Genome
+from nasctl.nas.train import TrainConfig, train_supernet
+
+from .test_train import one_line_error
+
+SMALL = dict(pop_size=6, generations=3, val_size=60, pgd_steps=2, calib_batches=1, final_steps=2, final_restarts=1)
+
+
+@pytest.fixture(scope="module")
+def supernet_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sn")
+    cfg = TrainConfig(limit_train=256, epochs=2, eval_size=40, eval_steps=2, attack_steps=2, run_root=str(root))
+    return train_supernet(cfg)[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(supernet_ckpt, tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    return search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(root), **SMALL)).parent
+
+
+def _dominates(a, b, objs):
+    sign = {"clean_acc": -1, "adv_acc": -1, "params": 1}
+    va = [sign[o] * a[o] for o in objs]
+    vb = [sign[o] * b[o] for o in objs]
+    return all(x <= y for x, y in zip(va, vb)) and any(x < y for x, y in zip(va, vb))
+
+
+def test_outputs_are_written_and_consistent(finished_run):
+    run = finished_run
+    for name in ("config.json", "pareto.json", "archive.jsonl", "history.json", "summary.md", "layer_stats.csv",
+                 "front_projections.png", "hypervolume.png", "layer_heatmap.png"):
+        assert (run / name).exists() and (run / name).stat().st_size > 0, name
+    doc = json.loads((run / "pareto.json").read_text())
+    archive = [json.loads(ln) for ln in (run / "archive.jsonl").read_text().splitlines()]
+    genomes = [r["genome"] for r in archive]
+    assert len(genomes) == len(set(genomes)) == doc["evaluations"]  # cached: nothing evaluated twice
+    assert len(archive) <= SMALL["pop_size"] * SMALL["generations"]
+    objs = doc["objectives"]
+    assert objs == ["clean_acc", "adv_acc", "params"]
+    front = doc["front"]
+    assert front and 0 <= doc["knee"] < len(front)
+    for r in front:
+        assert r["rank"] == 0 and {"genome", "clean_acc", "adv_acc", "params", "final_clean_acc",
+                                   "final_adv_acc"} <= r.keys()
+        assert r["final_attack"]["attack"] == "pgd" and r["final_split"] == "test"
+        Genome.decode(r["genome"])
+        assert not any(_dominates(a, r, objs) for a in archive), r["genome"]
+    # every non-front archive member is dominated by some front member
+    front_g = {r["genome"] for r in front}
+    for a in archive:
+        if a["genome"] not in front_g:
+            assert any(_dominates(f, a, objs) or all(f[o] == a[o] for o in objs) for f in front), a["genome"]
+    hist = json.loads((run / "history.json").read_text())
+    hv = [g["hypervolume"] for g in hist["generations"]]
+    assert len(hv) == SMALL["generations"] and all(b >= a for a, b in zip(hv, hv[1:])) and hv[-1] > 0
+    rows = list(csv.DictReader((run / "layer_stats.csv").open()))
+    for row in rows:
+        assert sum(int(v) for k, v in row.items() if k.startswith("block:")) == len(front)
+    from PIL import Image
+
+    for png in ("front_projections.png", "hypervolume.png", "layer_heatmap.png"):
+        with Image.open(run / png) as im:
+            assert im.size[0] > 200
+    assert front[doc["knee"]]["genome"] in (run / "summary.md").read_text()
+
+
+def test_same_seed_same_front(finished_run, supernet_ckpt, tmp_path):
+    again = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), **SMALL))
+    a = json.loads((finished_run / "pareto.json").read_text())["front"]
+    b = json.loads(again.read_text())["front"]
+    assert a == b
+
+
+def test_random_baseline_same_budget(supernet_ckpt, tmp_path):
+    p = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), algorithm="random", **SMALL))
+    doc = json.loads(p.read_text())
+    assert doc["algorithm"] == "random" and doc["evaluations"] == SMALL["pop_size"] * SMALL["generations"]
+
+
+def test_constraint_is_respected(supernet_ckpt, tmp_path, finished_run):
+    archive = [json.loads(ln) for ln in (finished_run / "archive.jsonl").read_text().splitlines()]
+    limit = int(np.median([r["params"] for r in archive]))
+    p = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), max_params=limit, **SMALL))
+    front = json.loads(p.read_text())["front"]
+    assert front and all(r["params"] <= limit for r in front)
+
+
+def _nasctl(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nasctl", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_and_resume_gives_the_same_front(supernet_ckpt, tmp_path):
+    """SIGKILL a real search process mid-generation, resume it, compare with an uninterrupted run."""
+    common = ["search", "--supernet", str(supernet_ckpt), "--pop-size", "8", "--generations", "4",
+              "--val-size", "200", "--pgd-steps", "3", "--run-root", str(tmp_path)]
+    full = _nasctl(*common, "--name", "full", cwd=tmp_path)
+    assert full.wait(timeout=600) == 0, full.stderr.read()[-2000:]
+    killed = _nasctl(*common, "--name", "killed", cwd=tmp_path)
+    deadline = time.time() + 300
+    run = None
+    while time.time() < deadline:
+        runs = list((tmp_path / "search").glob("*-killed"))
+        if runs and (runs[0] / "archive.jsonl").exists():
+            run = runs[0]
+            if len((run / "archive.jsonl").read_bytes().splitlines()) >= 11:  # inside generation 2
+                break
+        assert killed.poll() is None, "search finished before it could be killed"
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert run is not None and not (run / "pareto.json").exists()
+    n_before = len((run / "archive.jsonl").read_bytes().splitlines())
+    assert 11 <= n_before < 32
+    resumed = subprocess.run([sys.executable, "-m", "nasctl", "search", "--resume", str(run)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    full_run = next((tmp_path / "search").glob("*-full"))
+    a = json.loads((full_run / "pareto.json").read_text())
+    b = json.loads((run / "pareto.json").read_text())
+    assert [r["genome"] for r in a["front"]] == [r["genome"] for r in b["front"]]
+    strip = lambda fr: [{k: v for k, v in r.items() if k not in ("eval_seconds", "index", "generation")} for r in fr]
+    assert strip(a["front"]) == strip(b["front"])
+    ha = json.loads((full_run / "history.json").read_text())["generations"]
+    hb = json.loads((run / "history.json").read_text())["generations"]
+    assert [g["hypervolume"] for g in ha] == [g["hypervolume"] for g in hb]
+
+
+def test_half_written_archive_line_is_dropped(finished_run, tmp_path):
+    import shutil
+
+    from nasctl.nas.search import Archive
+
+    copy = tmp_path / "a.jsonl"
+    shutil.copy(finished_run / "archive.jsonl", copy)
+    n = len(copy.read_text().splitlines())
+    with open(copy, "a") as f:
+        f.write('{"genome": "ir_k3_e3_c8-ski')
+    arch = Archive(copy)
+    assert len(arch) == n and copy.read_text().endswith("\n")
+
+
+def test_resume_of_a_finished_run_reproduces_it(finished_run):
+    before = json.loads((finished_run / "pareto.json").read_text())["front"]
+    after = json.loads(resume_search(finished_run).read_text())["front"]
+    assert before == after
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["search", "--objectives", "clean_acc,adv_accc"], ["did you mean 'adv_acc'"]),
+    (["search", "--objectives", "clean_acc,latency_ms"], ["latency"]),
+    (["search", "--pop-size", "1"], ["--pop-size"]),
+    (["search", "--supernet", "nothere.pt"], ["does not exist"]),
+    (["search", "--resume", "nothere"], ["not a search run"]),
+    (["eval", "--supernet", "nothere.pt", "--arch", "x"], ["does not exist"]),
+])
+def test_cli_bad_input(tmp_path, args, needles):
+    from .test_train import nasctl
+
+    one_line_error(nasctl(*args, cwd=tmp_path), *needles)
+
+
+def test_bad_genome_and_wrong_space_via_cli(supernet_ckpt, tmp_path):
+    from .test_train import nasctl
+
+    one_line_error(nasctl("eval", "--supernet", str(supernet_ckpt), "--arch", "ir_k3_e3_c8-bogus_c4", cwd=tmp_path),
+                   "bogus")
+    one_line_error(nasctl("search", "--supernet", str(supernet_ckpt), "--width-mult", "2", cwd=tmp_path),
+                   "trained on space")
+
+
+def test_eval_command_writes_strong_results(finished_run, tmp_path):
+    from .test_train import nasctl
+
+    proc = nasctl("eval", "--run", str(finished_run), "--steps", "3", "--restarts", "2", "--n-images", "64",
+                  "--run-root", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(next((tmp_path / "eval").glob("*/eval.json")).read_text())
+    r = doc["results"][0]
+    assert r["images"] == 64 and "pgd3x2" in r["attacks"]
+    assert r["robust_acc"] == min(a["acc"] for a in r["attacks"].values()) <= r["clean_acc"]
+
+
+def test_progress_is_shown(finished_run):
+    assert Path(finished_run / "summary.md").read_text().startswith("# nasctl search")
