@@ -55,6 +55,7 @@ class TrainConfig:
     attack: str = "pgd"  # pgd | fgsm-rs | n-fgsm | trades
     eps: float | None = None  # L-inf budget on [0,1] pixels; None: the data set's default (digits 0.1)
     attack_steps: int = 7  # PGD-7 (Madry); TRADES inner steps too
+    eps_warmup: int = 0  # epochs over which the training eps ramps linearly up to eps (0: full eps at once)
     attack_alpha: float | None = None  # None: eps/4 for PGD/TRADES, 1.25 eps for FGSM-RS
     trades_beta: float = 6.0
     sampling: str = "sandwich"  # uniform | sandwich
@@ -183,7 +184,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)  # path sampling: identical on every rank
         self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order: identical on every rank
         self.attack_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1000 * (self.rank + 1))
-        self.train_attack = self._make_train_attack()
+        self.train_attack = self._make_train_attack(self.eps)
         self.eval_attack = PGD(eps=self.eps, steps=cfg.eval_steps, alpha=self.eps / 4)
         self.epoch = 0
         self.best_adv = -1.0
@@ -193,13 +194,18 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.use_amp = use_amp
 
-    def _make_train_attack(self) -> Attack:
+    def _make_train_attack(self, eps: float) -> Attack:
         cfg = self.cfg
         alpha = cfg.attack_alpha
         if alpha is None and cfg.attack in ("pgd", "trades"):
-            alpha = self.eps / 4
-        return make_attack(cfg.attack, eps=self.eps, steps=cfg.attack_steps, alpha=alpha, model_mode="train",
+            alpha = eps / 4
+        return make_attack(cfg.attack, eps=eps, steps=cfg.attack_steps, alpha=alpha, model_mode="train",
                            beta=cfg.trades_beta)
+
+    def epoch_eps(self, epoch: int) -> float:
+        """Training eps of 0-based ``epoch``: a linear ramp over ``eps_warmup`` epochs, then eps."""
+        w = self.cfg.eps_warmup
+        return self.eps if w <= 0 else self.eps * min(1.0, (epoch + 1) / w)
 
     # --- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -249,6 +255,7 @@ class Trainer:
 
         cfg = self.cfg
         self.supernet.train()
+        self.train_attack = self._make_train_attack(self.epoch_eps(self.epoch))
         n_batches = len(self.data.train) // (cfg.batch_size * self.world)
         self.cb.on_epoch_start(self.epoch + 1, cfg.epochs, n_batches)
         tot_loss = tot_clean = tot_adv = tot_n = 0.0
