@@ -12,7 +12,19 @@ from .source import ExportSource, latest_run, load_source, pick_from_run
 from .targets import TARGETS, Target, get_target, register_target
 
 __all__ = [
-    "TARGETS", "ConversionError", "ExportCallbacks", "ExportConfig", "ExportError", "ExportResult",
-    "ExportSource", "StepRecord", "Target", "export", "get_target", "latest_run", "load_source",
-    "pick_from_run", "register_target",
+    "TARGETS",
+    "ConversionError",
+    "ExportCallbacks",
+    "ExportConfig",
+    "ExportError",
+    "ExportResult",
+    "ExportSource",
+    "StepRecord",
+    "Target",
+    "export",
+    "get_target",
+    "latest_run",
+    "load_source",
+    "pick_from_run",
+    "register_target",
 ]

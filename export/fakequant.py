@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 
-def fake_quant(x: torch.Tensor, scale: float, zero_point: int, qmin: int = -128, qmax: int = 127) -> torch.Tensor:
+def fake_quant(
+    x: torch.Tensor, scale: float, zero_point: int, qmin: int = -128, qmax: int = 127
+) -> torch.Tensor:
     """Quantise-dequantise ``x`` (straight-through gradient)."""
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
     return x + ((q - zero_point) * scale - x).detach()
@@ -95,19 +97,23 @@ class FakeQuantTwin(nn.Module):
         return self.model(fake_quant(x, self.input_scale, self.input_zero_point))
 
     @torch.no_grad()
-    def calibrate(self, images: np.ndarray, batch_size: int = 256) -> "FakeQuantTwin":
+    def calibrate(self, images: np.ndarray, batch_size: int = 256) -> FakeQuantTwin:
         """Observe activation ranges on ``images`` (float32 [N, C, H, W]) and freeze them."""
         self.eval()
         for obs in self.observers:
             obs.observing = True
         for i in range(0, len(images), batch_size):
-            self(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])))
+            self(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
         for obs in self.observers:
             obs.freeze()
         return self
 
 
-def make_fake_quant_twin(folded_model: nn.Module, calibration_images: np.ndarray,
-                         input_scale: float = 1 / 255, input_zero_point: int = -128) -> FakeQuantTwin:
+def make_fake_quant_twin(
+    folded_model: nn.Module,
+    calibration_images: np.ndarray,
+    input_scale: float = 1 / 255,
+    input_zero_point: int = -128,
+) -> FakeQuantTwin:
     """The calibrated twin of ``folded_model``; pass the int8 model's own input scale/zero point."""
     return FakeQuantTwin(folded_model, input_scale, input_zero_point).calibrate(calibration_images)

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from nasctl.nas.checkpoint import atomic_write_bytes
+from torch import nn
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -47,8 +46,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=OPSET,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True)
+            torch.onnx.export(
+                model,
+                (example,),
+                tmp,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                do_constant_folding=True,
+            )
         proto = onnx.load(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)

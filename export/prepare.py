@@ -18,23 +18,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
-
 from nasctl.nas.data import TensorSplit
 from nasctl.nas.supernet import recalibrate_bn
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 log = logging.getLogger(__name__)
 
 
-def recalibrate(model: nn.Module, train: TensorSplit, seed: int, n_batches: int = 8, batch_size: int = 64) -> int:
+def recalibrate(
+    model: nn.Module, train: TensorSplit, seed: int, n_batches: int = 8, batch_size: int = 64
+) -> int:
     """Recompute ``model``'s BatchNorm running statistics on ``n_batches`` shuffled training batches.
 
     The order comes from ``torch.Generator().manual_seed(seed)``: same seed, same statistics.
     Returns the number of images seen; leaves the model in eval mode.
     """
     gen = torch.Generator().manual_seed(seed)
-    batches = (x for i, (x, _) in zip(range(n_batches), train.batches(batch_size, shuffle=True, generator=gen)))
+    batches = (
+        x for i, (x, _) in zip(range(n_batches), train.batches(batch_size, shuffle=True, generator=gen))
+    )
     return recalibrate_bn(model, batches)
 
 
@@ -61,6 +64,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
     def after_conv(name):
         def hook(_m, _inp, out):
             produced[id(out)] = (name, out)  # the tensor is kept alive, so ids cannot be reused
+
         return hook
 
     def before_bn(name):
@@ -68,6 +72,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
             hit = produced.get(id(inp[0]))
             if hit is not None and hit[1] is inp[0]:
                 pairs.append((hit[0], name))
+
         return hook
 
     for name, m in model.named_modules():
@@ -115,8 +120,14 @@ class CalibrationSet:
         return hashlib.sha256(self.nhwc().tobytes()).hexdigest()
 
     def to_dict(self) -> dict:
-        return {"split": "train", "size": int(len(self.images)), "seed": self.seed, "layout": "NHWC",
-                "dtype": "float32", "sha256": self.sha256}
+        return {
+            "split": "train",
+            "size": len(self.images),
+            "seed": self.seed,
+            "layout": "NHWC",
+            "dtype": "float32",
+            "sha256": self.sha256,
+        }
 
 
 def calibration_set(train: TensorSplit, size: int, seed: int) -> CalibrationSet:

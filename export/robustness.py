@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from nasctl.nas.attacks import PGD
+from torch import nn
 
 from .square import SquareAttack
 from .verify import top1_agreement, torch_logits
@@ -55,32 +55,50 @@ def to_uint8_grid(x_adv: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
     return q.astype(np.float32)
 
 
-def _pgd(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: RobustnessConfig, batch_size: int = 256) -> np.ndarray:
+def _pgd(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: RobustnessConfig, batch_size: int = 256
+) -> np.ndarray:
     attack = PGD(eps=cfg.eps, steps=cfg.pgd_steps, restarts=cfg.pgd_restarts)
     gen = torch.Generator().manual_seed(cfg.seed)
     out = []
     for i in range(0, len(x), batch_size):
-        xb, yb = torch.from_numpy(x[i:i + batch_size]), torch.from_numpy(y[i:i + batch_size])
+        xb, yb = torch.from_numpy(x[i : i + batch_size]), torch.from_numpy(y[i : i + batch_size])
         out.append(attack(model, xb, yb, gen).numpy())
     return np.concatenate(out)
 
 
-def deployed_robustness(float_model: nn.Module, twin: nn.Module, int8_predict: Callable[[np.ndarray], np.ndarray],
-                        x: np.ndarray, y: np.ndarray, cfg: RobustnessConfig) -> dict[str, Any]:
+def deployed_robustness(
+    float_model: nn.Module,
+    twin: nn.Module,
+    int8_predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: RobustnessConfig,
+) -> dict[str, Any]:
     """Robust accuracy (percent) of the int8 model under the three attacks, and their minimum.
 
     ``int8_predict`` maps float32 [N, C, H, W] pixels to logits (e.g. ``TFLiteRunner.predict``).
     """
     x = np.ascontiguousarray(x[: cfg.images], dtype=np.float32)
     y = np.asarray(y[: cfg.images], dtype=np.int64)
-    float_predict = lambda z: torch_logits(float_model, z)  # noqa: E731
+
+    def float_predict(z: np.ndarray) -> np.ndarray:
+        return torch_logits(float_model, z)
+
     int8_logits = int8_predict(x)
     int8_clean = int8_logits.argmax(1) == y
     float_clean = float_predict(x).argmax(1) == y
     twin_logits = torch_logits(twin, x)
-    pgd_settings = {"attack": "pgd", "norm": "Linf", "eps": cfg.eps, "steps": cfg.pgd_steps,
-                    "alpha": 2.5 * cfg.eps / max(cfg.pgd_steps, 1), "restarts": cfg.pgd_restarts,
-                    "random_start": True, "seed": cfg.seed}
+    pgd_settings = {
+        "attack": "pgd",
+        "norm": "Linf",
+        "eps": cfg.eps,
+        "steps": cfg.pgd_steps,
+        "alpha": 2.5 * cfg.eps / max(cfg.pgd_steps, 1),
+        "restarts": cfg.pgd_restarts,
+        "random_start": True,
+        "seed": cfg.seed,
+    }
     attacks: dict[str, dict[str, Any]] = {}
     survived = int8_clean.copy()
     survived_float = float_clean.copy()
@@ -92,12 +110,21 @@ def deployed_robustness(float_model: nn.Module, twin: nn.Module, int8_predict: C
         float_ok = float_clean & (float_predict(x_adv).argmax(1) == y)
         survived &= int8_ok
         survived_float &= float_ok
-        attacks[name] = {"int8_robust_acc": 100.0 * float(int8_ok.mean()),
-                         "float_robust_acc": 100.0 * float(float_ok.mean()),
-                         "crafted_on": crafted_on, "settings": settings,
-                         "max_linf": float(np.abs(x_adv - x).max()), "seconds": time.perf_counter() - t0, **extra}
-        log.debug("robustness %s: int8 %.1f %%, float %.1f %%", name, attacks[name]["int8_robust_acc"],
-                  attacks[name]["float_robust_acc"])
+        attacks[name] = {
+            "int8_robust_acc": 100.0 * float(int8_ok.mean()),
+            "float_robust_acc": 100.0 * float(float_ok.mean()),
+            "crafted_on": crafted_on,
+            "settings": settings,
+            "max_linf": float(np.abs(x_adv - x).max()),
+            "seconds": time.perf_counter() - t0,
+            **extra,
+        }
+        log.debug(
+            "robustness %s: int8 %.1f %%, float %.1f %%",
+            name,
+            attacks[name]["int8_robust_acc"],
+            attacks[name]["float_robust_acc"],
+        )
 
     t0 = time.perf_counter()
     record("transfer_pgd", _pgd(float_model, x, y, cfg), pgd_settings, "float PyTorch model", t0)
@@ -105,18 +132,32 @@ def deployed_robustness(float_model: nn.Module, twin: nn.Module, int8_predict: C
     record("fakequant_pgd", _pgd(twin, x, y, cfg), pgd_settings, "fake-quantised PyTorch twin (STE)", t0)
     t0 = time.perf_counter()
     square = SquareAttack(eps=cfg.eps, queries=cfg.square_queries, p_init=cfg.square_p_init, seed=cfg.seed)
-    x_sq, queries = square.run(int8_predict, x, y, project=lambda cand, clean: to_uint8_grid(cand, clean, cfg.eps))
-    record("square", x_sq, square.to_dict(), "int8 TFLite interpreter (queries only)", t0,
-           mean_queries=float(queries.mean()), max_queries=int(queries.max()))
+    x_sq, queries = square.run(
+        int8_predict, x, y, project=lambda cand, clean: to_uint8_grid(cand, clean, cfg.eps)
+    )
+    record(
+        "square",
+        x_sq,
+        square.to_dict(),
+        "int8 TFLite interpreter (queries only)",
+        t0,
+        mean_queries=float(queries.mean()),
+        max_queries=int(queries.max()),
+    )
 
     worst = min(attacks, key=lambda k: attacks[k]["int8_robust_acc"])
     return {
-        "images": int(len(y)), "split": "test", "eps": cfg.eps, "norm": "Linf",
+        "images": len(y),
+        "split": "test",
+        "eps": cfg.eps,
+        "norm": "Linf",
         "pixel_grid": "uint8 (k/255), inside the eps-ball",
-        "int8_clean_acc": 100.0 * float(int8_clean.mean()), "float_clean_acc": 100.0 * float(float_clean.mean()),
+        "int8_clean_acc": 100.0 * float(int8_clean.mean()),
+        "float_clean_acc": 100.0 * float(float_clean.mean()),
         "twin_top1_agreement_with_int8": top1_agreement(twin_logits, int8_logits),
         "attacks": attacks,
-        "int8_robust_acc_min": attacks[worst]["int8_robust_acc"], "worst_attack": worst,
+        "int8_robust_acc_min": attacks[worst]["int8_robust_acc"],
+        "worst_attack": worst,
         "float_robust_acc_min": min(a["float_robust_acc"] for a in attacks.values()),
         # per image: robust only if it survives all three attacks
         "int8_robust_acc_all_attacks": 100.0 * float(survived.mean()),

@@ -15,7 +15,8 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,9 @@ class OnnxRunner:
         batch = self.input_shape[0]
         if not isinstance(batch, int):  # symbolic batch dimension: one call
             return self.run_one(x).astype(np.float32)
-        return np.concatenate([self.run_one(x[i:i + batch]) for i in range(0, len(x), batch)]).astype(np.float32)
+        return np.concatenate([self.run_one(x[i : i + batch]) for i in range(0, len(x), batch)]).astype(
+            np.float32
+        )
 
 
 class TFLiteRunner:
@@ -106,13 +109,21 @@ class TFLiteRunner:
 
         ``chw`` is the model's (channels, height, width), which tells NHWC from NCHW.
         """
+
         def one(d, quant):
-            out = {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+            out = {
+                "name": d["name"],
+                "shape": [int(v) for v in d["shape"]],
+                "dtype": np.dtype(d["dtype"]).name,
+            }
             if np.issubdtype(np.dtype(d["dtype"]), np.integer):
                 out["scale"], out["zero_point"] = quant
             return out
-        return {"input": {**one(self.input, self.input_quant), "layout": self.layout(chw)},
-                "output": one(self.output, self.output_quant)}
+
+        return {
+            "input": {**one(self.input, self.input_quant), "layout": self.layout(chw)},
+            "output": one(self.output, self.output_quant),
+        }
 
     def layout(self, chw: tuple[int, int, int]) -> str:
         c, h, w = chw
@@ -120,8 +131,10 @@ class TFLiteRunner:
             return "NHWC"
         if self.input_shape[1:] == (c, h, w):
             return "NCHW"
-        raise ValueError(f"{self.path}: input shape {list(self.input_shape)} fits neither NHWC nor NCHW "
-                         f"images of shape {[c, h, w]}")
+        raise ValueError(
+            f"{self.path}: input shape {list(self.input_shape)} fits neither NHWC nor NCHW "
+            f"images of shape {[c, h, w]}"
+        )
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Float pixels -> the interpreter's input dtype with its own scale and zero point."""
@@ -155,5 +168,5 @@ class TFLiteRunner:
         """float32 logits [N, classes] for float32 pixels [N, C, H, W] in [0, 1]."""
         xs = self.quantize_input(self.to_input_layout(np.asarray(x, dtype=np.float32)))
         b = self.input_shape[0]
-        outs = [self.invoke(xs[i:i + b]) for i in range(0, len(xs), b)]
+        outs = [self.invoke(xs[i : i + b]) for i in range(0, len(xs), b)]
         return self.dequantize_output(np.concatenate(outs))

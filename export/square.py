@@ -16,8 +16,9 @@ the uint8 pixel grid inside the eps-ball.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -37,8 +38,17 @@ def margin_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def p_schedule(p_init: float, it: int, n_iters: int) -> float:
     """The paper's piecewise-constant fraction of pixels changed, rescaled to ``n_iters``."""
     it = int(it / max(n_iters, 1) * 10000)
-    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
-                       (6000, 128), (8000, 256)):
+    for bound, div in (
+        (10, 1),
+        (50, 2),
+        (200, 4),
+        (500, 8),
+        (1000, 16),
+        (2000, 32),
+        (4000, 64),
+        (6000, 128),
+        (8000, 256),
+    ):
         if it <= bound:
             return p_init / div
     return p_init / 512
@@ -57,12 +67,20 @@ class SquareAttack:
     seed: int = 0
 
     def to_dict(self) -> dict:
-        return {"attack": self.name, "norm": "Linf", "eps": self.eps, "queries": self.queries,
-                "p_init": self.p_init, "seed": self.seed, "loss": "margin",
-                "paper": "Andriushchenko et al., Square Attack, ECCV 2020"}
+        return {
+            "attack": self.name,
+            "norm": "Linf",
+            "eps": self.eps,
+            "queries": self.queries,
+            "p_init": self.p_init,
+            "seed": self.seed,
+            "loss": "margin",
+            "paper": "Andriushchenko et al., Square Attack, ECCV 2020",
+        }
 
-    def run(self, predict: Predict, x: np.ndarray, y: np.ndarray,
-            project: Project | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def run(
+        self, predict: Predict, x: np.ndarray, y: np.ndarray, project: Project | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Attack images ``x`` [N, C, H, W] with labels ``y``; returns (adversarial images, queries
         used per image). Images the model already misclassifies are returned unchanged."""
         rng = np.random.default_rng(self.seed)
@@ -87,18 +105,18 @@ class SquareAttack:
             if len(idx) == 0:
                 break
             clean, best = x[idx], x_best[idx]
-            s = int(round(math.sqrt(p_schedule(self.p_init, it, n_iters) * h * w)))
+            s = round(math.sqrt(p_schedule(self.p_init, it, n_iters) * h * w))
             s = min(max(s, 1), h - 1, w - 1) if min(h, w) > 1 else 1
             deltas = best - clean
             for j in range(len(idx)):
                 r, col = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
-                window_clean = clean[j, :, r:r + s, col:col + s]
-                window_best = best[j, :, r:r + s, col:col + s]
+                window_clean = clean[j, :, r : r + s, col : col + s]
+                window_best = best[j, :, r : r + s, col : col + s]
                 for _ in range(10):  # redraw a proposal that would not change the image
                     new = rng.choice([-eps, eps], size=(c, 1, 1)).astype(np.float32)
                     if np.any(np.abs(np.clip(window_clean + new, 0, 1) - window_best) > 1e-7):
                         break
-                deltas[j, :, r:r + s, col:col + s] = new
+                deltas[j, :, r : r + s, col : col + s] = new
             cand = project(clean + deltas, clean)
             m = margin_loss(predict(cand), y[idx])
             queries[idx] += 1

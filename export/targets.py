@@ -44,16 +44,26 @@ def register_target(target: Target) -> Target:
     return target
 
 
-register_target(Target(
-    "onnx", "ONNX (opset 17) checked with onnx.checker and ONNX Runtime against PyTorch",
-    steps=("prepare", "onnx"), artifacts=("model.onnx",), modules=("onnx", "onnxruntime"),
-))
-register_target(Target(
-    "tflite", "TFLite float32 through onnx2tf, optionally full-integer int8, run with LiteRT",
-    steps=("prepare", "onnx", "tflite_float32"), artifacts=("model.onnx", "model_float32.tflite"),
-    modules=("onnx", "onnxruntime", "onnxsim", "onnx2tf", "tensorflow", "tf_keras", "ai_edge_litert"),
-    int8_steps=("tflite_int8", "robustness"), int8_artifacts=("model_int8.tflite",),
-))
+register_target(
+    Target(
+        "onnx",
+        "ONNX (opset 17) checked with onnx.checker and ONNX Runtime against PyTorch",
+        steps=("prepare", "onnx"),
+        artifacts=("model.onnx",),
+        modules=("onnx", "onnxruntime"),
+    )
+)
+register_target(
+    Target(
+        "tflite",
+        "TFLite float32 through onnx2tf, optionally full-integer int8, run with LiteRT",
+        steps=("prepare", "onnx", "tflite_float32"),
+        artifacts=("model.onnx", "model_float32.tflite"),
+        modules=("onnx", "onnxruntime", "onnxsim", "onnx2tf", "tensorflow", "tf_keras", "ai_edge_litert"),
+        int8_steps=("tflite_int8", "robustness"),
+        int8_artifacts=("model_int8.tflite",),
+    )
+)
 
 
 def get_target(name: str) -> Target:
@@ -82,5 +92,7 @@ def require_installed(target: Target) -> None:
     """Raise one line naming the missing packages and ``pip install 'nasctl[export]'``."""
     missing = missing_modules(target.modules)
     if missing:
-        raise ExportError(f"--target {target.name} needs the export extra, which is not installed "
-                          f"(missing: {', '.join(missing)}): {EXTRA_HINT}")
+        raise ExportError(
+            f"--target {target.name} needs the export extra, which is not installed "
+            f"(missing: {', '.join(missing)}): {EXTRA_HINT}"
+        )

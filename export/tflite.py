@@ -28,11 +28,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Self
 
 import numpy as np
-
 from nasctl.nas.checkpoint import atomic_write_bytes
 
 from .errors import ConversionError, ExportError
@@ -50,8 +50,9 @@ def _import_converters() -> tuple[Any, Any]:
         import onnx2tf.onnx2tf as o2t  # imports tensorflow itself
         import tensorflow as tf
     except ImportError as e:
-        raise ExportError(f"TFLite export needs the export extra ({e.name or e} is not installed): "
-                          f"{EXTRA_HINT}") from e
+        raise ExportError(
+            f"TFLite export needs the export extra ({e.name or e} is not installed): {EXTRA_HINT}"
+        ) from e
     return o2t, tf
 
 
@@ -108,7 +109,7 @@ def _last_error_line(log_path: Path) -> str | None:
     except OSError:
         return None
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
-    return errors[-1][len("ERROR:"):].strip() if errors else None
+    return errors[-1][len("ERROR:") :].strip() if errors else None
 
 
 def _node_op_type(onnx_paths: list[Path], node_name: str | None) -> str | None:
@@ -121,8 +122,8 @@ def _node_op_type(onnx_paths: list[Path], node_name: str | None) -> str | None:
             for node in onnx.load(str(path), load_external_data=False).graph.node:
                 if node.name == node_name:
                     return node.op_type
-        except Exception:  # noqa: BLE001 -- best effort for a message only
-            continue
+        except Exception as e:  # noqa: BLE001 -- best effort for a message only
+            log.debug("could not read %s for the failing node's op type: %s", path, e)
     return None
 
 
@@ -144,7 +145,7 @@ class TFLiteConversion:
         self.saved_model: Path | None = None
         self._o2t = self._tf = None
 
-    def __enter__(self) -> "TFLiteConversion":
+    def __enter__(self) -> Self:
         self.log_path.write_text("")  # one log per conversion
         with _captured(self.log_path):
             self._o2t, self._tf = _import_converters()
@@ -158,8 +159,12 @@ class TFLiteConversion:
 
     def _fail(self, what: str, reason: str, op: str | None = None) -> ConversionError:
         at = f" at {op}" if op else ""
-        return ConversionError(f"{what} failed{at}: {reason} (full converter output: {self.log_path}; "
-                               f"the files written before this step are kept)", op=op, log_path=str(self.log_path))
+        return ConversionError(
+            f"{what} failed{at}: {reason} (full converter output: {self.log_path}; "
+            f"the files written before this step are kept)",
+            op=op,
+            log_path=str(self.log_path),
+        )
 
     def float32(self, out_path: str | os.PathLike) -> dict[str, Any]:
         """onnx2tf: saved_model (kept for :meth:`int8`) and the float32 TFLite file at ``out_path``."""
@@ -170,8 +175,12 @@ class TFLiteConversion:
         with _captured(self.log_path) as logf, _converter_environment(self._o2t):
             print(f"== onnx2tf {src} -> {out_dir}", file=logf, flush=True)
             try:
-                self._o2t.convert(input_onnx_file_path=str(src), output_folder_path=str(out_dir),
-                                  output_signaturedefs=True, verbosity="info")
+                self._o2t.convert(
+                    input_onnx_file_path=str(src),
+                    output_folder_path=str(out_dir),
+                    output_signaturedefs=True,
+                    verbosity="info",
+                )
                 error = None
             except SystemExit as e:  # onnx2tf calls sys.exit(1) after logging an ERROR line
                 error = e
@@ -191,12 +200,21 @@ class TFLiteConversion:
             else:
                 first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
                 reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
-            op = f"ONNX node {node!r} ({op_type})" if node and op_type else (f"ONNX node {node!r}" if node else None)
-            raise self._fail("onnx2tf conversion", reason, op) from (error if isinstance(error, Exception) else None)
+            op = (
+                f"ONNX node {node!r} ({op_type})"
+                if node and op_type
+                else (f"ONNX node {node!r}" if node else None)
+            )
+            raise self._fail("onnx2tf conversion", reason, op) from (
+                error if isinstance(error, Exception) else None
+            )
         produced = out_dir / "model_float32.tflite"
         if not produced.is_file() or not (out_dir / "saved_model.pb").is_file():
-            raise self._fail("onnx2tf conversion", _last_error_line(self.log_path)
-                             or "it finished without writing model_float32.tflite and a saved_model")
+            raise self._fail(
+                "onnx2tf conversion",
+                _last_error_line(self.log_path)
+                or "it finished without writing model_float32.tflite and a saved_model",
+            )
         self.saved_model = out_dir
         out_path = Path(out_path)
         os.replace(produced, out_path)  # same file system: atomic
@@ -212,12 +230,15 @@ class TFLiteConversion:
 
         def representative():
             for i in range(len(calib)):
-                yield [calib[i:i + 1]]
+                yield [calib[i : i + 1]]
 
         t0 = time.perf_counter()
         with _captured(self.log_path) as logf:
-            print(f"== TFLiteConverter int8 from {self.saved_model} ({len(calib)} calibration images)",
-                  file=logf, flush=True)
+            print(
+                f"== TFLiteConverter int8 from {self.saved_model} ({len(calib)} calibration images)",
+                file=logf,
+                flush=True,
+            )
             try:
                 conv = tf.lite.TFLiteConverter.from_saved_model(str(self.saved_model))
                 conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -235,7 +256,12 @@ class TFLiteConversion:
             lines = [ln.strip() for ln in text.splitlines() if "error:" in ln]
             reason = (lines[0] if lines else (text.strip().splitlines() or [type(error).__name__])[0])[:240]
             m = re.search(r"'((?:tf|tfl)\.[A-Za-z0-9_]+)' op", text)
-            raise self._fail("int8 conversion (TFLITE_BUILTINS_INT8)", reason, m.group(1) if m else None) from error
+            raise self._fail(
+                "int8 conversion (TFLITE_BUILTINS_INT8)", reason, m.group(1) if m else None
+            ) from error
         atomic_write_bytes(out_path, data)
-        return {"converter": f"tf.lite.TFLiteConverter {tf.__version__} (TFLITE_BUILTINS_INT8)",
-                "seconds": time.perf_counter() - t0, "calibration_images": int(len(calib))}
+        return {
+            "converter": f"tf.lite.TFLiteConverter {tf.__version__} (TFLITE_BUILTINS_INT8)",
+            "seconds": time.perf_counter() - t0,
+            "calibration_images": len(calib),
+        }

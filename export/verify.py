@@ -39,8 +39,10 @@ class Check:
             text = f"max|diff| {self.value:.1e} ({cmp} {self.threshold:.0e})"
         elif self.metric == "int8_acc_drop":
             d = self.detail
-            text = (f"acc {d['int8_acc']:.1f} % vs float {d['float_acc']:.1f} % (drop {self.value:.1f} {cmp} "
-                    f"{self.threshold:g}), top-1 agree {d['top1_agreement']:.1f} %")
+            text = (
+                f"acc {d['int8_acc']:.1f} % vs float {d['float_acc']:.1f} % (drop {self.value:.1f} {cmp} "
+                f"{self.threshold:g}), top-1 agree {d['top1_agreement']:.1f} %"
+            )
         else:
             text = f"{self.metric} {self.value:g}"
         return f"{text} {'ok' if self.passed else 'FAILED'}"
@@ -54,7 +56,7 @@ def torch_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.n
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                out.append(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))).numpy())
+                out.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))).numpy())
     finally:
         model.train(was_training)
     return np.concatenate(out).astype(np.float32)
@@ -73,23 +75,51 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(logits.argmax(1) == labels))
 
 
-def diff_check(name: str, reference: np.ndarray, candidate: np.ndarray, against: str,
-               tolerance: float = DIFF_TOLERANCE, split: str = "val") -> Check:
+def diff_check(
+    name: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    against: str,
+    tolerance: float = DIFF_TOLERANCE,
+    split: str = "val",
+) -> Check:
     """Max abs logit difference of ``candidate`` vs ``reference`` (same images)."""
     d = max_abs_diff(reference, candidate)
-    return Check(name, "max_abs_diff", d, tolerance, bool(d <= tolerance),
-                 {"against": against, "images": int(len(reference)), "split": split,
-                  "mean_abs_diff": float(np.mean(np.abs(reference - candidate))),
-                  "top1_agreement": top1_agreement(reference, candidate)})
+    return Check(
+        name,
+        "max_abs_diff",
+        d,
+        tolerance,
+        bool(d <= tolerance),
+        {
+            "against": against,
+            "images": len(reference),
+            "split": split,
+            "mean_abs_diff": float(np.mean(np.abs(reference - candidate))),
+            "top1_agreement": top1_agreement(reference, candidate),
+        },
+    )
 
 
-def int8_check(float_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, max_drop: float,
-               float_tflite_logits: np.ndarray | None = None, split: str = "test") -> Check:
+def int8_check(
+    float_logits: np.ndarray,
+    int8_logits: np.ndarray,
+    labels: np.ndarray,
+    max_drop: float,
+    float_tflite_logits: np.ndarray | None = None,
+    split: str = "test",
+) -> Check:
     """Clean-accuracy drop (points) of int8 vs the float model, and their top-1 agreement."""
     float_acc, int8_acc = accuracy(float_logits, labels), accuracy(int8_logits, labels)
     drop = float_acc - int8_acc
-    detail = {"float_acc": float_acc, "int8_acc": int8_acc, "top1_agreement": top1_agreement(float_logits, int8_logits),
-              "images": int(len(labels)), "split": split, "float_reference": "pytorch"}
+    detail = {
+        "float_acc": float_acc,
+        "int8_acc": int8_acc,
+        "top1_agreement": top1_agreement(float_logits, int8_logits),
+        "images": len(labels),
+        "split": split,
+        "float_reference": "pytorch",
+    }
     if float_tflite_logits is not None:
         detail["float_tflite_acc"] = accuracy(float_tflite_logits, labels)
         detail["top1_agreement_vs_float_tflite"] = top1_agreement(float_tflite_logits, int8_logits)

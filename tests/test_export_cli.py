@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from nasctl.cli import main
 from nasctl.export import TARGETS, ConversionError
 from nasctl.export.pipeline import FLOAT_FILE, INT8_FILE, STEPS, StepRecord
 from nasctl.export.targets import missing_modules
@@ -23,8 +21,13 @@ from nasctl.nas.data import load_dataset
 from nasctl.nas.space import load_space
 from nasctl.nas.supernet import Supernet
 
-GENOMES = ["dsc_k3_c8-skip-ghost_c16-skip-shuffle_c24-skip", "ir_k3_e3_c12-skip-ghost_c16-skip-shuffle_c24-skip",
-           "ir_k3_e6_c16-ghost_c16-ghost_c32-ir_k5_e3_c32-shuffle_c48-dsc_k3_c48"]
+from nasctl.cli import main
+
+GENOMES = [
+    "dsc_k3_c8-skip-ghost_c16-skip-shuffle_c24-skip",
+    "ir_k3_e3_c12-skip-ghost_c16-skip-shuffle_c24-skip",
+    "ir_k3_e6_c16-ghost_c16-ghost_c32-ir_k5_e3_c32-shuffle_c48-dsc_k3_c48",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,8 +46,17 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     net = Supernet(space, info.in_channels, info.num_classes, info.mean, info.std)
     path = tmp_path_factory.mktemp("ckpt") / "supernet.pt"
-    atomic_torch_save({"format": FORMAT, "space": space.to_dict(), "dataset": info.to_dict(),
-                       "config": {"seed": 0}, "epoch": 1, "model": net.state_dict()}, path)
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "space": space.to_dict(),
+            "dataset": info.to_dict(),
+            "config": {"seed": 0},
+            "epoch": 1,
+            "model": net.state_dict(),
+        },
+        path,
+    )
     return path
 
 
@@ -52,11 +64,23 @@ def checkpoint(tmp_path_factory) -> Path:
 def run_dir(tmp_path, checkpoint) -> Path:
     run = tmp_path / "runs" / "search" / "20250101-000000-digits"
     run.mkdir(parents=True)
-    front = [{"genome": g, "clean_acc": 90.0 + i, "adv_acc": 60.0 - i, "params": 1000 * (i + 1), "rank": 0}
-             for i, g in enumerate(GENOMES)]
-    (run / "pareto.json").write_text(json.dumps({
-        "objectives": ["clean_err", "adv_err", "params"], "knee": 1, "supernet": str(checkpoint),
-        "dataset": "digits", "data_dir": None, "seed": 0, "front": front}))
+    front = [
+        {"genome": g, "clean_acc": 90.0 + i, "adv_acc": 60.0 - i, "params": 1000 * (i + 1), "rank": 0}
+        for i, g in enumerate(GENOMES)
+    ]
+    (run / "pareto.json").write_text(
+        json.dumps(
+            {
+                "objectives": ["clean_err", "adv_err", "params"],
+                "knee": 1,
+                "supernet": str(checkpoint),
+                "dataset": "digits",
+                "data_dir": None,
+                "seed": 0,
+                "front": front,
+            }
+        )
+    )
     return run
 
 
@@ -75,16 +99,22 @@ def one_error_line(err: str) -> str:
 def test_onnx_target_from_a_run(run_dir, tmp_path, capsys):
     import onnx
     import onnxruntime as ort
-
     from nasctl.export.onnx import read_metadata
 
     out = tmp_path / "out"
     assert cli("--run", str(run_dir), "--pick", "2", "--target", "onnx", "--out", str(out)) == 0
     stdout = capsys.readouterr().out
     assert "[1/2] prepare" in stdout and "[2/2] onnx" in stdout and "model.onnx" in stdout and " ok" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metadata.json", "model.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "metadata.json",
+        "model.onnx",
+        "report.json",
+    ]
     report = json.loads((out / "report.json").read_text())
-    assert report["status"] == "ok" and report["plan"] == ["prepare", "onnx"] and report["genome"] == GENOMES[2]
+    assert (
+        report["status"] == "ok" and report["plan"] == ["prepare", "onnx"] and report["genome"] == GENOMES[2]
+    )
     assert report["checks"]["onnx"]["value"] <= 1e-4
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["source"]["front_index"] == 2 and meta["source"]["run"] == str(run_dir)
@@ -94,6 +124,17 @@ def test_onnx_target_from_a_run(run_dir, tmp_path, capsys):
     assert props["genome"] == GENOMES[2] and props["checkpoint_sha256"] == meta["checkpoint_sha256"]
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
+
+
+def test_exporting_again_into_a_folder_replaces_the_old_export(run_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model_int8.tflite").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    assert cli("--run", str(run_dir), "--target", "onnx", "--out", str(out), "--threads", "1") == 0
+    assert not (out / "model_int8.tflite").exists()  # a stale int8 file must not pass for this export's
+    assert (out / "notes.txt").read_text() == "mine"
+    assert "model_int8.tflite" not in json.loads((out / "report.json").read_text())["artifacts"]
 
 
 def test_default_is_the_knee_of_the_newest_run(run_dir, tmp_path, capsys, monkeypatch):
@@ -108,16 +149,22 @@ def test_default_is_the_knee_of_the_newest_run(run_dir, tmp_path, capsys, monkey
 
 
 # --- bad input ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, expected", [
-    (["--target", "tflight"], "unknown export target 'tflight': did you mean 'tflite'?"),
-    (["--target", "onnx", "--int8"], "--int8 is not supported for --target onnx: use --target tflite"),
-    (["--arch", GENOMES[0]], "--arch needs --checkpoint"),
-    (["--pick", "7"], "--pick 7 is outside the front"),
-    (["--pick", "knee", "--calib-size", "0"], "--calib-size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--target", "tflight"], "unknown export target 'tflight': did you mean 'tflite'?"),
+        (["--target", "onnx", "--int8"], "--int8 is not supported for --target onnx: use --target tflite"),
+        (["--arch", GENOMES[0]], "--arch needs --checkpoint"),
+        (["--pick", "7"], "--pick 7 is outside the front"),
+        (["--pick", "knee", "--calib-size", "0"], "--calib-size must be >= 1"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, expected):
-    rc = cli("--run", str(run_dir), "--out", str(tmp_path / "o"), *args) if "--arch" not in args else \
-        cli("--out", str(tmp_path / "o"), *args)
+    rc = (
+        cli("--run", str(run_dir), "--out", str(tmp_path / "o"), *args)
+        if "--arch" not in args
+        else cli("--out", str(tmp_path / "o"), *args)
+    )
     assert rc == 2
     assert expected in one_error_line(capsys.readouterr().err)
 
@@ -135,7 +182,10 @@ def test_run_without_a_front(tmp_path, capsys):
 def test_genome_outside_the_checkpoints_space(checkpoint, tmp_path, capsys):
     # ir_k7_e6 exists in the registry but not in the digits space; 7 layers instead of 6 as well
     bad = "ir_k7_e6_c8-skip-ghost_c16-skip-shuffle_c24-skip"
-    assert cli("--checkpoint", str(checkpoint), "--arch", bad, "--target", "onnx", "--out", str(tmp_path / "o")) == 2
+    assert (
+        cli("--checkpoint", str(checkpoint), "--arch", bad, "--target", "onnx", "--out", str(tmp_path / "o"))
+        == 2
+    )
     line = one_error_line(capsys.readouterr().err)
     assert "is not a subnet of checkpoint" in line and "ir_k7_e6" in line and "allowed" in line
     assert cli("--checkpoint", str(checkpoint), "--arch", GENOMES[0] + "-skip", "--target", "onnx") == 2
@@ -161,8 +211,11 @@ def _fake_float32(ctx):
 
 def test_converter_failure_keeps_earlier_artifacts(checkpoint, tmp_path, capsys, monkeypatch):
     def failing(ctx):
-        raise ConversionError("onnx2tf conversion failed at ONNX node 'n' (LpPool): onnx2tf has no converter for "
-                              f"the ONNX op LpPool (full converter output: {ctx.out_dir}/onnx2tf.log)", op="n")
+        raise ConversionError(
+            "onnx2tf conversion failed at ONNX node 'n' (LpPool): onnx2tf has no converter for "
+            f"the ONNX op LpPool (full converter output: {ctx.out_dir}/onnx2tf.log)",
+            op="n",
+        )
 
     monkeypatch.setitem(STEPS, "tflite_float32", failing)
     out = tmp_path / "o"
@@ -173,15 +226,24 @@ def test_converter_failure_keeps_earlier_artifacts(checkpoint, tmp_path, capsys,
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and "LpPool" in report["error"]
     assert [(s["name"], s["status"]) for s in report["steps"]] == [
-        ("prepare", "ok"), ("onnx", "ok"), ("tflite_float32", "failed")]
+        ("prepare", "ok"),
+        ("onnx", "ok"),
+        ("tflite_float32", "failed"),
+    ]
     assert report["checks"]["onnx"]["passed"] and "model.onnx" in report["artifacts"]
 
 
 def test_accuracy_gate_writes_files_then_exits_1(checkpoint, tmp_path, capsys, monkeypatch):
     def int8_too_lossy(ctx):
         (ctx.out_dir / INT8_FILE).write_bytes(b"int8")
-        check = Check("tflite_int8", "int8_acc_drop", 3.5, ctx.cfg.max_int8_drop, False,
-                      {"float_acc": 97.0, "int8_acc": 93.5, "top1_agreement": 95.0})
+        check = Check(
+            "tflite_int8",
+            "int8_acc_drop",
+            3.5,
+            ctx.cfg.max_int8_drop,
+            False,
+            {"float_acc": 97.0, "int8_acc": 93.5, "top1_agreement": 95.0},
+        )
         ctx.checks["tflite_int8"] = check
         return StepRecord("tflite_int8", 0.0, "check_failed", check.summary(), INT8_FILE, 4, check.to_dict())
 
@@ -201,29 +263,39 @@ def test_accuracy_gate_writes_files_then_exits_1(checkpoint, tmp_path, capsys, m
 
 
 def test_help_imports_no_heavy_packages():
-    code = ("import sys; from nasctl.cli import main\n"
-            "try:\n    main(['export', '--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'tensorflow', 'onnx', 'onnx2tf') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    code = (
+        "import sys; from nasctl.cli import main\n"
+        "try:\n    main(['export', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'tensorflow', 'onnx', 'onnx2tf') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert "--max-int8-drop" in out and "HEAVY []" in out
 
 
-# --- a real converter failure --------------------------------------------------------------------------------
+# --- a real converter failure ---------------------------------------------------------------------
 @pytest.mark.skipif(bool(missing_modules(TARGETS["tflite"].modules)), reason="export extra not installed")
 def test_onnx2tf_failure_names_the_op_and_the_log(tmp_path):
     """LpPool has no onnx2tf converter: one short line with the op, the node and the log file."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     from nasctl.export.tflite import TFLiteConversion
+    from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.random.default_rng(0).random((4, 1, 3, 3), dtype=np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv0"),
-         helper.make_node("LpPool", ["c"], ["logits"], kernel_shape=[2, 2], strides=[2, 2], p=2, name="pool0")],
-        "lp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 4, 4])], [w])
+        [
+            helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], name="conv0"),
+            helper.make_node(
+                "LpPool", ["c"], ["logits"], kernel_shape=[2, 2], strides=[2, 2], p=2, name="pool0"
+            ),
+        ],
+        "lp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "model.onnx")

@@ -23,18 +23,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from nasctl.export import TARGETS, ExportConfig, export
 from nasctl.export.prepare import recalibrate
 from nasctl.export.source import load_source
 from nasctl.export.targets import missing_modules
 from nasctl.nas.checkpoint import FORMAT, atomic_torch_save
-from nasctl.nas.data import DataSplits, DatasetInfo, TensorSplit, load_dataset
+from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset
 from nasctl.nas.space import BLOCKS, SKIP, Genome, SearchSpace
 from nasctl.nas.supernet import Supernet
 
-pytestmark = pytest.mark.skipif(bool(missing_modules(TARGETS["tflite"].modules)),
-                                reason="export extra not installed (pip install 'nasctl[export]')")
+pytestmark = pytest.mark.skipif(
+    bool(missing_modules(TARGETS["tflite"].modules)),
+    reason="export extra not installed (pip install 'nasctl[export]')",
+)
 
 TOKENS = sorted(BLOCKS) + [SKIP]
 SEED = 0
@@ -44,10 +45,16 @@ ROBUST = {"robust_images": 64, "pgd_steps": 10, "square_queries": 100}
 
 def all_blocks_space() -> SearchSpace:
     """8 layers (4 at 8x8, 4 at 4x4) that may use every registered block type."""
-    return SearchSpace.from_dict({
-        "name": "export-all-blocks", "stem_channels": 8, "stem_stride": 1,
-        "stages": [{"layers": 4, "stride": 1, "widths": [8]}, {"layers": 4, "stride": 2, "widths": [16]}],
-        "blocks": TOKENS, "head_channels": 32})
+    return SearchSpace.from_dict(
+        {
+            "name": "export-all-blocks",
+            "stem_channels": 8,
+            "stem_stride": 1,
+            "stages": [{"layers": 4, "stride": 1, "widths": [8]}, {"layers": 4, "stride": 2, "widths": [16]}],
+            "blocks": TOKENS,
+            "head_channels": 32,
+        }
+    )
 
 
 def covering_genomes(space: SearchSpace) -> list[Genome]:
@@ -67,8 +74,9 @@ def covering_genomes(space: SearchSpace) -> list[Genome]:
 def rgb_digits(splits: DataSplits) -> DataSplits:
     """Digits with the grey channel repeated three times: a 3-channel data set that needs no files."""
     info = splits.info
-    rgb = DatasetInfo("digits-rgb", 3, info.resolution, info.num_classes, info.mean * 3, info.std * 3,
-                      info.default_eps)
+    rgb = DatasetInfo(
+        "digits-rgb", 3, info.resolution, info.num_classes, info.mean * 3, info.std * 3, info.default_eps
+    )
 
     def three(s: TensorSplit) -> TensorSplit:
         return TensorSplit(s.images.repeat(1, 3, 1, 1).contiguous(), s.labels, s.source_indices)
@@ -76,7 +84,9 @@ def rgb_digits(splits: DataSplits) -> DataSplits:
     return DataSplits(rgb, three(splits.train), three(splits.val), three(splits.test))
 
 
-def train_path_checkpoint(space: SearchSpace, genome: Genome, splits: DataSplits, path: Path, epochs: int = 15) -> None:
+def train_path_checkpoint(
+    space: SearchSpace, genome: Genome, splits: DataSplits, path: Path, epochs: int = 15
+) -> None:
     """Train one path of a fresh supernet (clean, Adam, a few seconds) and save a real checkpoint."""
     info = splits.info
     torch.manual_seed(SEED)
@@ -90,9 +100,17 @@ def train_path_checkpoint(space: SearchSpace, genome: Genome, splits: DataSplits
             opt.zero_grad()
             F.cross_entropy(net(x), y).backward()
             opt.step()
-    atomic_torch_save({"format": FORMAT, "space": space.to_dict(), "dataset": info.to_dict(),
-                       "config": {"seed": SEED, "dataset": info.name}, "epoch": epochs,
-                       "model": net.state_dict()}, path)
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "space": space.to_dict(),
+            "dataset": info.to_dict(),
+            "config": {"seed": SEED, "dataset": info.name},
+            "epoch": epochs,
+            "model": net.state_dict(),
+        },
+        path,
+    )
 
 
 @dataclass
@@ -136,14 +154,39 @@ def exports(tmp_path_factory) -> list[Exported]:
             if i == 0:  # the CLI, as a user runs it (data set by name from the checkpoint)
                 buf = io.StringIO()
                 with contextlib.redirect_stdout(buf):
-                    rc = main(["export", "--checkpoint", str(ckpt), "--arch", genome.encode(), "--target", "tflite",
-                               "--int8", "--out", str(out), "--robust-images", str(ROBUST["robust_images"]),
-                               "--pgd-steps", str(ROBUST["pgd_steps"]),
-                               "--square-queries", str(ROBUST["square_queries"])])
+                    rc = main(
+                        [
+                            "export",
+                            "--checkpoint",
+                            str(ckpt),
+                            "--arch",
+                            genome.encode(),
+                            "--target",
+                            "tflite",
+                            "--int8",
+                            "--out",
+                            str(out),
+                            "--robust-images",
+                            str(ROBUST["robust_images"]),
+                            "--pgd-steps",
+                            str(ROBUST["pgd_steps"]),
+                            "--square-queries",
+                            str(ROBUST["square_queries"]),
+                        ]
+                    )
                 stdout = buf.getvalue()
             else:
-                result = export(ExportConfig(checkpoint=str(ckpt), arch=genome.encode(), target="tflite", int8=True,
-                                             out=str(out), **ROBUST), splits=splits)
+                result = export(
+                    ExportConfig(
+                        checkpoint=str(ckpt),
+                        arch=genome.encode(),
+                        target="tflite",
+                        int8=True,
+                        out=str(out),
+                        **ROBUST,
+                    ),
+                    splits=splits,
+                )
                 rc, stdout = (0 if result.ok else 1), ""
             model = load_source(ckpt, genome.encode()).model
             recalibrate(model, splits.train, SEED)
@@ -179,7 +222,7 @@ def _run_litert(it, x_nchw: np.ndarray) -> np.ndarray:
     x = x_nchw.transpose(0, 2, 3, 1)
     res = []
     for i in range(len(x)):
-        xi = x[i:i + 1]
+        xi = x[i : i + 1]
         if inp["dtype"] == np.int8:
             s, z = inp["quantization"]
             xi = np.clip(np.floor(xi / s + 0.5) + z, -128, 127).astype(np.int8)  # xi >= 0: half away from 0
@@ -208,7 +251,7 @@ def test_every_block_type_survives_the_export_chain(exports, token):
     x = _val(e, 16)
     ref = e.torch_logits(x)
     sess = ort.InferenceSession(str(e.out / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    onnx_out = np.concatenate([sess.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
     assert np.abs(onnx_out - ref).max() <= 1e-4
     assert np.abs(_run_litert(_litert(e.out / "model_float32.tflite"), x) - ref).max() <= 1e-4
     int8 = _run_litert(_litert(e.out / "model_int8.tflite"), x)
@@ -234,7 +277,7 @@ def test_onnx_matches_pytorch_within_1e4(exports, i):
     assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}  # folded
     x = _val(e)
     sess = ort.InferenceSession(str(e.out / "model.onnx"), providers=["CPUExecutionProvider"])
-    out = np.concatenate([sess.run(None, {"input": x[j:j + 1]})[0] for j in range(len(x))])
+    out = np.concatenate([sess.run(None, {"input": x[j : j + 1]})[0] for j in range(len(x))])
     diff = float(np.abs(out - e.torch_logits(x)).max())
     assert diff <= 1e-4
     check = e.report()["checks"]["onnx"]
@@ -249,7 +292,7 @@ def test_float_tflite_matches_onnx_within_1e4(exports, i):
     e = exports[i]
     x = _val(e)
     sess = ort.InferenceSession(str(e.out / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = np.concatenate([sess.run(None, {"input": x[j:j + 1]})[0] for j in range(len(x))])
+    onnx_out = np.concatenate([sess.run(None, {"input": x[j : j + 1]})[0] for j in range(len(x))])
     tfl = _run_litert(_litert(e.out / "model_float32.tflite"), x)
     assert float(np.abs(tfl - onnx_out).max()) <= 1e-4
     check = e.report()["checks"]["tflite_float32"]
@@ -274,8 +317,11 @@ def test_int8_accuracy_within_two_points_of_float(exports, i):
     assert check["detail"]["float_acc"] == pytest.approx(float_acc, abs=1e-6)
     assert check["detail"]["top1_agreement"] >= 90
     # per-channel weights: conv weight tensors carry one scale per output channel
-    per_channel = [t for t in it.get_tensor_details()
-                   if len(t["quantization_parameters"]["scales"]) > 1 and t["dtype"] == np.int8]
+    per_channel = [
+        t
+        for t in it.get_tensor_details()
+        if len(t["quantization_parameters"]["scales"]) > 1 and t["dtype"] == np.int8
+    ]
     assert per_channel
 
 
@@ -334,7 +380,10 @@ def test_report_lists_artifacts_with_sizes_and_times(exports):
         data = (e.out / name).read_bytes()
         assert art["size_bytes"] == len(data)
         assert art["sha256"] == hashlib.sha256(data).hexdigest()
-    assert report["artifacts"]["model_int8.tflite"]["size_bytes"] < report["artifacts"]["model_float32.tflite"]["size_bytes"]
+    assert (
+        report["artifacts"]["model_int8.tflite"]["size_bytes"]
+        < report["artifacts"]["model_float32.tflite"]["size_bytes"]
+    )
     assert all(s["seconds"] > 0 for s in report["steps"])
     log = (e.out / "onnx2tf.log").read_text()
     assert "onnx2tf" in log  # the converter's chatter went to the log, not the terminal
@@ -360,8 +409,16 @@ def test_same_seed_same_artifacts(exports, tmp_path):
     import onnx
 
     e = exports[1]
-    result = export(ExportConfig(checkpoint=str(e.checkpoint), arch=e.genome, int8=True, out=str(tmp_path / "again"),
-                                 robust_images=0), splits=e.splits)
+    result = export(
+        ExportConfig(
+            checkpoint=str(e.checkpoint),
+            arch=e.genome,
+            int8=True,
+            out=str(tmp_path / "again"),
+            robust_images=0,
+        ),
+        splits=e.splits,
+    )
     assert result.ok
     a, b = onnx.load(str(e.out / "model.onnx")), onnx.load(str(tmp_path / "again" / "model.onnx"))
     assert a.graph.SerializeToString() == b.graph.SerializeToString()
@@ -371,3 +428,46 @@ def test_same_seed_same_artifacts(exports, tmp_path):
     x = e.splits.test.subset(100).numpy_images()
     np.testing.assert_array_equal(_run_litert(first, x), _run_litert(second, x))
     assert dataclasses.asdict(result.steps[0])["info"]["bn_folded"] > 0
+
+
+@pytest.mark.slow
+def test_bench_export_script(exports, tmp_path, capsys):
+    """bench/bench_export.py end to end on the fixture's checkpoint (three more onnx2tf runs)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_export.py"
+    spec = importlib.util.spec_from_file_location("bench_export", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    assert (
+        bench.main(
+            [
+                "--checkpoint",
+                str(exports[0].checkpoint),
+                "--out",
+                str(out),
+                "--robust-images",
+                "16",
+                "--pgd-steps",
+                "2",
+                "--square-queries",
+                "20",
+                "--latency-runs",
+                "10",
+                "--warmup-runs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["models"]) == 3
+    params = [m["params"] for m in doc["models"]]
+    assert params[0] < params[1] < params[2]
+    for m in doc["models"]:
+        assert set(m["latency"]) == {"onnxruntime", "litert_float32", "litert_int8"}
+        assert all(v["p50_ms"] > 0 for v in m["latency"].values())
+        assert m["report"]["robustness"]["attacks"].keys() == {"transfer_pgd", "fakequant_pgd", "square"}
+    table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
+    assert len(table) == 2 + 3

@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import sys
 
 import numpy as np
 import pytest
 import torch
-
 from nasctl.export import TARGETS, ExportError, get_target
-from nasctl.export.fakequant import FakeQuantTwin, activation_qparams, fake_quant, make_fake_quant_twin, \
-    quantize_weight_per_channel
+from nasctl.export.fakequant import (
+    FakeQuantTwin,
+    activation_qparams,
+    fake_quant,
+    make_fake_quant_twin,
+    quantize_weight_per_channel,
+)
 from nasctl.export.prepare import calibration_set, fold_batchnorm, recalibrate
 from nasctl.export.robustness import to_uint8_grid
 from nasctl.export.source import latest_run, pick_from_run
 from nasctl.export.square import SquareAttack, margin_loss, p_schedule
 from nasctl.export.targets import EXTRA_HINT, require_installed
 from nasctl.nas.data import TensorSplit, load_dataset
-from nasctl.nas.space import BLOCKS, SKIP, GenomeError, SearchSpace, load_space
+from nasctl.nas.space import BLOCKS, GenomeError, SearchSpace, load_space
 from nasctl.nas.supernet import Supernet
 
 
@@ -46,13 +51,17 @@ def test_every_target_plans_prepare_then_onnx(name):
 
 
 def test_unknown_target_names_the_known_ones():
-    with pytest.raises(ExportError, match=r"unknown export target 'tflight': did you mean 'tflite'\? .*onnx, tflite"):
+    with pytest.raises(
+        ExportError, match=r"unknown export target 'tflight': did you mean 'tflite'\? .*onnx, tflite"
+    ):
         get_target("tflight")
 
 
 def test_missing_export_extra_says_what_to_install(monkeypatch):
     t = TARGETS["tflite"]
-    monkeypatch.setitem(TARGETS, "tflite", dataclasses.replace(t, modules=t.modules + ("nasctl_no_such_module",)))
+    monkeypatch.setitem(
+        TARGETS, "tflite", dataclasses.replace(t, modules=t.modules + ("nasctl_no_such_module",))
+    )
     with pytest.raises(ExportError) as info:
         require_installed(TARGETS["tflite"])
     msg = str(info.value)
@@ -69,17 +78,28 @@ def test_missing_onnx2tf_at_import_time_says_what_to_install(monkeypatch):
 
 
 # --- picking from a search run --------------------------------------------------------------------
-FRONT = ["dsc_k3_c8-skip-ghost_c16-skip-shuffle_c24-skip", "ir_k3_e3_c12-skip-ghost_c16-skip-shuffle_c24-skip",
-         "ir_k3_e6_c16-ghost_c16-ghost_c32-ir_k5_e3_c32-shuffle_c48-dsc_k3_c48"]
+FRONT = [
+    "dsc_k3_c8-skip-ghost_c16-skip-shuffle_c24-skip",
+    "ir_k3_e3_c12-skip-ghost_c16-skip-shuffle_c24-skip",
+    "ir_k3_e6_c16-ghost_c16-ghost_c32-ir_k5_e3_c32-shuffle_c48-dsc_k3_c48",
+]
 
 
 def write_run(path, front=FRONT, knee=1, supernet="supernet.pt"):
     path.mkdir(parents=True)
     (path / "supernet.pt").write_bytes(b"x")
-    doc = {"objectives": ["clean_err", "adv_err", "params"], "knee": knee, "supernet": supernet, "dataset": "digits",
-           "data_dir": None, "seed": 3,
-           "front": [{"genome": g, "clean_acc": 90.0, "adv_acc": 60.0, "params": 1000 * (i + 1), "rank": 0}
-                     for i, g in enumerate(front)]}
+    doc = {
+        "objectives": ["clean_err", "adv_err", "params"],
+        "knee": knee,
+        "supernet": supernet,
+        "dataset": "digits",
+        "data_dir": None,
+        "seed": 3,
+        "front": [
+            {"genome": g, "clean_acc": 90.0, "adv_acc": 60.0, "params": 1000 * (i + 1), "rank": 0}
+            for i, g in enumerate(front)
+        ],
+    }
     (path / "pareto.json").write_text(json.dumps(doc))
     return path
 
@@ -95,10 +115,13 @@ def test_pick_knee_index_and_genome(tmp_path):
     assert pick_from_run(run, " " + FRONT[2] + " ").index == 2
 
 
-@pytest.mark.parametrize("pick, match", [
-    ("3", r"--pick 3 is outside the front .* 3 members"),
-    ("ir_k3_e3_c8-skip-ghost_c16-skip-shuffle_c24-skip", r"is not on the front"),
-])
+@pytest.mark.parametrize(
+    "pick, match",
+    [
+        ("3", r"--pick 3 is outside the front .* 3 members"),
+        ("ir_k3_e3_c8-skip-ghost_c16-skip-shuffle_c24-skip", r"is not on the front"),
+    ],
+)
 def test_bad_picks(tmp_path, pick, match):
     run = write_run(tmp_path / "r")
     with pytest.raises(ExportError, match=match):
@@ -135,10 +158,16 @@ def test_latest_run(tmp_path):
 
 # --- model preparation ----------------------------------------------------------------------------
 def one_block_space(token: str) -> SearchSpace:
-    return SearchSpace.from_dict({"name": f"one-{token}", "stem_channels": 8, "stem_stride": 1,
-                                  "stages": [{"layers": 1, "stride": 1, "widths": [8]},
-                                             {"layers": 1, "stride": 2, "widths": [12]}],
-                                  "blocks": [token, "dsc_k3"], "head_channels": 16})
+    return SearchSpace.from_dict(
+        {
+            "name": f"one-{token}",
+            "stem_channels": 8,
+            "stem_stride": 1,
+            "stages": [{"layers": 1, "stride": 1, "widths": [8]}, {"layers": 1, "stride": 2, "widths": [12]}],
+            "blocks": [token, "dsc_k3"],
+            "head_channels": 16,
+        }
+    )
 
 
 @pytest.mark.parametrize("token", sorted(BLOCKS))
@@ -166,7 +195,9 @@ def test_calibration_set_is_seeded_and_fingerprinted():
     a, b, c = calibration_set(train, 300, 0), calibration_set(train, 300, 0), calibration_set(train, 300, 1)
     assert a.images.shape == (300, 1, 8, 8) and a.images.dtype == np.float32
     assert a.sha256 == b.sha256 != c.sha256
-    assert a.sha256 == hashlib.sha256(np.ascontiguousarray(a.images.transpose(0, 2, 3, 1)).tobytes()).hexdigest()
+    assert (
+        a.sha256 == hashlib.sha256(np.ascontiguousarray(a.images.transpose(0, 2, 3, 1)).tobytes()).hexdigest()
+    )
     assert len(np.unique(a.indices)) == 300
     assert calibration_set(train, 10_000, 0).images.shape[0] == len(train)
 
@@ -228,14 +259,16 @@ def test_square_attack_uses_the_projection():
     predict, _ = linear_model()
     x = np.random.default_rng(2).random((10, 1, 8, 8)).astype(np.float32)
     y = predict(x).argmax(1)
-    x_adv, _ = SquareAttack(eps=0.1, queries=50).run(predict, x, y, project=lambda c, x0: to_uint8_grid(c, x0, 0.1))
+    x_adv, _ = SquareAttack(eps=0.1, queries=50).run(
+        predict, x, y, project=lambda c, x0: to_uint8_grid(c, x0, 0.1)
+    )
     changed = np.any(x_adv != x, axis=(1, 2, 3))
     assert np.allclose(x_adv[changed] * 255, np.round(x_adv[changed] * 255), atol=1e-4)
 
 
 def test_p_schedule_halves_and_never_grows():
     ps = [p_schedule(0.05, i, 1000) for i in range(1000)]
-    assert ps[0] == 0.05 and all(a >= b for a, b in zip(ps, ps[1:])) and ps[-1] < 0.05 / 100
+    assert ps[0] == 0.05 and all(a >= b for a, b in itertools.pairwise(ps)) and ps[-1] < 0.05 / 100
 
 
 # --- fake quantisation ----------------------------------------------------------------------------

@@ -22,27 +22,62 @@ writes model.onnx, model_float32.tflite, model_int8.tflite, metadata.json, repor
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, description=help_text + ". Every hop is checked numerically "
-                       "against the previous one; results go to report.json.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text + ". Every hop is checked numerically "
+        "against the previous one; results go to report.json.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g = p.add_argument_group("what to export")
-    g.add_argument("--run", metavar="RUN", dest="run_dir", help="search run folder (default: the newest under runs/search)")
+    g.add_argument(
+        "--run",
+        metavar="RUN",
+        dest="run_dir",
+        help="search run folder (default: the newest under runs/search)",
+    )
     g.add_argument("--pick", metavar="knee|INDEX|GENOME", help="member of the run's front (default knee)")
-    g.add_argument("--checkpoint", metavar="CKPT", help="supernet checkpoint, instead of a run (needs --arch)")
+    g.add_argument(
+        "--checkpoint",
+        "--supernet",
+        metavar="CKPT",
+        dest="checkpoint",
+        help="supernet checkpoint, instead of a run (needs --arch)",
+    )
     g.add_argument("--arch", metavar="GENOME", help="genome string to extract from --checkpoint")
     g = p.add_argument_group("output")
     g.add_argument("--target", metavar="TARGET", help="onnx or tflite (default tflite)")
     g.add_argument("--int8", action="store_true", default=None, help="also full-integer int8 TFLite")
     g.add_argument("--out", metavar="DIR", help="output folder (default runs/export/<stamp>-<name>)")
     g = p.add_argument_group("checks")
-    g.add_argument("--calib-size", type=int, help="int8 calibration images from the train split (default 300)")
-    g.add_argument("--max-int8-drop", type=float,
-                   help="clean-accuracy points int8 may lose vs float before the export fails (default 2.0)")
-    g.add_argument("--eps", type=float, help="robustness L-inf radius (default: the data set's, digits 0.1)")
-    g.add_argument("--robust-images", type=int, help="test images attacked on the int8 model (default 200; 0 skips)")
-    g.add_argument("--pgd-steps", type=int, help="PGD steps of the transfer and fake-quant attacks (default 20)")
+    g.add_argument(
+        "--calib-size", type=int, help="int8 calibration images from the train split (default 300)"
+    )
+    g.add_argument(
+        "--max-int8-drop",
+        type=float,
+        help="clean-accuracy points int8 may lose vs float before the export fails (default 2.0)",
+    )
+    g.add_argument(
+        "--eps",
+        type=float,
+        help="robustness L-inf radius (default: the search's / training's, else the data set's, digits 0.1)",
+    )
+    g.add_argument(
+        "--robust-images", type=int, help="test images attacked on the int8 model (default 200; 0 skips)"
+    )
+    g.add_argument(
+        "--pgd-steps", type=int, help="PGD steps of the transfer and fake-quant attacks (default 20)"
+    )
     g.add_argument("--square-queries", type=int, help="Square attack queries per image (default 300)")
     g.add_argument("--data-dir", help="data set folder (default: as recorded by the run / checkpoint)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for the PyTorch parts (default: torch's; 1 is "
+        "fastest for tiny models on a busy CPU)",
+    )
     add_config_flags(p)
     p.set_defaults(run=run)
 
@@ -58,8 +93,11 @@ def _printer():
 
     class _Lines(ExportCallbacks):
         def on_start(self, out_dir, genome, plan, source):
-            where = f"run {source['run']} front #{source['front_index']}{' (knee)' if source.get('knee') else ''}" \
-                if "run" in source else f"checkpoint {source['checkpoint']}"
+            where = (
+                f"run {source['run']} front #{source['front_index']}{' (knee)' if source.get('knee') else ''}"
+                if "run" in source
+                else f"checkpoint {source['checkpoint']}"
+            )
             print(f"exporting {genome}\n  from {where}\n  to   {out_dir}", flush=True)
 
         def on_step_start(self, index, total, name):
@@ -92,9 +130,14 @@ def run(args: argparse.Namespace) -> int:
     for name in result.failed_checks:
         c = checks[name]
         if c["metric"] == "int8_acc_drop":
-            reasons.append(f"int8 clean accuracy dropped {c['value']:.1f} points (> --max-int8-drop {c['threshold']:g})")
+            reasons.append(
+                f"int8 clean accuracy dropped {c['value']:.1f} points (> --max-int8-drop {c['threshold']:g})"
+            )
         else:
             reasons.append(f"{name} max abs diff {c['value']:.1e} > {c['threshold']:g}")
-    print(f"nasctl: error: export checks failed: {'; '.join(reasons)}; the files are written to {result.out_dir} "
-          f"(details in {report})", file=sys.stderr)
+    print(
+        f"nasctl: error: export checks failed: {'; '.join(reasons)}; the files are written to "
+        f"{result.out_dir} (details in {report})",
+        file=sys.stderr,
+    )
     return 1
