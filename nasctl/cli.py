@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nasctl: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("nasctl: interrupted; everything finished so far is on disk (use --resume to continue)",
-              file=sys.stderr)
+        hint = " (continue with --resume RUN)" if args.command in ("train", "search") else ""
+        print(f"nasctl: interrupted; everything finished so far is on disk{hint}", file=sys.stderr)
         return 130
 
 

@@ -27,7 +27,7 @@ def undefended_model(digits):
     space = load_space("digits")
     info = digits.info
     net = Supernet(space, info.in_channels, info.num_classes, info.mean, info.std)
-    model = net.extract(space.parse("dsc_k3_c16-skip-dsc_k3_c32-skip-dsc_k3_c48-skip"))
+    model = net.extract(space.parse("ir_k3_e3_c16-skip-ir_k3_e3_c32-skip-ir_k3_e3_c48-skip"))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(0)
     model.train()

@@ -18,7 +18,7 @@ from nasctl.export.targets import missing_modules
 from nasctl.export.verify import Check
 from nasctl.nas.checkpoint import FORMAT, atomic_torch_save
 from nasctl.nas.data import load_dataset
-from nasctl.nas.space import load_space
+from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import Supernet
 
 from nasctl.cli import main
@@ -41,7 +41,10 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An (untrained) digits supernet checkpoint in the format 'nasctl train' writes."""
-    space = load_space("digits")
+    # the digits layout with every block family (the built-in digits space offers only ir + skip)
+    space = SearchSpace.from_dict({**load_space("digits").to_dict(), "name": "digits-mixed",
+                                   "blocks": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost", "shuffle",
+                                              "skip"]})
     info = load_dataset("digits").info
     torch.manual_seed(0)
     net = Supernet(space, info.in_channels, info.num_classes, info.mean, info.std)

@@ -33,7 +33,7 @@ class BlockType:
 
     @property
     def family(self) -> str:
-        return self.cls.__name__
+        return self.cls.family_of(dict(self.hparams))
 
 
 BLOCKS: dict[str, BlockType] = {}
@@ -57,13 +57,15 @@ def family_block(tokens: list[str], cin: int, cout: int, stride: int) -> "Block"
     smaller expansions the first hidden channels (Once-for-All's elastic kernel/expansion), so all
     variants train the same weights instead of splitting the few training steps between them."""
     types = [BLOCKS[t] for t in tokens]
-    if len({t.cls for t in types}) != 1:
+    if len({t.family for t in types}) != 1:
         raise ValueError(f"tokens {tokens} are not one family")
     merged: dict[str, int] = {}
     for t in types:
         for k, v in t.hparams:
             merged[k] = max(merged.get(k, v), v)
-    return types[0].cls(cin, cout, stride, token=types[0].family, **merged)
+    block = types[0].cls(cin, cout, stride, token=types[0].token, **merged)
+    block.set_active(cin, cout, types[0].token)
+    return block
 
 
 class Block(nn.Module):
@@ -86,10 +88,15 @@ class Block(nn.Module):
     def specs(self, cin: int, cout: int) -> list[tuple[str, Spec, bool]]:
         raise NotImplementedError
 
+    @classmethod
+    def family_of(cls, hparams: dict[str, int]) -> str:
+        """Variants with the same family share one set of weights in the supernet."""
+        return cls.__name__
+
     # --- shared machinery --------------------------------------------------------------------
     def set_active(self, cin: int, cout: int, token: str | None = None) -> None:
         """Activate ``cin`` -> ``cout`` channels, and, in a family block, the variant ``token``."""
-        if token is not None and token != self.token:
+        if token is not None:
             self.token, self.hparams = token, dict(BLOCKS[token].hparams)
         for name, spec, _ in self.specs(cin, cout):
             getattr(self, name).set_active(spec)
@@ -140,6 +147,12 @@ def _dw(c: int, k: int, stride: int = 1) -> ConvSpec:
 @register_block("ir_k7_e6", kernel=7, expand=6)
 class InvertedResidual(Block):
     """MobileNetV2 inverted residual: 1x1 expand, kxk depthwise, 1x1 linear projection."""
+
+    @classmethod
+    def family_of(cls, hparams):
+        # without expansion the depthwise conv runs on the block's input channels, not on expanded
+        # hidden channels: sharing its weights with e>1 variants would mix two meanings
+        return cls.__name__ + ("_e1" if hparams["expand"] == 1 else "")
 
     def specs(self, cin, cout):
         k, e = self.hparams["kernel"], self.hparams["expand"]
