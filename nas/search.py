@@ -146,6 +146,14 @@ def space_vars(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
+def vars_from_genome(space: SearchSpace, genome: Genome) -> dict[str, Any]:
+    x = {}
+    for gene, lc in zip(genome.layers, space.layers):
+        x[f"L{lc.index:02d}_op"] = gene.op
+        x[f"L{lc.index:02d}_ch"] = gene.channels if gene.op != SKIP else min(lc.channels)
+    return x
+
+
 def genome_from_vars(space: SearchSpace, x: dict[str, Any]) -> Genome:
     genes = []
     for lc in space.layers:
@@ -218,8 +226,18 @@ def _make_nsga2(space: SearchSpace, pop_size: int):
         def is_equal(self, a, b):
             return genome_from_vars(space, a.X) == genome_from_vars(space, b.X)
 
+    class SeededSampling(MixedVariableSampling):
+        """Random initial population that also holds the largest and smallest subnets: the
+        sandwich rule trains both every step, so they anchor the two ends of the front."""
+
+        def _do(self, problem, n_samples, random_state=None, **kwargs):
+            X = super()._do(problem, n_samples, random_state=random_state, **kwargs)
+            for i, g in enumerate((space.largest(), space.smallest())[: len(X)]):
+                X[i] = vars_from_genome(space, g)
+            return X
+
     dup = SameGenome()
-    return NSGA2(pop_size=pop_size, sampling=MixedVariableSampling(),
+    return NSGA2(pop_size=pop_size, sampling=SeededSampling(),
                  mating=MixedVariableMating(selection=Tournament(func_comp=binary_tournament),
                                             eliminate_duplicates=dup),
                  eliminate_duplicates=dup)

@@ -47,7 +47,7 @@ class TrainConfig:
     data_dir: str | None = None  # where torchvision data sets live (downloaded there when online)
     space: str | None = None  # built-in space name or YAML path; None: 'digits' for digits, else 'tam'
     width_mult: float = 1.0  # multiplies every channel choice (TAM-NAS question b)
-    epochs: int = 12  # digits: about 2 min on 2 CPU cores (sandwich, PGD-7)
+    epochs: int = 30  # digits: about 2 min on 2 CPU cores (uniform sampling, PGD-7)
     batch_size: int = 64
     lr: float = 0.1  # SGD (Nesterov), cosine-annealed to 0
     momentum: float = 0.9
@@ -55,10 +55,10 @@ class TrainConfig:
     attack: str = "pgd"  # pgd | fgsm-rs | n-fgsm | trades
     eps: float | None = None  # L-inf budget on [0,1] pixels; None: the data set's default (digits 0.1)
     attack_steps: int = 7  # PGD-7 (Madry); TRADES inner steps too
-    eps_warmup: int = 4  # epochs over which the training eps ramps up linearly (random subnets: 57 vs 43 % PGD)
+    eps_warmup: int = 10  # epochs over which the training eps ramps up linearly from eps/eps_warmup
     attack_alpha: float | None = None  # None: eps/4 for PGD/TRADES, 1.25 eps for FGSM-RS
     trades_beta: float = 6.0
-    sampling: str = "sandwich"  # uniform | sandwich
+    sampling: str = "uniform"  # uniform: every subnet equally trained (BENCHMARKS.md); sandwich: + largest/smallest
     sandwich_random: int = 1  # random paths per step besides largest and smallest
     eval_size: int = 200  # validation images for the per-epoch check
     eval_steps: int = 20  # PGD-20 in the per-epoch check
