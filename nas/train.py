@@ -60,6 +60,7 @@ class TrainConfig:
     trades_beta: float = 6.0
     sampling: str = "uniform"  # uniform: every subnet equally trained (BENCHMARKS.md); sandwich: + largest/smallest
     sandwich_random: int = 1  # random paths per step besides largest and smallest
+    eval_every: int = 5  # validate largest/smallest every N epochs and at the end (single-step attacks: every epoch)
     eval_size: int = 200  # validation images for the per-epoch check
     eval_steps: int = 20  # PGD-20 in the per-epoch check
     co_drop: float = 20.0  # points of PGD accuracy lost vs the best epoch that count as catastrophic overfitting
@@ -127,7 +128,7 @@ class EpochMetrics:
     loss: float
     train_clean_acc: float  # percent, over the trained paths on clean inputs
     train_adv_acc: float  # percent, over the trained paths on their adversarial inputs
-    val: dict[str, dict[str, float]]  # 'largest'/'smallest' -> clean_acc, adv_acc (PGD-eval_steps)
+    val: dict[str, dict[str, float]]  # 'largest'/'smallest' -> clean_acc, adv_acc (PGD-eval_steps); {} if skipped
     seconds: float
     images_per_s: float
     catastrophic_overfitting: bool = False
@@ -306,7 +307,8 @@ class Trainer:
         if self.world > 1:
             torch.distributed.all_reduce(sums)
         tot_loss, tot_clean, tot_adv, tot_n, images = sums.tolist()
-        val = self.validate()
+        every = 1 if cfg.attack in SINGLE_STEP else max(cfg.eval_every, 1)
+        val = self.validate() if self.epoch % every == 0 or self.epoch >= cfg.epochs else {}
         m = EpochMetrics(self.epoch, lr, tot_loss / max(tot_n, 1), 100 * tot_clean / max(tot_n, 1),
                          100 * tot_adv / max(tot_n, 1), val, seconds, images / max(seconds, 1e-9))
         self._guard_overfitting(m)
@@ -328,6 +330,8 @@ class Trainer:
         return out
 
     def _guard_overfitting(self, m: EpochMetrics) -> None:
+        if not m.val:
+            return
         adv = m.val["largest"]["adv_acc"]
         if adv > self.best_adv:
             self.best_adv = adv

@@ -61,7 +61,7 @@ def test_run_folder_is_complete(tiny_run):
 
 def test_training_learns_something(tmp_path):
     """A few epochs on 512 images: both ends of the space beat chance (10 %) clearly."""
-    cfg = TrainConfig(limit_train=512, epochs=4, eval_size=200, eval_steps=5, attack_steps=3,
+    cfg = TrainConfig(limit_train=512, epochs=4, eval_size=200, eval_steps=5, attack_steps=3, sampling="sandwich",
                       run_root=str(tmp_path))
     _, history = train_supernet(cfg)
     for label in ("largest", "smallest"):
