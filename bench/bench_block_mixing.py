@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from nasctl.nas.data import load_dataset
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import Supernet

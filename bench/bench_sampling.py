@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset
 from nasctl.nas.evaluate import CandidateEvaluator, EvalSettings

@@ -287,7 +287,9 @@ def run_generations(state: SearchState, cfg: SearchConfig, history_path: Path | 
     t0 = time.perf_counter()
 
     def end_generation(gen: int) -> None:
-        recs = list(state.archive.records.values())
+        # only what was evaluated up to this generation: after a resume the archive already holds
+        # later generations, and the history must read exactly as in an uninterrupted run
+        recs = [r for r in state.archive.records.values() if r["generation"] <= gen]
         front = nondominated(state, recs)
         st = GenerationStats(gen, len(recs), hypervolume(state, front), best_values(state, recs),
                              time.perf_counter() - t0)

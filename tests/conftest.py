@@ -37,3 +37,13 @@ def undefended_model(digits):
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     return model.eval()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run as fast on one thread, and a second busy process on a 2-core machine
+    (a benchmark, another test run) then cannot make OpenMP threads spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

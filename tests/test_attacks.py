@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from nasctl.nas.attacks import ATTACKS, FGSM, NFGSM, PGD, FGSMRS, evaluate, make_attack, trades_loss
+from nasctl.nas.attacks import ATTACKS, FGSM, FGSMRS, NFGSM, PGD, evaluate, make_attack, trades_loss
 from nasctl.nas.errors import NasctlError
 
 

@@ -295,7 +295,9 @@ def test_per_channel_weight_quantisation():
 
 
 def test_twin_tracks_the_float_model_and_has_gradients():
-    space = load_space("digits")
+    space = SearchSpace.from_dict({**load_space("digits").to_dict(), "name": "digits-mixed",
+                                   "blocks": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost", "shuffle",
+                                              "skip"]})
     torch.manual_seed(0)
     net = Supernet(space, 1, 10, [0.3], [0.4])
     model = net.extract(space.parse("shuffle_c12-ghost_c8-ghost_c24-shuffle_c16-ir_k5_e3_c32-dsc_k3_c48"))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.search_run import resume_search, search
 from nasctl.nas.space import Genome
@@ -35,6 +34,11 @@ def supernet_ckpt(tmp_path_factory):
 def finished_run(supernet_ckpt, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     return search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(root), **SMALL)).parent
+
+
+def _strip(front):
+    """Front entries without the wall-clock timing, which legitimately differs between runs."""
+    return [{k: v for k, v in r.items() if k != "eval_seconds"} for r in front]
 
 
 def _dominates(a, b, objs):
@@ -87,7 +91,7 @@ def test_same_seed_same_front(finished_run, supernet_ckpt, tmp_path):
     again = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), **SMALL))
     a = json.loads((finished_run / "pareto.json").read_text())["front"]
     b = json.loads(again.read_text())["front"]
-    assert a == b
+    assert _strip(a) == _strip(b) and len(a) > 0
 
 
 def test_random_baseline_same_budget(supernet_ckpt, tmp_path):
@@ -140,8 +144,7 @@ def test_kill_and_resume_gives_the_same_front(supernet_ckpt, tmp_path):
     a = json.loads((full_run / "pareto.json").read_text())
     b = json.loads((run / "pareto.json").read_text())
     assert [r["genome"] for r in a["front"]] == [r["genome"] for r in b["front"]]
-    strip = lambda fr: [{k: v for k, v in r.items() if k not in ("eval_seconds", "index", "generation")} for r in fr]
-    assert strip(a["front"]) == strip(b["front"])
+    assert _strip(a["front"]) == _strip(b["front"])
     ha = json.loads((full_run / "history.json").read_text())["generations"]
     hb = json.loads((run / "history.json").read_text())["generations"]
     assert [g["hypervolume"] for g in ha] == [g["hypervolume"] for g in hb]
@@ -164,7 +167,7 @@ def test_half_written_archive_line_is_dropped(finished_run, tmp_path):
 def test_resume_of_a_finished_run_reproduces_it(finished_run):
     before = json.loads((finished_run / "pareto.json").read_text())["front"]
     after = json.loads(resume_search(finished_run).read_text())["front"]
-    assert before == after
+    assert before == after  # every candidate comes from the archive, timings included
 
 
 @pytest.mark.parametrize("args, needles", [

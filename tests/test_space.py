@@ -7,7 +7,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from nasctl.nas.space import BLOCKS, SKIP, Genome, GenomeError, SearchSpace, builtin_spaces, load_space
 from nasctl.nas.supernet import Supernet
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from nasctl.nas.checkpoint import load_supernet, read_checkpoint
 from nasctl.nas.errors import NasctlError
 from nasctl.nas.space import load_space
@@ -20,7 +19,7 @@ TINY = dict(limit_train=128, batch_size=64, epochs=2, eval_size=40, eval_steps=2
 
 
 def nasctl(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}  # see conftest._one_torch_thread
     return subprocess.run([sys.executable, "-m", "nasctl", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
