@@ -3,7 +3,7 @@
 The search ranks candidates with a cheap proxy; a claim about a chosen network needs the strong
 protocol: eval mode, BN recalibrated, PGD with many steps and random restarts on the test split,
 cross-checked with an independent implementation (the Adversarial Robustness Toolbox's PGD) and,
-where the optional ``autoattack`` package is installed, AutoAttack (standard: APGD-CE, APGD-T,
+where the optional ``pyautoattack`` package is installed, AutoAttack (standard: APGD-CE, APGD-T,
 FAB-T, Square). The reported robust accuracy is the minimum over every attack that ran.
 """
 
@@ -59,13 +59,22 @@ def _art_pgd_acc(model: torch.nn.Module, split: TensorSplit, eps: float, steps: 
 
 
 def _autoattack_acc(model: torch.nn.Module, split: TensorSplit, eps: float, seed: int) -> float | None:
+    """AutoAttack (standard) from the ``pyautoattack`` package, or the original ``autoattack``."""
+    x, y = torch.from_numpy(split.numpy_images()), split.labels
     try:
-        from autoattack import AutoAttack
+        from pyautoattack import AutoAttack
+
+        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed)
+        x_adv = adversary.run_standard_evaluation(x, y, batch_size=256)
     except ImportError:
-        return None
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, verbose=False)
-    x, y = split.numpy_images(), split.labels
-    x_adv = adversary.run_standard_evaluation(torch.from_numpy(x), y, bs=256)
+        try:
+            from autoattack import AutoAttack
+        except ImportError:
+            return None
+        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, verbose=False)
+        x_adv = adversary.run_standard_evaluation(x, y, bs=256)
+    if isinstance(x_adv, (tuple, list)):  # pyautoattack returns (x_adv, y_adv)
+        x_adv = x_adv[0]
     with torch.no_grad():
         return 100.0 * float((model(x_adv).argmax(1) == y).float().mean())
 
@@ -94,7 +103,6 @@ def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, e
         if acc is not None:
             out["attacks"]["autoattack"] = {"acc": acc, "attack": "AutoAttack standard", "eps": eps}
         else:
-            log.info("autoattack is not installed (pip install git+https://github.com/fra31/auto-attack or the "
-                     "pyautoattack package): reporting PGD only")
+            log.info("AutoAttack is not installed (pip install pyautoattack): reporting PGD only")
     out["robust_acc"] = min(a["acc"] for a in out["attacks"].values())
     return out
