@@ -92,7 +92,8 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
         front.append({**rec, **final_evaluation(evaluator, Genome.decode(rec["genome"]), data.test,
                                                 cfg.final_steps, cfg.final_restarts), "rank": 0})
     history = json.loads((run_dir / "history.json").read_text())["generations"]
-    meta = {"run": run_dir.name, "dataset": cfg.dataset, "data_dir": cfg.data_dir, "supernet": str(Path(ckpt_path)),
+    meta = {"run": run_dir.name, "dataset": cfg.dataset, "data_dir": cfg.data_dir,
+            "supernet": str(Path(ckpt_path).resolve()),
             "space": loaded.space.to_dict(), "eps": eps, "algorithm": cfg.algorithm, "objectives": list(objectives),
             "pop_size": cfg.pop_size, "generations": cfg.generations, "seed": cfg.seed,
             "evaluations": result.evaluations, "search_attack": evaluator.attack.to_dict(),

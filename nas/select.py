@@ -41,7 +41,11 @@ def select(run: str | None = None, pick: str | None = "knee", supernet: str | No
     doc = None
     if run is not None:
         doc = read_front(run)
-        loaded = load_supernet(supernet or doc["supernet"])
+        ckpt = Path(doc["supernet"])
+        if not ckpt.is_absolute() and not ckpt.exists():  # older runs stored it relative to their cwd
+            run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+            ckpt = run_dir / "supernet" / "supernet.pt"
+        loaded = load_supernet(supernet or ckpt)
     else:
         loaded = load_supernet(supernet)
     if arch:

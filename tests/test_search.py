@@ -60,6 +60,7 @@ def test_outputs_are_written_and_consistent(finished_run):
     assert len(archive) <= SMALL["pop_size"] * SMALL["generations"]
     objs = doc["objectives"]
     assert objs == ["clean_acc", "adv_acc", "params"]
+    assert Path(doc["supernet"]).is_absolute() and Path(doc["supernet"]).exists()  # usable from any cwd
     front = doc["front"]
     assert front and 0 <= doc["knee"] < len(front)
     for r in front:
