@@ -68,7 +68,7 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
         sched.step()
     seconds = time.perf_counter() - t0
     model.eval()
-    return {"images_per_s": images / max(seconds, 1e-9), "seconds": seconds, "last_loss": float(loss)}
+    return {"images_per_s": images / max(seconds, 1e-9), "seconds": seconds, "last_loss": loss.item()}
 
 
 def robust_accuracy(model: nn.Module, split, eps: float, steps: int = 20, seed: int = 0) -> tuple[float, float]:
