@@ -24,13 +24,20 @@ from scipy.stats import kendalltau
 
 
 def pick_subnets(run: Path, n: int) -> list[dict]:
+    """About half from the front and half from the rest of the archive, each spread evenly over
+    the parameter range (so the ranking is tested on and around the front)."""
     doc = json.loads((run / "pareto.json").read_text())
     archive = [json.loads(ln) for ln in (run / "archive.jsonl").read_text().splitlines()]
-    chosen = {r["genome"]: r for r in doc["front"]}
-    rest = sorted((r for r in archive if r["genome"] not in chosen), key=lambda r: r["params"])
-    for r in (rest[int(i)] for i in np.linspace(0, len(rest) - 1, max(n - len(chosen), 0)).round()):
-        chosen.setdefault(r["genome"], r)
-    return list(chosen.values())
+    front = sorted(doc["front"], key=lambda r: r["params"])
+    front_g = {r["genome"] for r in front}
+    rest = sorted((r for r in archive if r["genome"] not in front_g), key=lambda r: r["params"])
+
+    def spread(items: list[dict], k: int) -> list[dict]:
+        if k <= 0 or not items:
+            return []
+        return [items[int(i)] for i in dict.fromkeys(np.linspace(0, len(items) - 1, min(k, len(items))).round())]
+
+    return spread(front, (n + 1) // 2) + spread(rest, n // 2)
 
 
 def main() -> None:
