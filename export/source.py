@@ -5,25 +5,24 @@
 the supernet itself). A fine-tuned subnet checkpoint (``nasctl finetune``) will be one more branch
 here, with ``needs_bn_recalibration=False``.
 
-:func:`pick_from_run` reads ``<run>/pareto.json`` and selects the knee, an index or a genome of the
-front; :func:`latest_run` finds the newest finished search run.
+Picking from a run (``pick_from_run``, ``latest_run``) lives in :mod:`nasctl.nas.select`, shared
+with ``nasctl eval``; it is re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nasctl.nas.checkpoint import load_supernet
-from nasctl.nas.space import Genome, GenomeError, SearchSpace
+from nasctl.nas.space import GenomeError, SearchSpace
 from torch import nn
 
-from .errors import ExportError
+from nasctl.nas.select import RunPick, latest_run, pick_from_run, read_front  # noqa: F401 (re-exported)
+
 
 log = logging.getLogger(__name__)
 
@@ -78,126 +77,3 @@ def load_source(checkpoint: str | os.PathLike, arch: str) -> ExportSource:
     )
 
 
-@dataclass
-class RunPick:
-    """One member of a search run's front and what is needed to rebuild it."""
-
-    run_dir: str
-    index: int  # position in the front
-    genome: str
-    entry: dict[str, Any]  # the front entry as written by the search (accuracies, params, ...)
-    checkpoint: str  # the supernet the run searched
-    is_knee: bool
-    dataset: str | None = None
-    data_dir: str | None = None
-    seed: int | None = None
-    eps: float | None = None  # the search's threat model
-
-
-def latest_run(run_root: str | os.PathLike = "runs") -> Path:
-    """The newest ``<run_root>/search/*`` folder that holds a ``pareto.json``."""
-    root = Path(run_root) / "search"
-    runs = sorted((p for p in root.glob("*") if (p / "pareto.json").is_file()), key=lambda p: p.name)
-    if not runs:
-        raise ExportError(
-            f"no finished search run under {str(root)!r}: run 'nasctl search' first, or pass "
-            f"--run RUN, or --checkpoint CKPT --arch GENOME"
-        )
-    return runs[-1]
-
-
-def read_front(run: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """(run folder, parsed pareto.json) of a run folder or a pareto.json path, with clear errors."""
-    path = Path(run)
-    pareto = path if path.name == "pareto.json" else path / "pareto.json"
-    if not path.exists():
-        raise ExportError(
-            f"search run {str(run)!r} does not exist: pass the folder of a 'nasctl search' run "
-            f"(runs/search/<stamp>-<name>)"
-        )
-    if not pareto.is_file():
-        raise ExportError(
-            f"search run {str(run)!r} has no pareto.json (not finished, or not a search run): "
-            f"resume it with 'nasctl search --resume {run}' or pass --checkpoint CKPT --arch GENOME"
-        )
-    try:
-        doc = json.loads(pareto.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{str(pareto)!r} is not valid JSON ({e}): re-run or resume the search") from e
-    front = doc.get("front") if isinstance(doc, dict) else None
-    if not front:
-        raise ExportError(
-            f"search run {str(run)!r} has an empty front in pareto.json: nothing to export; "
-            f"resume the search or pass --checkpoint CKPT --arch GENOME"
-        )
-    return pareto.parent, doc
-
-
-def _resolve_checkpoint(run_dir: Path, ref: str | None) -> str:
-    if not ref:
-        raise ExportError(
-            f"pareto.json of run {str(run_dir)!r} names no 'supernet' checkpoint: pass "
-            f"--checkpoint CKPT --arch GENOME instead"
-        )
-    p = Path(ref)
-    for cand in [p] if p.is_absolute() else [p, run_dir / p]:
-        if cand.exists():
-            return str(cand)
-    raise ExportError(
-        f"the supernet {ref!r} named by run {str(run_dir)!r} does not exist (moved or deleted?): "
-        f"pass --checkpoint CKPT --arch GENOME"
-    )
-
-
-def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
-    """Select ``knee`` (the default), a front index, or a genome string from the run's front."""
-    run_dir, doc = read_front(run)
-    front = doc["front"]
-    knee = doc.get("knee")
-    text = str(pick).strip()
-    if text == "knee":
-        if not isinstance(knee, int) or not 0 <= knee < len(front):
-            raise ExportError(
-                f"pareto.json of run {str(run_dir)!r} has no valid knee index ({knee!r}): "
-                f"pass --pick INDEX (0..{len(front) - 1})"
-            )
-        index = knee
-    elif text.lstrip("-").isdigit():
-        index = int(text)
-        if not -len(front) <= index < len(front):
-            raise ExportError(
-                f"--pick {index} is outside the front of run {str(run_dir)!r}, which has "
-                f"{len(front)} members: pick 0..{len(front) - 1}, 'knee' or a genome"
-            )
-        index %= len(front)
-    else:
-        want = Genome.decode(text).encode()  # GenomeError for a malformed string
-        matches = [i for i, e in enumerate(front) if _canonical(e.get("genome")) == want]
-        if not matches:
-            raise ExportError(
-                f"genome {text!r} is not on the front of run {str(run_dir)!r} ({len(front)} "
-                f"members): pick an INDEX or 'knee', or export it with --checkpoint CKPT --arch GENOME"
-            )
-        index = matches[0]
-    entry = front[index]
-    if "genome" not in entry:
-        raise ExportError(f"front entry {index} of run {str(run_dir)!r} has no genome: re-run the search")
-    return RunPick(
-        run_dir=str(run_dir),
-        index=index,
-        genome=str(entry["genome"]),
-        entry=dict(entry),
-        checkpoint=_resolve_checkpoint(run_dir, doc.get("supernet")),
-        is_knee=index == knee,
-        dataset=doc.get("dataset"),
-        data_dir=doc.get("data_dir"),
-        seed=doc.get("seed"),
-        eps=doc.get("eps"),
-    )
-
-
-def _canonical(text: Any) -> str | None:
-    try:
-        return Genome.decode(str(text)).encode()
-    except GenomeError:
-        return None

@@ -46,6 +46,11 @@ SAMPLE_SHAPE = (20, 128, 128, 3)  # what onnx2tf's download_test_image_data retu
 
 def _import_converters() -> tuple[Any, Any]:
     """(onnx2tf.onnx2tf module, tensorflow); a missing package names the export extra."""
+    # torch's compiler stack (torch._dynamo -> triton) must be loaded before TensorFlow: in the
+    # other order the first torch optimiser created later in the same process segfaults
+    # (torch 2.14 + tensorflow 2.21; tests/test_export_units.py::test_training_after_tensorflow)
+    import torch._dynamo  # noqa: F401
+
     try:
         import onnx2tf.onnx2tf as o2t  # imports tensorflow itself
         import tensorflow as tf

@@ -1,68 +1,146 @@
-"""Choosing subnets from a search run or a checkpoint: ``--run RUN --pick knee|INDEX|GENOME`` or
-``--supernet CKPT --arch GENOME`` -- one resolver shared by ``eval`` and ``export``."""
+"""Choosing subnets from a finished search run: ``--run RUN --pick knee|INDEX|GENOME``.
+
+One resolver for every command that consumes a search (``eval``, ``export``, benchmarks): it reads
+``<run>/pareto.json``, finds the knee, an index or a genome on the front, and the supernet the run
+searched (absolute, or relative to the run folder), with one clear error for each way it can fail.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import LoadedSupernet, load_supernet
 from .errors import NasctlError
-from .space import Genome
+from .space import Genome, GenomeError
+
+
+class SelectionError(NasctlError):
+    """A run, pick or front that cannot be used."""
 
 
 @dataclass
-class Selection:
-    loaded: LoadedSupernet
-    genomes: list[Genome]
-    run: dict[str, Any] | None  # the run's pareto.json, when chosen from a run
+class RunPick:
+    """One member of a search run's front and what is needed to rebuild it."""
+
+    run_dir: str
+    index: int  # position in the front
+    genome: str
+    entry: dict[str, Any]  # the front entry as written by the search (accuracies, params, ...)
+    checkpoint: str  # the supernet the run searched
+    is_knee: bool
+    dataset: str | None = None
+    data_dir: str | None = None
+    seed: int | None = None
+    eps: float | None = None  # the search's threat model
 
 
-def read_front(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    path = run_dir / "pareto.json" if run_dir.is_dir() else run_dir
+def latest_run(run_root: str | os.PathLike = "runs") -> Path:
+    """The newest ``<run_root>/search/*`` folder that holds a ``pareto.json``."""
+    root = Path(run_root) / "search"
+    runs = sorted((p for p in root.glob("*") if (p / "pareto.json").is_file()), key=lambda p: p.name)
+    if not runs:
+        raise SelectionError(
+            f"no finished search run under {str(root)!r}: run 'nasctl search' first, or pass "
+            f"--run RUN, or --checkpoint CKPT --arch GENOME"
+        )
+    return runs[-1]
+
+
+def read_front(run: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """(run folder, parsed pareto.json) of a run folder or a pareto.json path, with clear errors."""
+    path = Path(run)
+    pareto = path if path.name == "pareto.json" else path / "pareto.json"
     if not path.exists():
-        raise NasctlError(f"{str(run_dir)!r} has no pareto.json: give a finished search run folder "
-                          f"(runs/search/<stamp>) or resume it with 'nasctl search --resume {run_dir}'")
-    doc = json.loads(path.read_text())
-    if not doc.get("front"):
-        raise NasctlError(f"the front in {str(path)!r} is empty (every candidate violated the constraints?): "
-                          f"relax --max-params/--min-clean-acc and search again")
-    return doc
+        raise SelectionError(
+            f"search run {str(run)!r} does not exist: pass the folder of a 'nasctl search' run "
+            f"(runs/search/<stamp>-<name>)"
+        )
+    if not pareto.is_file():
+        raise SelectionError(
+            f"search run {str(run)!r} has no pareto.json (not finished, or not a search run): "
+            f"resume it with 'nasctl search --resume {run}' or pass --checkpoint CKPT --arch GENOME"
+        )
+    try:
+        doc = json.loads(pareto.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SelectionError(f"{str(pareto)!r} is not valid JSON ({e}): re-run or resume the search") from e
+    front = doc.get("front") if isinstance(doc, dict) else None
+    if not front:
+        raise SelectionError(
+            f"search run {str(run)!r} has an empty front in pareto.json: nothing to export; "
+            f"resume the search or pass --checkpoint CKPT --arch GENOME"
+        )
+    return pareto.parent, doc
 
 
-def select(run: str | None = None, pick: str | None = "knee", supernet: str | None = None,
-           arch: list[str] | None = None) -> Selection:
-    """Resolve which supernet and which genomes the user means, with one clear error otherwise."""
-    if run is None and supernet is None:
-        raise NasctlError("say which subnet: --run RUN [--pick knee|all|INDEX|GENOME] or --supernet CKPT --arch GENOME")
-    doc = None
-    if run is not None:
-        doc = read_front(run)
-        ckpt = Path(doc["supernet"])
-        if not ckpt.is_absolute() and not ckpt.exists():  # older runs stored it relative to their cwd
-            run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-            ckpt = run_dir / "supernet" / "supernet.pt"
-        loaded = load_supernet(supernet or ckpt)
-    else:
-        loaded = load_supernet(supernet)
-    if arch:
-        return Selection(loaded, [loaded.space.parse(a) for a in arch], doc)
-    if doc is None:
-        raise NasctlError("--supernet needs --arch GENOME (a genome string such as those in a run's pareto.json)")
+def _resolve_checkpoint(run_dir: Path, ref: str | None) -> str:
+    if not ref:
+        raise SelectionError(
+            f"pareto.json of run {str(run_dir)!r} names no 'supernet' checkpoint: pass "
+            f"--checkpoint CKPT --arch GENOME instead"
+        )
+    p = Path(ref)
+    for cand in [p] if p.is_absolute() else [p, run_dir / p]:
+        if cand.exists():
+            return str(cand)
+    raise SelectionError(
+        f"the supernet {ref!r} named by run {str(run_dir)!r} does not exist (moved or deleted?): "
+        f"pass --checkpoint CKPT --arch GENOME"
+    )
+
+
+def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
+    """Select ``knee`` (the default), a front index, or a genome string from the run's front."""
+    run_dir, doc = read_front(run)
     front = doc["front"]
-    pick = pick or "knee"
-    if pick == "knee":
-        chosen = [front[doc["knee"]]["genome"]]
-    elif pick == "all":
-        chosen = [r["genome"] for r in front]
-    elif pick.lstrip("-").isdigit():
-        i = int(pick)
-        if not -len(front) <= i < len(front):
-            raise NasctlError(f"--pick {i}: the front has {len(front)} members (0..{len(front) - 1})")
-        chosen = [front[i]["genome"]]
+    knee = doc.get("knee")
+    text = str(pick).strip()
+    if text == "knee":
+        if not isinstance(knee, int) or not 0 <= knee < len(front):
+            raise SelectionError(
+                f"pareto.json of run {str(run_dir)!r} has no valid knee index ({knee!r}): "
+                f"pass --pick INDEX (0..{len(front) - 1})"
+            )
+        index = knee
+    elif text.lstrip("-").isdigit():
+        index = int(text)
+        if not -len(front) <= index < len(front):
+            raise SelectionError(
+                f"--pick {index} is outside the front of run {str(run_dir)!r}, which has "
+                f"{len(front)} members: pick 0..{len(front) - 1}, 'knee' or a genome"
+            )
+        index %= len(front)
     else:
-        chosen = [pick]
-    return Selection(loaded, [loaded.space.parse(g) for g in chosen], doc)
+        want = Genome.decode(text).encode()  # GenomeError for a malformed string
+        matches = [i for i, e in enumerate(front) if _canonical(e.get("genome")) == want]
+        if not matches:
+            raise SelectionError(
+                f"genome {text!r} is not on the front of run {str(run_dir)!r} ({len(front)} "
+                f"members): pick an INDEX or 'knee', or export it with --checkpoint CKPT --arch GENOME"
+            )
+        index = matches[0]
+    entry = front[index]
+    if "genome" not in entry:
+        raise SelectionError(f"front entry {index} of run {str(run_dir)!r} has no genome: re-run the search")
+    return RunPick(
+        run_dir=str(run_dir),
+        index=index,
+        genome=str(entry["genome"]),
+        entry=dict(entry),
+        checkpoint=_resolve_checkpoint(run_dir, doc.get("supernet")),
+        is_knee=index == knee,
+        dataset=doc.get("dataset"),
+        data_dir=doc.get("data_dir"),
+        seed=doc.get("seed"),
+        eps=doc.get("eps"),
+    )
+
+
+def _canonical(text: Any) -> str | None:
+    try:
+        return Genome.decode(str(text)).encode()
+    except GenomeError:
+        return None

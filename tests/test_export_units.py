@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -23,6 +24,7 @@ from nasctl.export.fakequant import (
 from nasctl.export.prepare import calibration_set, fold_batchnorm, recalibrate
 from nasctl.export.robustness import to_uint8_grid
 from nasctl.export.source import latest_run, pick_from_run
+from nasctl.nas.select import SelectionError
 from nasctl.export.square import SquareAttack, margin_loss, p_schedule
 from nasctl.export.targets import EXTRA_HINT, require_installed
 from nasctl.nas.data import TensorSplit, load_dataset
@@ -124,7 +126,7 @@ def test_pick_knee_index_and_genome(tmp_path):
 )
 def test_bad_picks(tmp_path, pick, match):
     run = write_run(tmp_path / "r")
-    with pytest.raises(ExportError, match=match):
+    with pytest.raises(SelectionError, match=match):
         pick_from_run(run, pick)
 
 
@@ -134,21 +136,21 @@ def test_malformed_genome_pick_is_a_genome_error(tmp_path):
 
 
 def test_runs_without_a_front(tmp_path):
-    with pytest.raises(ExportError, match="does not exist"):
+    with pytest.raises(SelectionError, match="does not exist"):
         pick_from_run(tmp_path / "nope")
     (tmp_path / "unfinished").mkdir()
-    with pytest.raises(ExportError, match="has no pareto.json"):
+    with pytest.raises(SelectionError, match="has no pareto.json"):
         pick_from_run(tmp_path / "unfinished")
-    with pytest.raises(ExportError, match="empty front"):
+    with pytest.raises(SelectionError, match="empty front"):
         pick_from_run(write_run(tmp_path / "empty", front=[]))
-    with pytest.raises(ExportError, match="no valid knee"):
+    with pytest.raises(SelectionError, match="no valid knee"):
         pick_from_run(write_run(tmp_path / "kneeless", knee=None))
-    with pytest.raises(ExportError, match="does not exist .*--checkpoint"):
+    with pytest.raises(SelectionError, match="does not exist .*--checkpoint"):
         pick_from_run(write_run(tmp_path / "moved", supernet="/nowhere/supernet.pt"))
 
 
 def test_latest_run(tmp_path):
-    with pytest.raises(ExportError, match="no finished search run"):
+    with pytest.raises(SelectionError, match="no finished search run"):
         latest_run(tmp_path)
     write_run(tmp_path / "search" / "20250101-000000-a")
     write_run(tmp_path / "search" / "20250102-000000-b")
@@ -316,3 +318,12 @@ def test_twin_tracks_the_float_model_and_has_gradients():
     twin(xg).logsumexp(1).sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in twin.parameters())
+
+
+def test_training_after_tensorflow_does_not_crash():
+    """Loading the converters (TensorFlow) and then creating a torch optimiser in one process
+    segfaulted before the converters started loading torch._dynamo first."""
+    code = ("from nasctl.export.tflite import _import_converters; _import_converters(); import torch; "
+            "torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

@@ -27,26 +27,40 @@ def run(args: argparse.Namespace) -> int:
     from nasctl.nas.evaluate import CandidateEvaluator
     from nasctl.nas.robust_eval import StrongEvalConfig, strong_evaluation
     from nasctl.nas.runs import make_run_dir, write_run_config
-    from nasctl.nas.select import select
+    from nasctl.nas.checkpoint import load_supernet
+    from nasctl.nas.errors import NasctlError
+    from nasctl.nas.select import pick_from_run, read_front
 
-    sel = select(args.run_dir, args.pick, args.supernet, args.arch)
-    ds = sel.loaded.dataset
-    eps = args.eps if args.eps is not None else float(read_checkpoint(sel.loaded.path).get("eps", ds["default_eps"]))
-    data = load_dataset(ds["name"], args.data_dir or (sel.run or {}).get("data_dir"),
-                        seed=int(sel.loaded.config.get("seed", 0)), val_size=sel.loaded.config.get("val_size"))
+    run_doc: dict = {}
+    if args.run_dir:
+        run_dir, run_doc = read_front(args.run_dir)
+        picks = ([pick_from_run(run_dir, i) for i in range(len(run_doc["front"]))] if args.pick == "all"
+                 else [pick_from_run(run_dir, args.pick or "knee")])
+        ckpt = args.supernet or picks[0].checkpoint
+        arches = args.arch or [p.genome for p in picks]
+    elif args.supernet and args.arch:
+        ckpt, arches = args.supernet, args.arch
+    else:
+        raise NasctlError("say which subnet: --run RUN [--pick knee|all|INDEX|GENOME] or --supernet CKPT --arch GENOME")
+    loaded = load_supernet(ckpt)
+    genomes = [loaded.space.parse(a) for a in arches]
+    ds = loaded.dataset
+    eps = args.eps if args.eps is not None else float(read_checkpoint(loaded.path).get("eps", ds["default_eps"]))
+    data = load_dataset(ds["name"], args.data_dir or run_doc.get("data_dir"),
+                        seed=int(loaded.config.get("seed", 0)), val_size=loaded.config.get("val_size"))
     cfg = StrongEvalConfig(steps=args.steps, restarts=args.restarts, n_images=args.n_images, seed=args.seed)
     out_dir = make_run_dir(args.run_root, "eval")
-    write_run_config(out_dir, "eval", cfg, {"supernet": sel.loaded.path, "genomes": [g.encode() for g in sel.genomes],
+    write_run_config(out_dir, "eval", cfg, {"supernet": loaded.path, "genomes": [g.encode() for g in genomes],
                                             "eps": eps})
-    ev = CandidateEvaluator(sel.loaded.supernet, data, eps, seed=args.seed)
+    ev = CandidateEvaluator(loaded.supernet, data, eps, seed=args.seed)
     results = []
-    for g in sel.genomes:
+    for g in genomes:
         r = strong_evaluation(ev.subnet(g), g.encode(), data.test, eps, ds, cfg)
         results.append(r)
         attacks = "  ".join(f"{k} {v['acc']:.1f}" for k, v in r["attacks"].items())
         print(f"{g.encode()}\n  clean {r['clean_acc']:.1f} %  robust (min) {r['robust_acc']:.1f} %  [{attacks}]  "
               f"eps={eps:.4g}, {r['images']} test images")
-    atomic_write_json(out_dir / "eval.json", {"supernet": sel.loaded.path, "eps": eps, "results": results})
+    atomic_write_json(out_dir / "eval.json", {"supernet": loaded.path, "eps": eps, "results": results})
     print(f"written: {out_dir / 'eval.json'}")
     return 0
 
