@@ -42,6 +42,14 @@ class StepRecord:
         return asdict(self)
 
 
+def _checked(name: str, check: Check, summary: str, path: Path | None = None,
+             info: dict[str, Any] | None = None) -> StepRecord:
+    """The record of a step judged by a numeric check (the pipeline fills in the seconds)."""
+    return StepRecord(name, 0.0, "ok" if check.passed else "check_failed", summary,
+                      path.name if path is not None else None, path.stat().st_size if path is not None else None,
+                      check.to_dict(), info if info is not None else {})
+
+
 @dataclass
 class ExportContext:
     """What the steps share: settings, model, data, and what earlier steps produced."""
@@ -103,14 +111,8 @@ def _step_prepare(ctx: ExportContext) -> StepRecord:
         "bn_left": sum(isinstance(m, torch.nn.BatchNorm2d) for m in ctx.folded.modules()),
     }
     recal = f"BN recalibrated on {seen} train images, " if seen else ""
-    return StepRecord(
-        "prepare",
-        0.0,
-        "ok" if check.passed else "check_failed",
-        f"{params:,} params, {recal}{folds} BN folded; fold {check.summary()}",
-        check=check.to_dict(),
-        info=info,
-    )
+    return _checked("prepare", check, f"{params:,} params, {recal}{folds} BN folded; fold {check.summary()}",
+                    info=info)
 
 
 def _step_onnx(ctx: ExportContext) -> StepRecord:
@@ -141,16 +143,7 @@ def _step_onnx(ctx: ExportContext) -> StepRecord:
     }
     ctx.metadata["onnx"] = {"opset": info["opset"], "exporter": info["exporter"]}
     stamp_metadata(path, ctx.metadata)  # again at the end, with the int8 scales
-    return StepRecord(
-        "onnx",
-        0.0,
-        "ok" if check.passed else "check_failed",
-        f"ORT vs PyTorch {check.summary()}",
-        ONNX_FILE,
-        path.stat().st_size,
-        check.to_dict(),
-        info,
-    )
+    return _checked("onnx", check, f"ORT vs PyTorch {check.summary()}", path, info)
 
 
 def _open_conversion(ctx: ExportContext) -> Any:
@@ -186,16 +179,7 @@ def _step_tflite_float32(ctx: ExportContext) -> StepRecord:
     )
     ctx.checks["tflite_float32"] = check
     ctx.metadata["io"]["tflite_float32"] = runner.io_details(ctx.chw)
-    return StepRecord(
-        "tflite_float32",
-        0.0,
-        "ok" if check.passed else "check_failed",
-        f"vs ONNX {check.summary()}",
-        FLOAT_FILE,
-        path.stat().st_size,
-        check.to_dict(),
-        info,
-    )
+    return _checked("tflite_float32", check, f"vs ONNX {check.summary()}", path, info)
 
 
 def _step_tflite_int8(ctx: ExportContext) -> StepRecord:
@@ -220,16 +204,7 @@ def _step_tflite_int8(ctx: ExportContext) -> StepRecord:
     info.update(tflite_quantization_summary(runner.interpreter))
     info["calibration"] = ctx.calib.to_dict()
     ctx.metadata["io"]["tflite_int8"] = runner.io_details(ctx.chw)
-    return StepRecord(
-        "tflite_int8",
-        0.0,
-        "ok" if check.passed else "check_failed",
-        check.summary(),
-        INT8_FILE,
-        path.stat().st_size,
-        check.to_dict(),
-        info,
-    )
+    return _checked("tflite_int8", check, check.summary(), path, info)
 
 
 def _step_robustness(ctx: ExportContext) -> StepRecord:
