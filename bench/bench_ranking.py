@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from nasctl.nas.checkpoint import load_supernet, read_checkpoint
+from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset
 from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train, reset_weights, robust_accuracy
 from scipy.stats import kendalltau
@@ -50,7 +50,7 @@ def main() -> None:
     run = Path(args.run)
     doc = json.loads((run / "pareto.json").read_text())
     loaded = load_supernet(doc["supernet"])
-    eps = float(read_checkpoint(loaded.path)["eps"])
+    eps = loaded.eps
     data = load_dataset(loaded.dataset["name"], seed=int(loaded.config.get("seed", 0)))
     epochs = args.epochs or int(loaded.config["epochs"])
     val = data.val.subset(doc["val_images"])

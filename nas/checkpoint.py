@@ -109,6 +109,7 @@ class LoadedSupernet:
     config: dict[str, Any]  # the training config
     epoch: int  # epochs completed
     path: str
+    eps: float  # the L-inf budget it was trained with (the data set's default for older checkpoints)
 
 
 def build_supernet(space: SearchSpace, dataset: dict[str, Any]) -> Supernet:
@@ -132,4 +133,5 @@ def load_supernet(path: str | os.PathLike, expect_space: SearchSpace | None = No
         raise NasctlError(f"checkpoint {ckpt['path']!r} does not match its own space definition "
                           f"({str(e).splitlines()[0][:120]}): it was written by another nasctl version") from e
     net.eval()
-    return LoadedSupernet(net, space, ckpt["dataset"], ckpt.get("config", {}), int(ckpt.get("epoch", 0)), ckpt["path"])
+    return LoadedSupernet(net, space, ckpt["dataset"], ckpt.get("config", {}), int(ckpt.get("epoch", 0)), ckpt["path"],
+                          float(ckpt.get("eps", ckpt["dataset"]["default_eps"])))

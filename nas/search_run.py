@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import train as train_mod
-from .checkpoint import load_supernet, read_checkpoint
+from .checkpoint import load_supernet
 from .data import load_dataset
 from .errors import NasctlError
 from .evaluate import CandidateEvaluator, EvalSettings, final_evaluation
@@ -70,11 +70,10 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
     objectives = parse_objectives(cfg.objectives)
     ckpt_path = cfg.supernet or str(_train_first(cfg, run_dir, train_callbacks))
     loaded = load_supernet(ckpt_path, expect_space=_expected_space(cfg))
-    ckpt = read_checkpoint(loaded.path)
     if loaded.dataset["name"] != cfg.dataset:
         raise NasctlError(f"supernet {loaded.path!r} was trained on {loaded.dataset['name']!r}, not {cfg.dataset!r}: "
                           f"pass --dataset {loaded.dataset['name']} or another --supernet")
-    eps = cfg.eps if cfg.eps is not None else float(ckpt.get("eps", loaded.dataset["default_eps"]))
+    eps = cfg.eps if cfg.eps is not None else loaded.eps
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=int(loaded.config.get("seed", cfg.seed)),
                         val_size=loaded.config.get("val_size"))
     device = train_mod.resolve_device(cfg.device)

@@ -22,7 +22,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nasctl.nas.checkpoint import atomic_write_json, read_checkpoint
+    from nasctl.nas.checkpoint import atomic_write_json
     from nasctl.nas.data import load_dataset
     from nasctl.nas.evaluate import CandidateEvaluator
     from nasctl.nas.robust_eval import StrongEvalConfig, strong_evaluation
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_supernet(ckpt)
     genomes = [loaded.space.parse(a) for a in arches]
     ds = loaded.dataset
-    eps = args.eps if args.eps is not None else float(read_checkpoint(loaded.path).get("eps", ds["default_eps"]))
+    eps = args.eps if args.eps is not None else loaded.eps
     data = load_dataset(ds["name"], args.data_dir or run_doc.get("data_dir"),
                         seed=int(loaded.config.get("seed", 0)), val_size=loaded.config.get("val_size"))
     cfg = StrongEvalConfig(steps=args.steps, restarts=args.restarts, n_images=args.n_images, seed=args.seed)
