@@ -131,8 +131,9 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
         "",
         f"- data set: **{meta['dataset']}**; supernet: `{meta['supernet']}`",
         f"- threat model: L-inf, eps = {meta['eps']:.4g} on [0,1] pixels",
-        f"- search: {meta['algorithm']}, population {meta['pop_size']}, {meta['generations']} generations, "
-        f"{meta['evaluations']} distinct subnets evaluated, seed {meta['seed']}",
+        f"- search: {meta['algorithm']}, population {meta['pop_size']}, {meta['generations']} generations"
+        + (f" (mutation: {meta['mutation_genes']:g} genes per offspring)" if meta["algorithm"] == "nsga2" else "")
+        + f", {meta['evaluations']} distinct subnets evaluated, seed {meta['seed']}",
         f"- objectives: {', '.join(objs)}; search-time attack: PGD-{meta['search_attack']['steps']} on "
         f"{meta['val_images']} validation images (never the test split)",
         f"- final evaluation: PGD-{final.get('steps')} x {final.get('restarts')} restarts on the test split "

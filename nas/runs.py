@@ -68,14 +68,21 @@ def merge_config(cls: type[C], yaml_path: str | None = None, overrides: dict[str
 
 
 def make_run_dir(root: str | Path, command: str, name: str = "") -> Path:
-    """A fresh ``root/command/<timestamp>-<name>`` folder (suffixed if the second is taken)."""
+    """A fresh ``root/command/<timestamp>-<name>`` folder (suffixed if the second is taken).
+
+    Claimed with an exclusive ``mkdir``, not an existence check, so runs started in the same second
+    by parallel processes each get their own folder.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(root) / command / (f"{stamp}-{name}" if name else stamp)
+    base.parent.mkdir(parents=True, exist_ok=True)
     path, i = base, 1
-    while path.exists():
-        path, i = base.with_name(f"{base.name}.{i}"), i + 1
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path, i = base.with_name(f"{base.name}.{i}"), i + 1
 
 
 def write_run_config(run_dir: Path, command: str, config: Any, extra: dict[str, Any] | None = None) -> dict:

@@ -94,7 +94,8 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
     meta = {"run": run_dir.name, "dataset": cfg.dataset, "data_dir": cfg.data_dir,
             "supernet": str(Path(ckpt_path).resolve()),
             "space": loaded.space.to_dict(), "eps": eps, "algorithm": cfg.algorithm, "objectives": list(objectives),
-            "pop_size": cfg.pop_size, "generations": cfg.generations, "seed": cfg.seed,
+            "pop_size": cfg.pop_size, "generations": cfg.generations, "mutation_genes": cfg.mutation_genes,
+            "seed": cfg.seed,
             "evaluations": result.evaluations, "search_attack": evaluator.attack.to_dict(),
             "val_images": len(evaluator.val), "final_attack": front[0]["final_attack"] if front else None,
             "final_images": front[0]["final_images"] if front else None,
@@ -125,7 +126,8 @@ def resume_search(run_dir: str | Path, callbacks: Callbacks | None = None, train
     doc = json.loads(cfg_path.read_text())
     if doc.get("command") != "search":
         raise NasctlError(f"--resume {str(run_dir)!r} is a {doc.get('command')!r} run, not a search run")
-    cfg = SearchConfig(**doc["config"])
+    # runs started before --mutation-genes existed used pymoo's default rate: keep it so they retrace exactly
+    cfg = SearchConfig(**{"mutation_genes": 1.0, **doc["config"]})
     log.info("resuming search %s", run_dir)
     return execute(cfg, run_dir, callbacks, train_callbacks)
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,44 @@ def test_kill_and_resume_gives_the_same_front(supernet_ckpt, tmp_path):
     assert [g["hypervolume"] for g in ha] == [g["hypervolume"] for g in hb]
 
 
+def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
+    """NSGA-II offspring on the digits space when every parent is the same subnet (synthetic objective,
+    no supernet): crossover of identical parents is a copy, so what differs is mutation's doing."""
+    import tempfile
+
+    from nasctl.nas.search import Archive, Callbacks, SearchState, _make_nsga2, _make_problem, genome_from_vars
+    from nasctl.nas.search_run import _sizes_fn
+    from nasctl.nas.space import load_space
+
+    space = load_space("digits")
+    sizes = _sizes_fn(space, {"in_channels": 1, "resolution": 8, "num_classes": 10})
+
+    def fake_accuracy(g):
+        p = sizes(g)["params"]
+        return {"clean_acc": 100 * p / (p + 20_000), "adv_acc": 100 * (zlib.crc32(g.encode().encode()) % 97) / 97}
+
+    cfg = SearchConfig(pop_size=40, generations=2, mutation_genes=mutation_genes, seed=seed)
+    state = SearchState(space, ("clean_acc", "adv_acc", "params"), fake_accuracy, sizes,
+                        Archive(Path(tempfile.mkdtemp()) / "a.jsonl"), cfg, Callbacks())
+    algo, problem = _make_nsga2(space, cfg.pop_size, mutation_genes), _make_problem(state)
+    algo.setup(problem, termination=("n_gen", 2), seed=seed, verbose=False)
+    pop = algo.ask()
+    algo.evaluator.eval(problem, pop)
+    algo.tell(infills=pop)
+    x0 = dict(algo.pop[0].X)
+    for ind in algo.pop:
+        ind.set("X", dict(x0))
+    parent = genome_from_vars(space, x0).layers
+    return [sum(a != b for a, b in zip(genome_from_vars(space, x).layers, parent)) for x in algo.ask().get("X")]
+
+
+def test_mutation_genes_sets_how_far_offspring_move():
+    """More genes redrawn per offspring: offspring differ from their parent in more layers."""
+    low, high = np.mean(_offspring_of_one_parent(0.5)), np.mean(_offspring_of_one_parent(6.0))
+    assert low >= 1  # duplicates of the parent are eliminated, so every offspring differs somewhere
+    assert high >= low + 1, (low, high)
+
+
 def test_half_written_archive_line_is_dropped(finished_run, tmp_path):
     import shutil
 
@@ -171,10 +210,25 @@ def test_resume_of_a_finished_run_reproduces_it(finished_run):
     assert before == after  # every candidate comes from the archive, timings included
 
 
+def test_resume_of_a_run_from_before_mutation_genes_keeps_the_old_rate(finished_run, tmp_path):
+    """Runs written before --mutation-genes existed used pymoo's default rate (1 gene): resuming keeps it."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(finished_run, old)
+    doc = json.loads((old / "config.json").read_text())
+    del doc["config"]["mutation_genes"]
+    (old / "config.json").write_text(json.dumps(doc))
+    (old / "pareto.json").unlink()
+    assert json.loads(resume_search(old).read_text())["mutation_genes"] == 1.0
+    assert json.loads((finished_run / "pareto.json").read_text())["mutation_genes"] == 2.0
+
+
 @pytest.mark.parametrize("args, needles", [
     (["search", "--objectives", "clean_acc,adv_accc"], ["did you mean 'adv_acc'"]),
     (["search", "--objectives", "clean_acc,latency_ms"], ["latency"]),
     (["search", "--pop-size", "1"], ["--pop-size"]),
+    (["search", "--mutation-genes", "0"], ["--mutation-genes", "> 0"]),
     (["search", "--supernet", "nothere.pt"], ["does not exist"]),
     (["search", "--resume", "nothere"], ["not a search run"]),
     (["eval", "--supernet", "nothere.pt", "--arch", "x"], ["does not exist"]),

@@ -26,6 +26,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    "latency_ms (default clean_acc,adv_acc,params)")
     g.add_argument("--pop-size", type=int, help="population size (default 20)")
     g.add_argument("--generations", type=int, help="generations (default 10)")
+    g.add_argument("--mutation-genes", type=float, help="NSGA-II: expected genes redrawn per offspring (default 2)")
     g.add_argument("--max-params", type=int, help="constraint: at most this many parameters")
     g.add_argument("--max-latency-ms", type=float, help="constraint: latency budget (needs a latency source)")
     g.add_argument("--min-clean-acc", type=float, help="constraint: clean validation accuracy, percent")
