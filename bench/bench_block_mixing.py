@@ -24,7 +24,8 @@ from nasctl.nas.supernet import Supernet
 SETS = {
     "ir (k3/k5 x e3/e6) + skip": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "ir_k5_e6", "skip"],
     "ir + dsc + skip": ["ir_k3_e3", "ir_k3_e6", "dsc_k3", "skip"],
-    "ir + dsc + ghost + shuffle + skip": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost", "shuffle", "skip"],
+    "ir + dsc + ghost + shuffle + skip": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost", "shuffle",
+                                          "skip"],
     "dsc only": ["dsc_k3"],
     "shuffle only": ["shuffle"],
     "dsc + shuffle": ["dsc_k3", "shuffle"],

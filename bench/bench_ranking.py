@@ -35,7 +35,8 @@ def pick_subnets(run: Path, n: int) -> list[dict]:
     def spread(items: list[dict], k: int) -> list[dict]:
         if k <= 0 or not items:
             return []
-        return [items[int(i)] for i in dict.fromkeys(np.linspace(0, len(items) - 1, min(k, len(items))).round())]
+        return [items[int(i)]
+                for i in dict.fromkeys(np.linspace(0, len(items) - 1, min(k, len(items))).round())]
 
     return spread(front, (n + 1) // 2) + spread(rest, n // 2)
 
@@ -70,7 +71,8 @@ def main() -> None:
     res = {"run": str(run), "epochs": epochs, "eps": eps, "n": len(rows),
            "kendall_tau_adv": float(tau_adv.statistic), "p_adv": float(tau_adv.pvalue),
            "kendall_tau_clean": float(tau_clean.statistic), "p_clean": float(tau_clean.pvalue), "rows": rows}
-    print(f"Kendall tau (adv, inherited vs stand-alone): {res['kendall_tau_adv']:.3f} (p={res['p_adv']:.3g}); "
+    print(f"Kendall tau (adv, inherited vs stand-alone): {res['kendall_tau_adv']:.3f} "
+          f"(p={res['p_adv']:.3g}); "
           f"clean: {res['kendall_tau_clean']:.3f} (p={res['p_clean']:.3g}); n={len(rows)}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))

@@ -37,11 +37,14 @@ def main() -> None:
     ev = CandidateEvaluator(loaded.supernet, data, 0.1, EvalSettings(pgd_steps=10))
     rng = np.random.default_rng(123)
     rand = [ev.accuracy(loaded.space.sample(rng)) for _ in range(args.n)]
-    ends = {k: ev.accuracy(g) for k, g in (("largest", loaded.space.largest()), ("smallest", loaded.space.smallest()))}
+    ends = {k: ev.accuracy(g)
+            for k, g in (("largest", loaded.space.largest()), ("smallest", loaded.space.smallest()))}
     c, a = [r["clean_acc"] for r in rand], [r["adv_acc"] for r in rand]
     res = {"config": overrides, "train_seconds": seconds, "ends": ends,
-           "random": {"clean_mean": float(np.mean(c)), "clean_min": float(np.min(c)), "clean_max": float(np.max(c)),
-                      "adv_mean": float(np.mean(a)), "adv_min": float(np.min(a)), "adv_max": float(np.max(a))}}
+           "random": {"clean_mean": float(np.mean(c)), "clean_min": float(np.min(c)),
+                      "clean_max": float(np.max(c)),
+                      "adv_mean": float(np.mean(a)), "adv_min": float(np.min(a)),
+                      "adv_max": float(np.max(a))}}
     print(json.dumps(res, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))

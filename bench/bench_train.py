@@ -49,7 +49,8 @@ def throughput(space_name: str, genome, data: DataSplits, epochs: int, repeats: 
             model = _Pinned(net, genome) if label == "supernet" else net.extract(genome)
             rates.append(adversarial_train(model, data, cfg, device)["images_per_s"])
         out[label] = {"images_per_s_median": float(np.median(rates)), "runs": rates}
-    out["overhead_pct"] = 100.0 * (out["static"]["images_per_s_median"] / out["supernet"]["images_per_s_median"] - 1)
+    out["overhead_pct"] = 100.0 * (out["static"]["images_per_s_median"]
+                                   / out["supernet"]["images_per_s_median"] - 1)
     return out
 
 

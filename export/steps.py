@@ -46,7 +46,8 @@ def _checked(name: str, check: Check, summary: str, path: Path | None = None,
              info: dict[str, Any] | None = None) -> StepRecord:
     """The record of a step judged by a numeric check (the pipeline fills in the seconds)."""
     return StepRecord(name, 0.0, "ok" if check.passed else "check_failed", summary,
-                      path.name if path is not None else None, path.stat().st_size if path is not None else None,
+                      path.name if path is not None else None,
+                      path.stat().st_size if path is not None else None,
                       check.to_dict(), info if info is not None else {})
 
 

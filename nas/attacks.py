@@ -152,7 +152,8 @@ class PGD(Attack):
     def _one_run(self, model, x, y, gen):
         if self.eps == 0:
             return x.clone()
-        x_adv = torch.clamp(x + _uniform(x, -self.eps, self.eps, gen), 0, 1) if self.random_start else x.clone()
+        x_adv = (torch.clamp(x + _uniform(x, -self.eps, self.eps, gen), 0, 1) if self.random_start
+                 else x.clone())
         for _ in range(self.steps):
             g = _grad(lambda z: F.cross_entropy(model(z), y), x_adv)
             x_adv = self._project(x_adv + self.step_size * g.sign(), x)
@@ -182,7 +183,8 @@ class TRADESAttack(Attack):
         return x_adv
 
 
-def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
+                beta: float) -> torch.Tensor:
     """CE(clean) + beta * KL(f(x) || f(x')) averaged over the batch (TRADES training objective)."""
     kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
     return F.cross_entropy(logits_clean, y) + beta * kl

@@ -88,7 +88,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
             AttributeError, TypeError) as e:
         raise NasctlError(f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'}): re-run 'nasctl train' "
+                          f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'}): "
+                          f"re-run 'nasctl train' "
                           f"(with --resume on its run folder) or pick another checkpoint") from e
     except Exception as e:  # torch's UnpicklingError and friends
         raise NasctlError(f"checkpoint {str(path)!r} is not a nasctl checkpoint ({type(e).__name__}): "
@@ -125,13 +126,16 @@ def load_supernet(path: str | os.PathLike, expect_space: SearchSpace | None = No
     space = SearchSpace.from_dict(ckpt["space"])
     if expect_space is not None and space.to_dict() != expect_space.to_dict():
         raise NasctlError(f"checkpoint {ckpt['path']!r} was trained on space {space.describe()}, not "
-                          f"{expect_space.describe()}: pass the matching --space/--width-mult or another checkpoint")
+                          f"{expect_space.describe()}: pass the matching --space/--width-mult "
+                          f"or another checkpoint")
     net = build_supernet(space, ckpt["dataset"])
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise NasctlError(f"checkpoint {ckpt['path']!r} does not match its own space definition "
-                          f"({str(e).splitlines()[0][:120]}): it was written by another nasctl version") from e
+                          f"({str(e).splitlines()[0][:120]}): "
+                          f"it was written by another nasctl version") from e
     net.eval()
-    return LoadedSupernet(net, space, ckpt["dataset"], ckpt.get("config", {}), int(ckpt.get("epoch", 0)), ckpt["path"],
+    return LoadedSupernet(net, space, ckpt["dataset"], ckpt.get("config", {}), int(ckpt.get("epoch", 0)),
+                          ckpt["path"],
                           float(ckpt.get("eps", ckpt["dataset"]["default_eps"])))

@@ -243,7 +243,8 @@ class DigitsLoader:
         v = DIGITS_VAL_SIZE if val_size is None else val_size
         if not 0 <= v < len(rest):
             raise NasctlError(
-                f"val size for digits must be between 0 and {len(rest) - 1}, got {v}; pass a smaller --val-size"
+                f"val size for digits must be between 0 and {len(rest) - 1}, got {v}; "
+                f"pass a smaller --val-size"
             )
         val_idx, train_idx = rest[:v], rest[v:]
         return DataSplits(
@@ -390,7 +391,8 @@ _LOADERS: tuple[DatasetLoader, ...] = (
         dataset_class="CIFAR10",
         split_arg="train",
         layout="NHWC",
-        expected="{root}/cifar-10-batches-py/ holding data_batch_1..data_batch_5, test_batch and batches.meta "
+        expected="{root}/cifar-10-batches-py/ holding data_batch_1..data_batch_5, test_batch "
+        "and batches.meta "
         f"(the extracted 'CIFAR-10 python version' archive cifar-10-python.tar.gz from {_CIFAR_URL}; "
         "md5-checked, or put the .tar.gz itself in {root} and allow the download)",
     ),

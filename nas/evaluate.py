@@ -38,7 +38,8 @@ def genome_seed(seed: int, genome: Genome | str) -> int:
 class CandidateEvaluator:
     """Accuracy of subnets with weights inherited from a trained supernet."""
 
-    def __init__(self, supernet: Supernet, data: DataSplits, eps: float, settings: EvalSettings = EvalSettings(),
+    def __init__(self, supernet: Supernet, data: DataSplits, eps: float,
+                 settings: EvalSettings = EvalSettings(),
                  seed: int = 0, device: torch.device | str = "cpu"):
         self.supernet, self.data, self.eps, self.s, self.seed = supernet, data, eps, settings, seed
         self.device = torch.device(device)

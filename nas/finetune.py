@@ -51,7 +51,8 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    attack = make_attack(cfg.attack, eps=cfg.eps, steps=cfg.attack_steps, alpha=cfg.eps / 4, model_mode="train")
+    attack = make_attack(cfg.attack, eps=cfg.eps, steps=cfg.attack_steps, alpha=cfg.eps / 4,
+                         model_mode="train")
     data_gen = torch.Generator().manual_seed(cfg.seed)
     attack_gen = torch.Generator().manual_seed(cfg.seed + 1)
     images, t0, loss = 0, time.perf_counter(), torch.tensor(0.0)
@@ -71,7 +72,9 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
     return {"images_per_s": images / max(seconds, 1e-9), "seconds": seconds, "last_loss": loss.item()}
 
 
-def robust_accuracy(model: nn.Module, split, eps: float, steps: int = 20, seed: int = 0) -> tuple[float, float]:
+def robust_accuracy(model: nn.Module, split, eps: float, steps: int = 20,
+                    seed: int = 0) -> tuple[float, float]:
     """(clean %, PGD-``steps`` %) in eval mode."""
-    r = evaluate(model, split.batches(256), PGD(eps=eps, steps=steps), "cpu", torch.Generator().manual_seed(seed))
+    r = evaluate(model, split.batches(256), PGD(eps=eps, steps=steps), "cpu",
+                 torch.Generator().manual_seed(seed))
     return r.clean_acc, r.adv_acc

@@ -37,7 +37,8 @@ def parse_objectives(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
     """Validate a comma-separated objective list; latency is refused until a profiler is wired in."""
     names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     if len(names) < 2:
-        raise NasctlError(f"--objectives needs at least two objectives, got {names}: e.g. clean_acc,adv_acc,params")
+        raise NasctlError(f"--objectives needs at least two objectives, got {names}: "
+                          f"e.g. clean_acc,adv_acc,params")
     for n in names:
         if n not in OBJECTIVES:
             hint = difflib.get_close_matches(n, list(OBJECTIVES), n=1)

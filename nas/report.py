@@ -25,14 +25,16 @@ def knee_index(front: list[dict[str, Any]], objectives: tuple[str, ...]) -> int:
     over the front -- the balanced choice that ``nasctl export`` takes by default."""
     if not front:
         raise ValueError("empty front")
-    F = np.array([[(-r[o] if OBJECTIVES[o].maximize else r[o]) for o in objectives] for r in front], dtype=float)
+    F = np.array([[(-r[o] if OBJECTIVES[o].maximize else r[o]) for o in objectives] for r in front],
+                 dtype=float)
     lo, hi = F.min(0), F.max(0)
     Z = (F - lo) / np.where(hi > lo, hi - lo, 1.0)
     return int(np.argmin(np.linalg.norm(Z, axis=1)))
 
 
-def layer_stats(space: SearchSpace, front: list[dict[str, Any]]) -> tuple[list[str], list[list[int]], list[str],
-                                                                          list[list[int]]]:
+def layer_stats(space: SearchSpace,
+                front: list[dict[str, Any]]) -> tuple[list[str], list[list[int]], list[str],
+                                                      list[list[int]]]:
     """Counts over the front: (block names, layer x block counts, width labels, layer x width counts)."""
     ops = sorted({op for lc in space.layers for op in lc.ops}, key=lambda o: (o == SKIP, o))
     widths = sorted({c for lc in space.layers for c in lc.channels})
@@ -107,13 +109,15 @@ def plot_hypervolume(path: Path, history: list[dict[str, Any]], label: str) -> N
 def plot_layer_heatmap(path: Path, space: SearchSpace, front: list[dict[str, Any]]) -> None:
     plt = _plt()
     ops, op_counts, widths, ch_counts = layer_stats(space, front)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(4 + 0.5 * (len(ops) + len(widths)), 0.5 * len(space.layers) + 2),
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(4 + 0.5 * (len(ops) + len(widths)),
+                                                0.5 * len(space.layers) + 2),
                                  gridspec_kw={"width_ratios": [len(ops), max(len(widths), 1)]})
     for ax, counts, labels, title in ((a1, op_counts, ops, "block type"), (a2, ch_counts, widths, "width")):
         m = np.array(counts)
         ax.imshow(m, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(space.layers)), [f"L{lc.index} s{lc.stride}" for lc in space.layers], fontsize=8)
+        ax.set_yticks(range(len(space.layers)), [f"L{lc.index} s{lc.stride}" for lc in space.layers],
+                      fontsize=8)
         for (i, j), v in np.ndenumerate(m):
             if v:
                 ax.text(j, i, str(v), ha="center", va="center", color="w", fontsize=7)
@@ -132,7 +136,8 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
         f"- data set: **{meta['dataset']}**; supernet: `{meta['supernet']}`",
         f"- threat model: L-inf, eps = {meta['eps']:.4g} on [0,1] pixels",
         f"- search: {meta['algorithm']}, population {meta['pop_size']}, {meta['generations']} generations"
-        + (f" (mutation: {meta['mutation_genes']:g} genes per offspring)" if meta["algorithm"] == "nsga2" else "")
+        + (f" (mutation: {meta['mutation_genes']:g} genes per offspring)"
+           if meta["algorithm"] == "nsga2" else "")
         + f", {meta['evaluations']} distinct subnets evaluated, seed {meta['seed']}",
         f"- objectives: {', '.join(objs)}; search-time attack: PGD-{meta['search_attack']['steps']} on "
         f"{meta['val_images']} validation images (never the test split)",
@@ -149,11 +154,13 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
     ]
     for i, r in enumerate(front):
         lines.append(f"| {i}{'*' if i == knee else ''} | `{r['genome']}` | {r['params']:,} | "
-                     f"{r['int8_bytes'] / 1024:.1f} | {r['macs']:,} | {r['clean_acc']:.1f} | {r['adv_acc']:.1f} | "
-                     f"{r.get('final_clean_acc', float('nan')):.1f} | {r.get('final_adv_acc', float('nan')):.1f} |")
-    lines += ["", "Files: `pareto.json` (front), `archive.jsonl` (every evaluated subnet), `history.json` "
-              "(hypervolume per generation), `front_projections.png`, `hypervolume.png`, `layer_heatmap.png`, "
-              "`layer_stats.csv`, `config.json` (settings, seed, versions).", ""]
+                     f"{r['int8_bytes'] / 1024:.1f} | {r['macs']:,} | "
+                     f"{r['clean_acc']:.1f} | {r['adv_acc']:.1f} | "
+                     f"{r.get('final_clean_acc', float('nan')):.1f} | "
+                     f"{r.get('final_adv_acc', float('nan')):.1f} |")
+    lines += ["", "Files: `pareto.json` (front), `archive.jsonl` (every evaluated subnet), "
+              "`history.json` (hypervolume per generation), `front_projections.png`, `hypervolume.png`, "
+              "`layer_heatmap.png`, `layer_stats.csv`, `config.json` (settings, seed, versions).", ""]
     return "\n".join(lines)
 
 

@@ -79,8 +79,8 @@ def _autoattack_acc(model: torch.nn.Module, split: TensorSplit, eps: float, seed
         return 100.0 * float((model(x_adv).argmax(1) == y).float().mean())
 
 
-def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, eps: float, info: dict[str, Any],
-                      cfg: StrongEvalConfig) -> dict[str, Any]:
+def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, eps: float,
+                      info: dict[str, Any], cfg: StrongEvalConfig) -> dict[str, Any]:
     """Clean accuracy and robust accuracy under every available attack, in percent."""
     if cfg.steps < 1 or cfg.restarts < 1:
         raise NasctlError(f"--steps and --restarts must be >= 1 (got {cfg.steps}, {cfg.restarts})")
@@ -93,11 +93,12 @@ def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, e
     out: dict[str, Any] = {"genome": genome, "images": r.n, "eps": eps, "clean_acc": r.clean_acc,
                            "attacks": {f"pgd{cfg.steps}x{cfg.restarts}": {"acc": r.adv_acc, **pgd.to_dict()}}}
     if cfg.art:
-        acc = _art_pgd_acc(model, split, eps, cfg.steps, (info["in_channels"], info["resolution"], info["resolution"]),
+        acc = _art_pgd_acc(model, split, eps, cfg.steps,
+                           (info["in_channels"], info["resolution"], info["resolution"]),
                            info["num_classes"], cfg.seed)
         if acc is not None:
-            out["attacks"]["art_pgd"] = {"acc": acc, "attack": "ART ProjectedGradientDescent", "steps": cfg.steps,
-                                         "eps": eps, "restarts": 1}
+            out["attacks"]["art_pgd"] = {"acc": acc, "attack": "ART ProjectedGradientDescent",
+                                         "steps": cfg.steps, "eps": eps, "restarts": 1}
     if cfg.autoattack:
         acc = _autoattack_acc(model, split, eps, cfg.seed)
         if acc is not None:

@@ -50,9 +50,11 @@ def merge_config(cls: type[C], yaml_path: str | None = None, overrides: dict[str
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise NasctlError(f"config file {yaml_path!r} is not valid YAML ({str(e).splitlines()[0]}): fix it") from e
+            raise NasctlError(f"config file {yaml_path!r} is not valid YAML "
+                              f"({str(e).splitlines()[0]}): fix it") from e
         if not isinstance(loaded, dict):
-            raise NasctlError(f"config file {yaml_path!r} must hold a mapping of settings, not {type(loaded).__name__}")
+            raise NasctlError(f"config file {yaml_path!r} must hold a mapping of settings, "
+                              f"not {type(loaded).__name__}")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     for key in values:

@@ -103,7 +103,8 @@ class Archive:
                 try:
                     rec = json.loads(raw)
                 except json.JSONDecodeError:
-                    log.warning("archive %s: dropping a half-written last line (crash during a write)", self.path)
+                    log.warning("archive %s: dropping a half-written last line (crash during a write)",
+                                self.path)
                     break
                 if not raw.endswith(b"\n"):
                     break
@@ -230,8 +231,8 @@ def _make_nsga2(space: SearchSpace, pop_size: int, mutation_genes: float = 2.0):
     generations. Two genes per offspring gave the highest mean hypervolume of the rates and population
     splits tried at the 200-evaluation budget (``bench/bench_search.py``, BENCHMARKS.md).
     """
-    NSGA2, binary_tournament, ElementwiseDup, MixedVariableMating, MixedVariableSampling, _, Choice, Tournament = \
-        _pymoo()
+    (NSGA2, binary_tournament, ElementwiseDup, MixedVariableMating, MixedVariableSampling, _, Choice,
+     Tournament) = _pymoo()
     from pymoo.operators.mutation.rm import ChoiceRandomMutation
 
     class SameGenome(ElementwiseDup):
@@ -313,8 +314,10 @@ def run_generations(state: SearchState, cfg: SearchConfig, history_path: Path | 
         if history_path is not None:
             from .checkpoint import atomic_write_json
 
-            atomic_write_json(history_path, {"reference_point": HV_REFERENCE, "objectives": list(state.objectives),
-                                             "scale": state.scale, "generations": [asdict(h) for h in history]})
+            atomic_write_json(history_path, {"reference_point": HV_REFERENCE,
+                                             "objectives": list(state.objectives),
+                                             "scale": state.scale,
+                                             "generations": [asdict(h) for h in history]})
         state.cb.on_generation(st, cfg.generations)
 
     if cfg.algorithm == "nsga2":

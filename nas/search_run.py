@@ -63,7 +63,8 @@ def _sizes_fn(space, info: dict[str, Any]):
     return sizes
 
 
-def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None, train_callbacks=None) -> Path:
+def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None,
+            train_callbacks=None) -> Path:
     """Run (or continue) the search in ``run_dir``; returns the path of ``pareto.json``."""
     t0 = time.perf_counter()
     callbacks = callbacks or Callbacks()
@@ -71,7 +72,8 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
     ckpt_path = cfg.supernet or str(_train_first(cfg, run_dir, train_callbacks))
     loaded = load_supernet(ckpt_path, expect_space=_expected_space(cfg))
     if loaded.dataset["name"] != cfg.dataset:
-        raise NasctlError(f"supernet {loaded.path!r} was trained on {loaded.dataset['name']!r}, not {cfg.dataset!r}: "
+        raise NasctlError(f"supernet {loaded.path!r} was trained on {loaded.dataset['name']!r}, "
+                          f"not {cfg.dataset!r}: "
                           f"pass --dataset {loaded.dataset['name']} or another --supernet")
     eps = cfg.eps if cfg.eps is not None else loaded.eps
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=int(loaded.config.get("seed", cfg.seed)),
@@ -93,7 +95,8 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
     history = json.loads((run_dir / "history.json").read_text())["generations"]
     meta = {"run": run_dir.name, "dataset": cfg.dataset, "data_dir": cfg.data_dir,
             "supernet": str(Path(ckpt_path).resolve()),
-            "space": loaded.space.to_dict(), "eps": eps, "algorithm": cfg.algorithm, "objectives": list(objectives),
+            "space": loaded.space.to_dict(), "eps": eps, "algorithm": cfg.algorithm,
+            "objectives": list(objectives),
             "pop_size": cfg.pop_size, "generations": cfg.generations, "mutation_genes": cfg.mutation_genes,
             "seed": cfg.seed,
             "evaluations": result.evaluations, "search_attack": evaluator.attack.to_dict(),

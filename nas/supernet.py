@@ -133,7 +133,8 @@ class Supernet(nn.Module):
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu") -> int:
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
+                   device: torch.device | str = "cpu") -> int:
     """Re-estimate BatchNorm running statistics of ``model`` on a few training batches.
 
     Shared supernet statistics are a mixture over every sampled path, so a subnet's own statistics

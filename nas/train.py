@@ -58,12 +58,15 @@ class TrainConfig:
     eps_warmup: int = 10  # epochs over which the training eps ramps up linearly from eps/eps_warmup
     attack_alpha: float | None = None  # None: eps/4 for PGD/TRADES, 1.25 eps for FGSM-RS
     trades_beta: float = 6.0
-    sampling: str = "uniform"  # uniform: every subnet equally trained (BENCHMARKS.md); sandwich: + largest/smallest
+    # uniform: every subnet equally trained (BENCHMARKS.md); sandwich: + largest/smallest
+    sampling: str = "uniform"
     sandwich_random: int = 1  # random paths per step besides largest and smallest
-    eval_every: int = 5  # validate largest/smallest every N epochs and at the end (single-step attacks: every epoch)
+    # validate largest/smallest every N epochs and at the end (single-step attacks: every epoch)
+    eval_every: int = 5
     eval_size: int = 200  # validation images for the per-epoch check
     eval_steps: int = 20  # PGD-20 in the per-epoch check
-    co_drop: float = 20.0  # points of PGD accuracy lost vs the best epoch that count as catastrophic overfitting
+    # points of PGD accuracy lost vs the best epoch that count as catastrophic overfitting
+    co_drop: float = 20.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # bfloat16/float16 autocast on CUDA
@@ -78,7 +81,8 @@ class TrainConfig:
         if self.batch_size <= 0:
             raise NasctlError(f"--batch-size must be > 0, got {self.batch_size}")
         if self.attack not in TRAIN_ATTACKS:
-            raise NasctlError(f"unknown training attack {self.attack!r}: choose one of {', '.join(TRAIN_ATTACKS)}")
+            raise NasctlError(f"unknown training attack {self.attack!r}: "
+                              f"choose one of {', '.join(TRAIN_ATTACKS)}")
         if self.sampling not in ("uniform", "sandwich"):
             raise NasctlError(f"unknown --sampling {self.sampling!r}: choose uniform or sandwich")
         if self.eps is not None and not 0 <= self.eps <= 1:
@@ -86,7 +90,8 @@ class TrainConfig:
         if self.width_mult <= 0:
             raise NasctlError(f"--width-mult must be > 0, got {self.width_mult}")
         if self.limit_train is not None and self.limit_train < self.batch_size:
-            raise NasctlError(f"--limit-train {self.limit_train} is smaller than one batch ({self.batch_size})")
+            raise NasctlError(f"--limit-train {self.limit_train} is smaller than one batch "
+                              f"({self.batch_size})")
 
 
 def resolve_space(cfg: TrainConfig) -> SearchSpace:
@@ -101,7 +106,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NasctlError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+        raise NasctlError(f"--device {name}: CUDA is not available on this machine "
+                          f"(torch {torch.__version__}); "
                           f"use --device cpu or install a CUDA build of torch")
     return torch.device(name)
 
@@ -128,7 +134,8 @@ class EpochMetrics:
     loss: float
     train_clean_acc: float  # percent, over the trained paths on clean inputs
     train_adv_acc: float  # percent, over the trained paths on their adversarial inputs
-    val: dict[str, dict[str, float]]  # 'largest'/'smallest' -> clean_acc, adv_acc (PGD-eval_steps); {} if skipped
+    # 'largest'/'smallest' -> clean_acc, adv_acc (PGD-eval_steps); {} if skipped
+    val: dict[str, dict[str, float]]
     seconds: float
     images_per_s: float
     catastrophic_overfitting: bool = False
@@ -262,8 +269,8 @@ class Trainer:
         tot_loss = tot_clean = tot_adv = tot_n = 0.0
         t0 = time.perf_counter()
         images = 0
-        for x, y in self.data.train.batches(cfg.batch_size, shuffle=True, generator=self.data_gen, drop_last=True,
-                                           rank=self.rank, world_size=self.world):
+        for x, y in self.data.train.batches(cfg.batch_size, shuffle=True, generator=self.data_gen,
+                                           drop_last=True, rank=self.rank, world_size=self.world):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             genomes = self._sample_paths()
             advs = []
@@ -367,7 +374,8 @@ class Trainer:
 def _json_line(obj: Any) -> str:
     import json
 
-    return json.dumps(obj, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n"
+    return json.dumps(obj,
+                      default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n"
 
 
 def train_supernet(cfg: TrainConfig, callbacks: Callbacks | None = None, run_dir: Path | None = None,
@@ -385,8 +393,10 @@ def train_supernet(cfg: TrainConfig, callbacks: Callbacks | None = None, run_dir
         trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
         if trainer.rank == 0:
             write_run_config(run_dir, "train", cfg, {"space": trainer.space.to_dict(),
-                                                     "dataset": trainer.data.info.to_dict(), "eps": trainer.eps,
-                                                     "world_size": trainer.world, "device": str(trainer.device)})
+                                                     "dataset": trainer.data.info.to_dict(),
+                                                     "eps": trainer.eps,
+                                                     "world_size": trainer.world,
+                                                     "device": str(trainer.device)})
         history = trainer.fit()
     finally:
         if owns_pg:

@@ -18,7 +18,8 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("nasctl.commands.train", "adversarially train a weight-sharing supernet"),
     "search": ("nasctl.commands.search", "NSGA-II search for the Pareto front of robust tiny subnets"),
-    "eval": ("nasctl.commands.eval", "strong robustness evaluation of chosen subnets (PGD restarts, AutoAttack)"),
+    "eval": ("nasctl.commands.eval",
+             "strong robustness evaluation of chosen subnets (PGD restarts, AutoAttack)"),
     "export": ("nasctl.commands.export", "export a subnet to verified ONNX / TFLite float32 / int8"),
 }
 

@@ -88,7 +88,8 @@ def test_pgd_agrees_with_adversarial_robustness_toolbox(undefended_model, digits
     x_adv = art_pgd.generate(x=x)
     with torch.no_grad():
         clean_ok = undefended_model(torch.from_numpy(x)).argmax(1).numpy() == y
-        art_acc = 100.0 * np.mean(clean_ok & (undefended_model(torch.from_numpy(x_adv)).argmax(1).numpy() == y))
+        art_acc = 100.0 * np.mean(clean_ok
+                                  & (undefended_model(torch.from_numpy(x_adv)).argmax(1).numpy() == y))
     ours = _acc(undefended_model, digits, PGD(eps=eps, steps=steps)).adv_acc
     assert art.__version__
     assert abs(ours - art_acc) <= 2.0, (ours, art_acc)

@@ -43,8 +43,8 @@ def checkpoint(tmp_path_factory) -> Path:
     """An (untrained) digits supernet checkpoint in the format 'nasctl train' writes."""
     # the digits layout with every block family (the built-in digits space offers only ir + skip)
     space = SearchSpace.from_dict({**load_space("digits").to_dict(), "name": "digits-mixed",
-                                   "blocks": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost", "shuffle",
-                                              "skip"]})
+                                   "blocks": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost",
+                                              "shuffle", "skip"]})
     info = load_dataset("digits").info
     torch.manual_seed(0)
     net = Supernet(space, info.in_channels, info.num_classes, info.mean, info.std)

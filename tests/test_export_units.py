@@ -24,10 +24,10 @@ from nasctl.export.fakequant import (
 from nasctl.export.prepare import calibration_set, fold_batchnorm, recalibrate
 from nasctl.export.robustness import to_uint8_grid
 from nasctl.export.source import latest_run, pick_from_run
-from nasctl.nas.select import SelectionError
 from nasctl.export.square import SquareAttack, margin_loss, p_schedule
 from nasctl.export.targets import EXTRA_HINT, require_installed
 from nasctl.nas.data import TensorSplit, load_dataset
+from nasctl.nas.select import SelectionError
 from nasctl.nas.space import BLOCKS, GenomeError, SearchSpace, load_space
 from nasctl.nas.supernet import Supernet
 
@@ -298,8 +298,8 @@ def test_per_channel_weight_quantisation():
 
 def test_twin_tracks_the_float_model_and_has_gradients():
     space = SearchSpace.from_dict({**load_space("digits").to_dict(), "name": "digits-mixed",
-                                   "blocks": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost", "shuffle",
-                                              "skip"]})
+                                   "blocks": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost",
+                                              "shuffle", "skip"]})
     torch.manual_seed(0)
     net = Supernet(space, 1, 10, [0.3], [0.4])
     model = net.extract(space.parse("shuffle_c12-ghost_c8-ghost_c24-shuffle_c16-ir_k5_e3_c32-dsc_k3_c48"))

@@ -21,13 +21,15 @@ from nasctl.nas.train import TrainConfig, train_supernet
 
 from .test_train import one_line_error
 
-SMALL = dict(pop_size=6, generations=3, val_size=60, pgd_steps=2, calib_batches=1, final_steps=2, final_restarts=1)
+SMALL = dict(pop_size=6, generations=3, val_size=60, pgd_steps=2, calib_batches=1, final_steps=2,
+             final_restarts=1)
 
 
 @pytest.fixture(scope="module")
 def supernet_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("sn")
-    cfg = TrainConfig(limit_train=256, epochs=2, eval_size=40, eval_steps=2, attack_steps=2, run_root=str(root))
+    cfg = TrainConfig(limit_train=256, epochs=2, eval_size=40, eval_steps=2, attack_steps=2,
+                      run_root=str(root))
     return train_supernet(cfg)[0]
 
 
@@ -51,8 +53,8 @@ def _dominates(a, b, objs):
 
 def test_outputs_are_written_and_consistent(finished_run):
     run = finished_run
-    for name in ("config.json", "pareto.json", "archive.jsonl", "history.json", "summary.md", "layer_stats.csv",
-                 "front_projections.png", "hypervolume.png", "layer_heatmap.png"):
+    for name in ("config.json", "pareto.json", "archive.jsonl", "history.json", "summary.md",
+                 "layer_stats.csv", "front_projections.png", "hypervolume.png", "layer_heatmap.png"):
         assert (run / name).exists() and (run / name).stat().st_size > 0, name
     doc = json.loads((run / "pareto.json").read_text())
     archive = [json.loads(ln) for ln in (run / "archive.jsonl").read_text().splitlines()]
@@ -157,7 +159,14 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
     no supernet): crossover of identical parents is a copy, so what differs is mutation's doing."""
     import tempfile
 
-    from nasctl.nas.search import Archive, Callbacks, SearchState, _make_nsga2, _make_problem, genome_from_vars
+    from nasctl.nas.search import (
+        Archive,
+        Callbacks,
+        SearchState,
+        _make_nsga2,
+        _make_problem,
+        genome_from_vars,
+    )
     from nasctl.nas.search_run import _sizes_fn
     from nasctl.nas.space import load_space
 
@@ -166,7 +175,8 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
 
     def fake_accuracy(g):
         p = sizes(g)["params"]
-        return {"clean_acc": 100 * p / (p + 20_000), "adv_acc": 100 * (zlib.crc32(g.encode().encode()) % 97) / 97}
+        return {"clean_acc": 100 * p / (p + 20_000),
+                "adv_acc": 100 * (zlib.crc32(g.encode().encode()) % 97) / 97}
 
     cfg = SearchConfig(pop_size=40, generations=2, mutation_genes=mutation_genes, seed=seed)
     state = SearchState(space, ("clean_acc", "adv_acc", "params"), fake_accuracy, sizes,
@@ -180,7 +190,8 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
     for ind in algo.pop:
         ind.set("X", dict(x0))
     parent = genome_from_vars(space, x0).layers
-    return [sum(a != b for a, b in zip(genome_from_vars(space, x).layers, parent)) for x in algo.ask().get("X")]
+    return [sum(a != b for a, b in zip(genome_from_vars(space, x).layers, parent))
+            for x in algo.ask().get("X")]
 
 
 def test_mutation_genes_sets_how_far_offspring_move():
@@ -242,7 +253,8 @@ def test_cli_bad_input(tmp_path, args, needles):
 def test_bad_genome_and_wrong_space_via_cli(supernet_ckpt, tmp_path):
     from .test_train import nasctl
 
-    one_line_error(nasctl("eval", "--supernet", str(supernet_ckpt), "--arch", "ir_k3_e3_c8-bogus_c4", cwd=tmp_path),
+    one_line_error(nasctl("eval", "--supernet", str(supernet_ckpt), "--arch", "ir_k3_e3_c8-bogus_c4",
+                          cwd=tmp_path),
                    "bogus")
     one_line_error(nasctl("search", "--supernet", str(supernet_ckpt), "--width-mult", "2", cwd=tmp_path),
                    "trained on space")

@@ -105,8 +105,10 @@ def test_analytic_params_and_macs_equal_the_extracted_model(name, width):
 def test_largest_is_larger_than_smallest():
     for name, (cin, res) in SPACES.items():
         space = load_space(name)
-        assert space.cost(space.largest(), cin, res, 10)[0] > 3 * space.cost(space.smallest(), cin, res, 10)[0]
-        assert space.int8_bytes(space.largest(), cin, res, 10) > space.int8_bytes(space.smallest(), cin, res, 10)
+        assert (space.cost(space.largest(), cin, res, 10)[0]
+                > 3 * space.cost(space.smallest(), cin, res, 10)[0])
+        assert (space.int8_bytes(space.largest(), cin, res, 10)
+                > space.int8_bytes(space.smallest(), cin, res, 10))
 
 
 def test_width_multiplier_scales_channels():
@@ -120,7 +122,8 @@ def test_yaml_space_and_unknown_keys(tmp_path):
     p.write_text("name: mini\nstem_channels: 4\nstages:\n  - {layers: 2, stride: 1, widths: [4, 8]}\n"
                  "blocks: [ghost, dsc_k3, skip]\nhead_channels: 16\n")
     space = load_space(str(p))
-    assert space.name == "mini" and len(space.layers) == 2 and space.layers[0].ops == ("ghost", "dsc_k3", "skip")
+    assert (space.name == "mini" and len(space.layers) == 2
+            and space.layers[0].ops == ("ghost", "dsc_k3", "skip"))
     p.write_text(p.read_text() + "head_chanels: 3\n")
     with pytest.raises(ValueError, match="did you mean 'head_channels'"):
         load_space(str(p))

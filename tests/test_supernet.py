@@ -80,5 +80,5 @@ def test_width_multiplier_supernet_builds_and_runs():
     assert net(torch.rand(2, 1, 8, 8)).shape == (2, 10)
     small = sum(p.numel() for p in net.extract(g).parameters())
     big_space = load_space("digits")
-    assert small < sum(p.numel() for p in Supernet(big_space, 1, 10, [0.3], [0.4]).extract(big_space.largest())
-                       .parameters())
+    assert small < sum(p.numel() for p in
+                       Supernet(big_space, 1, 10, [0.3], [0.4]).extract(big_space.largest()).parameters())

@@ -18,7 +18,8 @@ from nasctl.nas.train import Callbacks, EpochMetrics, TrainConfig, Trainer, resu
 TINY = dict(limit_train=128, batch_size=64, epochs=2, eval_size=40, eval_steps=2, attack_steps=2)
 
 
-def nasctl(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def nasctl(*args: str, cwd: Path, env_extra: dict | None = None,
+           timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}  # see conftest._one_torch_thread
     return subprocess.run([sys.executable, "-m", "nasctl", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -60,8 +61,8 @@ def test_run_folder_is_complete(tiny_run):
 
 def test_training_learns_something(tmp_path):
     """A few epochs on 512 images: both ends of the space beat chance (10 %) clearly."""
-    cfg = TrainConfig(limit_train=512, epochs=4, eval_size=200, eval_steps=5, attack_steps=3, sampling="sandwich",
-                      run_root=str(tmp_path))
+    cfg = TrainConfig(limit_train=512, epochs=4, eval_size=200, eval_steps=5, attack_steps=3,
+                      sampling="sandwich", run_root=str(tmp_path))
     _, history = train_supernet(cfg)
     for label in ("largest", "smallest"):
         assert history[-1].val[label]["clean_acc"] > 40.0, history[-1].val
@@ -94,7 +95,9 @@ def test_catastrophic_overfitting_guard_restores_best(tmp_path, digits):
     cfg = TrainConfig(**{**TINY, "attack": "fgsm-rs"}, run_root=str(tmp_path))
     tr = Trainer(cfg, tmp_path, data=digits)
     good = {k: v.clone() for k, v in tr.supernet.state_dict().items()}
-    mk = lambda e, adv: EpochMetrics(e, 0.1, 1.0, 90, 50, {"largest": {"clean_acc": 90, "adv_acc": adv}}, 1, 1)
+    def mk(e, adv):
+        return EpochMetrics(e, 0.1, 1.0, 90, 50, {"largest": {"clean_acc": 90, "adv_acc": adv}}, 1, 1)
+
     tr._guard_overfitting(mk(1, 60.0))
     with torch.no_grad():
         for p in tr.supernet.parameters():
@@ -136,7 +139,8 @@ def test_cli_bad_input_is_one_line(tmp_path, args, needles):
 
 
 def test_cli_offline_download_is_one_line(tmp_path):
-    one_line_error(nasctl("train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), cwd=tmp_path),
+    one_line_error(nasctl("train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                          cwd=tmp_path),
                    "cifar-10-batches-py")
 
 
@@ -163,7 +167,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-port", "29531", "-m", "nasctl", "train", "--limit-train", "256",
-                           "--epochs", "1", "--attack-steps", "2", "--run-root", str(tmp_path), "--name", "ddp"],
+                           "--epochs", "1", "--attack-steps", "2", "--run-root", str(tmp_path),
+                           "--name", "ddp"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "train").iterdir())

@@ -6,5 +6,6 @@ from .space import LayerChoices, SearchSpace, StageSpec, builtin_spaces, load_sp
 
 __all__ = [
     "BLOCKS", "SKIP", "Block", "Genome", "GenomeError", "LayerChoices", "LayerGene", "SearchSpace",
-    "StageSpec", "build_block", "builtin_spaces", "load_space", "register_block", "scale_channels", "to_static",
+    "StageSpec", "build_block", "builtin_spaces", "load_space", "register_block", "scale_channels",
+    "to_static",
 ]

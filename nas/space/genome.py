@@ -54,7 +54,8 @@ class Genome:
             m = _LAYER_RE.match(token)
             if m is None:
                 raise GenomeError(
-                    f"bad token {token!r} at layer {i} of genome {text!r}: expected '<block>_c<channels>' (channels a positive integer) "
+                    f"bad token {token!r} at layer {i} of genome {text!r}: expected '<block>_c<channels>' "
+                    f"(channels a positive integer) "
                     f"or 'skip' (blocks: {', '.join(sorted(b for b in BLOCKS))})")
             if m["op"] not in BLOCKS:
                 raise GenomeError(

@@ -71,7 +71,8 @@ class SlimConv2d(nn.Module):
 
     def set_active(self, spec: ConvSpec) -> None:
         m = self.max_spec
-        if (spec.in_ch > m.in_ch or spec.out_ch > m.out_ch or spec.kernel > m.kernel or spec.stride != m.stride
+        if (spec.in_ch > m.in_ch or spec.out_ch > m.out_ch or spec.kernel > m.kernel
+                or spec.stride != m.stride
                 or spec.depthwise != m.depthwise or spec.kernel % 2 != m.kernel % 2):
             raise ValueError(f"active conv {spec} does not fit in {m}")
         self.active = spec

@@ -172,19 +172,21 @@ class SearchSpace:
         return Genome(tuple(genes))
 
     # --- analytic costs ----------------------------------------------------------------------
-    def conv_specs(self, genome: Genome, in_channels: int, resolution: int) -> list[tuple[ConvSpec | BNSpec, int]]:
+    def conv_specs(self, genome: Genome, in_channels: int,
+                   resolution: int) -> list[tuple[ConvSpec | BNSpec, int]]:
         """Every conv/BN layer of the subnet with its output resolution (head conv included)."""
         self.validate(genome)
         hw = out_size(resolution, self.stem_stride)
-        out: list[tuple[ConvSpec | BNSpec, int]] = [(ConvSpec(in_channels, self.stem, 3, self.stem_stride), hw),
-                                                    (BNSpec(self.stem), hw)]
+        out: list[tuple[ConvSpec | BNSpec, int]] = [
+            (ConvSpec(in_channels, self.stem, 3, self.stem_stride), hw), (BNSpec(self.stem), hw)]
         cin = self.stem
         for gene, lc in zip(genome.layers, self.layers):
             if gene.op == SKIP:
                 continue
             block = BLOCKS[gene.op](2, 2, lc.stride)  # tiny instance, only for its specs
             hw_out = out_size(hw, lc.stride)
-            out += [(spec, hw if at_input else hw_out) for _, spec, at_input in block.specs(cin, gene.channels)]
+            out += [(spec, hw if at_input else hw_out)
+                    for _, spec, at_input in block.specs(cin, gene.channels)]
             hw, cin = hw_out, gene.channels
         out += [(ConvSpec(cin, self.head, 1), hw), (BNSpec(self.head), hw)]
         return out

@@ -44,7 +44,8 @@ def epoch_progress():
                 self.bar.close()
             val = "  ".join(f"{k} {v['clean_acc']:.1f}/{v['adv_acc']:.1f}" for k, v in m.val.items())
             val = f"  val clean/PGD {val}" if val else ""
-            flag = "  CATASTROPHIC OVERFITTING: stopped, best weights restored" if m.catastrophic_overfitting else ""
+            flag = ("  CATASTROPHIC OVERFITTING: stopped, best weights restored" if m.catastrophic_overfitting
+                    else "")
             print(f"epoch {m.epoch:>3}  loss {m.loss:.3f}  train clean/adv {m.train_clean_acc:.1f}/"
                   f"{m.train_adv_acc:.1f}{val}  {m.seconds:.1f}s  {m.images_per_s:.0f} img/s{flag}",
                   file=sys.stderr, flush=True)

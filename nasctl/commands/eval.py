@@ -22,13 +22,12 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nasctl.nas.checkpoint import atomic_write_json
+    from nasctl.nas.checkpoint import atomic_write_json, load_supernet
     from nasctl.nas.data import load_dataset
+    from nasctl.nas.errors import NasctlError
     from nasctl.nas.evaluate import CandidateEvaluator
     from nasctl.nas.robust_eval import StrongEvalConfig, strong_evaluation
     from nasctl.nas.runs import make_run_dir, write_run_config
-    from nasctl.nas.checkpoint import load_supernet
-    from nasctl.nas.errors import NasctlError
     from nasctl.nas.select import pick_from_run, read_front
 
     run_doc: dict = {}
@@ -41,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.supernet and args.arch:
         ckpt, arches = args.supernet, args.arch
     else:
-        raise NasctlError("say which subnet: --run RUN [--pick knee|all|INDEX|GENOME] or --supernet CKPT --arch GENOME")
+        raise NasctlError("say which subnet: --run RUN [--pick knee|all|INDEX|GENOME] "
+                          "or --supernet CKPT --arch GENOME")
     loaded = load_supernet(ckpt)
     genomes = [loaded.space.parse(a) for a in arches]
     ds = loaded.dataset
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         r = strong_evaluation(ev.subnet(g), g.encode(), data.test, eps, ds, cfg)
         results.append(r)
         attacks = "  ".join(f"{k} {v['acc']:.1f}" for k, v in r["attacks"].items())
-        print(f"{g.encode()}\n  clean {r['clean_acc']:.1f} %  robust (min) {r['robust_acc']:.1f} %  [{attacks}]  "
-              f"eps={eps:.4g}, {r['images']} test images")
+        print(f"{g.encode()}\n  clean {r['clean_acc']:.1f} %  robust (min) {r['robust_acc']:.1f} %  "
+              f"[{attacks}]  eps={eps:.4g}, {r['images']} test images")
     atomic_write_json(out_dir / "eval.json", {"supernet": loaded.path, "eps": eps, "results": results})
     print(f"written: {out_dir / 'eval.json'}")
     return 0

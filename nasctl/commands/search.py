@@ -11,7 +11,8 @@ from ._common import add_config_flags, config_overrides, epoch_progress
 
 def add_parser(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text + ". With no arguments: trains a small "
-                       "supernet on the embedded digits data set, searches it, and writes the front, plots and "
+                       "supernet on the embedded digits data set, searches it, and writes the front, "
+                       "plots and "
                        "layer statistics to runs/search/<stamp>/.")
     g = p.add_argument_group("search")
     g.add_argument("--supernet", metavar="CKPT", help="trained supernet (supernet.pt or its run folder); "
@@ -26,7 +27,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    "latency_ms (default clean_acc,adv_acc,params)")
     g.add_argument("--pop-size", type=int, help="population size (default 20)")
     g.add_argument("--generations", type=int, help="generations (default 10)")
-    g.add_argument("--mutation-genes", type=float, help="NSGA-II: expected genes redrawn per offspring (default 2)")
+    g.add_argument("--mutation-genes", type=float,
+                   help="NSGA-II: expected genes redrawn per offspring (default 2)")
     g.add_argument("--max-params", type=int, help="constraint: at most this many parameters")
     g.add_argument("--max-latency-ms", type=float, help="constraint: latency budget (needs a latency source)")
     g.add_argument("--min-clean-acc", type=float, help="constraint: clean validation accuracy, percent")
@@ -51,7 +53,8 @@ def _progress():
         def on_generation(self, st, total):
             if self.bar is None:
                 self.bar = tqdm(total=total, desc="search", unit="gen", file=sys.stderr, dynamic_ncols=True)
-            best = " ".join(f"{k}={v:.1f}" if OBJECTIVES[k].maximize else f"{k}={v:,.0f}" for k, v in st.best.items())
+            best = " ".join(f"{k}={v:.1f}" if OBJECTIVES[k].maximize else f"{k}={v:,.0f}"
+                            for k, v in st.best.items())
             self.bar.set_postfix_str(f"evals={st.evaluations} HV={st.hypervolume:.4f} best: {best}")
             self.bar.update(1)
             if self.bar.n >= total:
@@ -80,8 +83,10 @@ def print_front(path) -> None:
     fa = doc.get("final_attack") or {}
     print(f"\nPareto front: {len(front)} subnets from {doc['evaluations']} evaluated "
           f"({doc['dataset']}, L-inf eps={doc['eps']:.4g}; val = PGD-{doc['search_attack']['steps']} on "
-          f"{doc['val_images']} validation images, test = PGD-{fa.get('steps')} x{fa.get('restarts')} restarts)")
-    print(f"{'#':>3} {'params':>8} {'val clean':>9} {'val PGD':>8} {'test clean':>10} {'test PGD':>8}  genome")
+          f"{doc['val_images']} validation images, "
+          f"test = PGD-{fa.get('steps')} x{fa.get('restarts')} restarts)")
+    print(f"{'#':>3} {'params':>8} {'val clean':>9} {'val PGD':>8} "
+          f"{'test clean':>10} {'test PGD':>8}  genome")
     for i, r in enumerate(front):
         mark = "*" if i == knee else " "
         print(f"{i:>2}{mark} {r['params']:>8,} {r['clean_acc']:>9.1f} {r['adv_acc']:>8.1f} "

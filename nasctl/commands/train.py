@@ -19,7 +19,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     from nasctl.nas.train import TRAIN_ATTACKS
 
     g = p.add_argument_group("supernet training")
-    g.add_argument("--dataset", help="digits (default, embedded), cifar10, cifar100, svhn, mnist, fashion-mnist")
+    g.add_argument("--dataset",
+                   help="digits (default, embedded), cifar10, cifar100, svhn, mnist, fashion-mnist")
     g.add_argument("--data-dir", help="folder of a torchvision data set (downloaded there when online)")
     g.add_argument("--space", help="search space: a built-in name (digits, tam) or a YAML file")
     g.add_argument("--width-mult", type=float, help="width multiplier on every channel choice (default 1.0)")
@@ -27,9 +28,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float, help="initial SGD learning rate (cosine schedule)")
     g.add_argument("--attack", choices=TRAIN_ATTACKS, help="training attack (default pgd)")
-    g.add_argument("--eps", type=float, help="L-inf budget on [0,1] pixels (default: the data set's, digits 0.1)")
+    g.add_argument("--eps", type=float,
+                   help="L-inf budget on [0,1] pixels (default: the data set's, digits 0.1)")
     g.add_argument("--attack-steps", type=int, help="PGD/TRADES inner steps (default 7)")
-    g.add_argument("--sampling", choices=("uniform", "sandwich"), help="paths trained per batch: uniform (default, one random subnet) or sandwich (largest, smallest and random)")
+    g.add_argument("--sampling", choices=("uniform", "sandwich"),
+                   help="paths trained per batch: uniform (default, one random subnet) "
+                   "or sandwich (largest, smallest and random)")
     g.add_argument("--limit-train", type=int, help="train on the first N training images only (smoke runs)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if history:
         last = history[-1]
         for label, v in last.val.items():
-            print(f"{label:>8} subnet: clean {v['clean_acc']:.1f} %  PGD-{last_steps(path)} {v['adv_acc']:.1f} %")
+            print(f"{label:>8} subnet: clean {v['clean_acc']:.1f} %  "
+                  f"PGD-{last_steps(path)} {v['adv_acc']:.1f} %")
     print(f"supernet: {path}")
     return 0
 
