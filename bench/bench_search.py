@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--mutation-genes", type=float, default=2.0)
     ap.add_argument("--jobs", type=int, default=1, help="parallel runs (each uses one torch thread)")
     ap.add_argument("--out", default="bench/results/search.json")
+    ap.add_argument("--add", action="store_true",
+                    help="add these seeds' runs to the results already in --out (same supernet and settings)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-search-"))
     if args.supernet:
@@ -82,6 +84,13 @@ def main() -> None:
             for seed in args.seeds for algo in ("nsga2", "random")]
     res = {"supernet": ckpt, "pop_size": args.pop_size, "generations": args.generations,
            "mutation_genes": args.mutation_genes, "tuned_seeds": args.tuned_seeds, "runs": []}
+    if args.add:
+        old = json.loads(Path(args.out).read_text())
+        settings = ("supernet", "pop_size", "generations", "mutation_genes", "tuned_seeds")
+        if any(old[k] != res[k] for k in settings):
+            sys.exit(f"--add: {args.out} was run with other settings "
+                     f"({ {k: old[k] for k in settings} }): drop --add or use another --out")
+        res["runs"] = [r for r in old["runs"] if r["seed"] not in args.seeds]
     if args.jobs > 1:
         os.environ["OMP_NUM_THREADS"] = "1"  # read by the spawned workers' OpenMP at start-up
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -55,7 +55,9 @@ def _progress():
                 self.bar = tqdm(total=total, desc="search", unit="gen", file=sys.stderr, dynamic_ncols=True)
             best = " ".join(f"{k}={v:.1f}" if OBJECTIVES[k].maximize else f"{k}={v:,.0f}"
                             for k, v in st.best.items())
-            self.bar.set_postfix_str(f"evals={st.evaluations} HV={st.hypervolume:.4f} best: {best}")
+            # refresh=False: drawn by update() together with the new count, not a generation early
+            self.bar.set_postfix_str(f"evals={st.evaluations} HV={st.hypervolume:.4f} best: {best}",
+                                     refresh=False)
             self.bar.update(1)
             if self.bar.n >= total:
                 self.bar.close()
