@@ -274,3 +274,36 @@ def test_eval_command_writes_strong_results(finished_run, tmp_path):
 
 def test_progress_is_shown(finished_run):
     assert Path(finished_run / "summary.md").read_text().startswith("# nasctl search")
+
+
+def test_hv_ceiling_bench_scores_runs_against_their_union(finished_run, supernet_ckpt, tmp_path, capsys):
+    """bench/hv_ceiling.py: each run's HV is its own final HV, the union's is at least the best of
+    them, and runs of another seed (whose scores are not comparable) are refused."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "hv_ceiling.py"
+    spec = importlib.util.spec_from_file_location("hv_ceiling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rnd = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), algorithm="random",
+                              **SMALL)).parent
+    runs = [finished_run, rnd]
+    sys_argv = sys.argv
+    try:
+        sys.argv = ["hv_ceiling.py", *map(str, runs)]
+        bench.main()
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        for run, row in zip(runs, out["runs"]):
+            hist = json.loads((run / "history.json").read_text())["generations"]
+            assert row["hypervolume"] == pytest.approx(hist[-1]["hypervolume"], abs=1e-12)
+        genomes = {json.loads(line)["genome"] for run in runs
+                   for line in (run / "archive.jsonl").read_text().splitlines()}
+        assert out["union_subnets"] == len(genomes)
+        assert out["union_hypervolume"] >= max(r["hypervolume"] for r in out["runs"]) - 1e-12
+        other = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), seed=1,
+                                    **SMALL)).parent
+        sys.argv = ["hv_ceiling.py", str(finished_run), str(other)]
+        with pytest.raises(SystemExit, match="differ in"):
+            bench.main()
+    finally:
+        sys.argv = sys_argv
