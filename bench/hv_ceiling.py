@@ -19,22 +19,21 @@ from pathlib import Path
 import numpy as np
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", help="search run folders (config.json + archive.jsonl)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from nasctl.nas.checkpoint import load_supernet
     from nasctl.nas.objectives import parse_objectives
-    from nasctl.nas.search_run import _sizes_fn
+    from nasctl.nas.search_run import _sizes_fn, config_from_run
 
     search = importlib.import_module("nasctl.nas.search")  # nasctl.nas.search is also a function name
 
-    cfgs = [json.loads((Path(r) / "config.json").read_text())["config"] for r in args.runs]
-    keys = {(c["supernet"], c["seed"], c["objectives"]) for c in cfgs}
+    cfgs = [config_from_run(json.loads((Path(r) / "config.json").read_text())) for r in args.runs]
+    keys = {(c.supernet, c.seed, c.objectives) for c in cfgs}
     if len(keys) != 1:
         sys.exit(f"runs differ in (supernet, seed, objectives): {sorted(keys)}; pass runs of one setting")
-    fields = search.SearchConfig.__dataclass_fields__
-    cfg = search.SearchConfig(**{k: v for k, v in cfgs[0].items() if k in fields})
+    cfg = cfgs[0]
     loaded = load_supernet(cfg.supernet)
     state = search.SearchState(loaded.space, parse_objectives(cfg.objectives), lambda g: {},
                                _sizes_fn(loaded.space, loaded.dataset), search.Archive(Path("/nonexistent")),
@@ -42,25 +41,22 @@ def main() -> None:
     union: dict[str, dict] = {}
     rows = []
     for run, c in zip(args.runs, cfgs):
-        recs = []
-        for line in (Path(run) / "archive.jsonl").read_text().splitlines():
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError:  # a killed run's half-written last line
-                break
+        # repair=False: read only, a running search's half-written last line is skipped, not cut off
+        recs = list(search.Archive(Path(run) / "archive.jsonl", repair=False).records.values())
         for r in recs:
             old = union.setdefault(r["genome"], r)
             if (old["clean_acc"], old["adv_acc"]) != (r["clean_acc"], r["adv_acc"]):
                 sys.exit(f"{r['genome']} scored differently in two runs: not one evaluator setting")
         hv = search.hypervolume(state, search.nondominated(state, recs))
-        rows.append({"run": run, "algorithm": c["algorithm"], "generations": c["generations"],
+        rows.append({"run": run, "algorithm": c.algorithm, "generations": c.generations,
                      "evaluations": len(recs), "hypervolume": hv})
-    best = search.hypervolume(state, search.nondominated(state, list(union.values())))
+    union_front = search.nondominated(state, list(union.values()))
+    best = search.hypervolume(state, union_front)
     for r in rows:
         print(f"{r['algorithm']:>6} {r['evaluations']:4d} evals  HV {r['hypervolume']:.4f}  "
               f"{100 * r['hypervolume'] / best:5.1f} % of the union  {r['run']}")
     print(f"union of {len(rows)} runs: {len(union)} distinct subnets, HV {best:.4f}, "
-          f"front {len(search.nondominated(state, list(union.values())))}")
+          f"front {len(union_front)}")
     print(json.dumps({"seed": cfg.seed, "union_subnets": len(union), "union_hypervolume": best,
                       "runs": rows, "mean_hv": float(np.mean([r["hypervolume"] for r in rows]))}))
 

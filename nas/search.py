@@ -90,13 +90,15 @@ class Callbacks:
 class Archive:
     """Append-only JSON-lines record of every evaluated candidate; the search's cache and its resume."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, repair: bool = True):
+        """``repair=False`` reads without cutting a half-written last line off the file: for tools that
+        read other runs' archives, which may still be growing."""
         self.path = path
         self.records: dict[str, dict[str, Any]] = {}
         if path.exists():
-            self._load()
+            self._load(repair)
 
-    def _load(self) -> None:
+    def _load(self, repair: bool) -> None:
         good_bytes = 0
         with open(self.path, "rb") as f:
             for raw in f:
@@ -110,7 +112,7 @@ class Archive:
                     break
                 self.records[rec["genome"]] = rec
                 good_bytes += len(raw)
-        if good_bytes != self.path.stat().st_size:
+        if repair and good_bytes != self.path.stat().st_size:
             with open(self.path, "r+b") as f:
                 f.truncate(good_bytes)
 

@@ -119,6 +119,12 @@ def search(cfg: SearchConfig, callbacks: Callbacks | None = None, train_callback
     return execute(cfg, run_dir, callbacks, train_callbacks)
 
 
+def config_from_run(doc: dict[str, Any]) -> SearchConfig:
+    """The SearchConfig a run folder's ``config.json`` describes, as that run used it."""
+    # runs started before --mutation-genes existed used pymoo's default rate: keep it so they retrace exactly
+    return SearchConfig(**{"mutation_genes": 1.0, **doc["config"]})
+
+
 def resume_search(run_dir: str | Path, callbacks: Callbacks | None = None, train_callbacks=None) -> Path:
     """Continue a search run after a crash or interrupt, with the run's own config and seed."""
     run_dir = Path(run_dir)
@@ -129,8 +135,7 @@ def resume_search(run_dir: str | Path, callbacks: Callbacks | None = None, train
     doc = json.loads(cfg_path.read_text())
     if doc.get("command") != "search":
         raise NasctlError(f"--resume {str(run_dir)!r} is a {doc.get('command')!r} run, not a search run")
-    # runs started before --mutation-genes existed used pymoo's default rate: keep it so they retrace exactly
-    cfg = SearchConfig(**{"mutation_genes": 1.0, **doc["config"]})
+    cfg = config_from_run(doc)
     log.info("resuming search %s", run_dir)
     return execute(cfg, run_dir, callbacks, train_callbacks)
 

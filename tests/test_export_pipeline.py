@@ -431,14 +431,9 @@ def test_same_seed_same_artifacts(exports, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_export_script(exports, tmp_path, capsys):
+def test_bench_export_script(exports, tmp_path, capsys, load_bench):
     """bench/bench_export.py end to end on the fixture's checkpoint (three more onnx2tf runs)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_export.py"
-    spec = importlib.util.spec_from_file_location("bench_export", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_export")
     out = tmp_path / "bench"
     assert (
         bench.main(

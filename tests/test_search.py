@@ -211,8 +211,11 @@ def test_half_written_archive_line_is_dropped(finished_run, tmp_path):
     n = len(copy.read_text().splitlines())
     with open(copy, "a") as f:
         f.write('{"genome": "ir_k3_e3_c8-ski')
+    size = copy.stat().st_size
+    read_only = Archive(copy, repair=False)  # a reader of another run's archive leaves the file alone
+    assert len(read_only) == n and copy.stat().st_size == size
     arch = Archive(copy)
-    assert len(arch) == n and copy.read_text().endswith("\n")
+    assert len(arch) == n and copy.read_text().endswith("\n") and copy.stat().st_size < size
 
 
 def test_resume_of_a_finished_run_reproduces_it(finished_run):
@@ -276,34 +279,23 @@ def test_progress_is_shown(finished_run):
     assert Path(finished_run / "summary.md").read_text().startswith("# nasctl search")
 
 
-def test_hv_ceiling_bench_scores_runs_against_their_union(finished_run, supernet_ckpt, tmp_path, capsys):
+def test_hv_ceiling_bench_scores_runs_against_their_union(finished_run, supernet_ckpt, tmp_path, capsys,
+                                                         load_bench):
     """bench/hv_ceiling.py: each run's HV is its own final HV, the union's is at least the best of
     them, and runs of another seed (whose scores are not comparable) are refused."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "hv_ceiling.py"
-    spec = importlib.util.spec_from_file_location("hv_ceiling", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("hv_ceiling")
     rnd = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), algorithm="random",
                               **SMALL)).parent
     runs = [finished_run, rnd]
-    sys_argv = sys.argv
-    try:
-        sys.argv = ["hv_ceiling.py", *map(str, runs)]
-        bench.main()
-        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        for run, row in zip(runs, out["runs"]):
-            hist = json.loads((run / "history.json").read_text())["generations"]
-            assert row["hypervolume"] == pytest.approx(hist[-1]["hypervolume"], abs=1e-12)
-        genomes = {json.loads(line)["genome"] for run in runs
-                   for line in (run / "archive.jsonl").read_text().splitlines()}
-        assert out["union_subnets"] == len(genomes)
-        assert out["union_hypervolume"] >= max(r["hypervolume"] for r in out["runs"]) - 1e-12
-        other = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), seed=1,
-                                    **SMALL)).parent
-        sys.argv = ["hv_ceiling.py", str(finished_run), str(other)]
-        with pytest.raises(SystemExit, match="differ in"):
-            bench.main()
-    finally:
-        sys.argv = sys_argv
+    bench.main([str(r) for r in runs])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for run, row in zip(runs, out["runs"]):
+        hist = json.loads((run / "history.json").read_text())["generations"]
+        assert row["hypervolume"] == pytest.approx(hist[-1]["hypervolume"], abs=1e-12)
+    genomes = {json.loads(line)["genome"] for run in runs
+               for line in (run / "archive.jsonl").read_text().splitlines()}
+    assert out["union_subnets"] == len(genomes)
+    assert out["union_hypervolume"] >= max(r["hypervolume"] for r in out["runs"]) - 1e-12
+    other = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), seed=1, **SMALL)).parent
+    with pytest.raises(SystemExit, match="differ in"):
+        bench.main([str(finished_run), str(other)])
