@@ -82,3 +82,14 @@ def test_width_multiplier_supernet_builds_and_runs():
     big_space = load_space("digits")
     assert small < sum(p.numel() for p in
                        Supernet(big_space, 1, 10, [0.3], [0.4]).extract(big_space.largest()).parameters())
+
+
+def test_extract_keeps_the_supernets_device_and_dtype():
+    """A supernet on a GPU must give a subnet on that GPU (validation during CUDA training recalibrates
+    BN on the training device); the meta device stands in for CUDA on machines without one."""
+    space = load_space("digits")
+    net = Supernet(space, 1, 10, [0.4], [0.3]).to(device="meta", dtype=torch.float64)
+    sub = net.extract(space.sample(np.random.default_rng(1)))
+    tensors = list(sub.parameters()) + list(sub.buffers())
+    assert tensors and {t.device.type for t in tensors} == {"meta"}
+    assert {t.dtype for t in sub.parameters()} == {torch.float64}

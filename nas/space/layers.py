@@ -93,7 +93,8 @@ class SlimConv2d(nn.Module):
     def to_static(self) -> nn.Conv2d:
         a = self.active
         conv = nn.Conv2d(a.in_ch, a.out_ch, a.kernel, a.stride, a.kernel // 2,
-                         groups=a.in_ch if a.depthwise else 1, bias=False)
+                         groups=a.in_ch if a.depthwise else 1, bias=False,
+                         device=self.weight.device, dtype=self.weight.dtype)
         conv.weight.data.copy_(self._weight().detach())
         return conv.train(self.training)
 
@@ -132,7 +133,8 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
 
     def to_static(self) -> nn.BatchNorm2d:
         c = self.active.ch
-        bn = nn.BatchNorm2d(c, eps=self.eps, momentum=self.momentum)
+        bn = nn.BatchNorm2d(c, eps=self.eps, momentum=self.momentum, device=self.weight.device,
+                            dtype=self.weight.dtype)
         bn.weight.data.copy_(self.weight.detach()[:c])
         bn.bias.data.copy_(self.bias.detach()[:c])
         bn.running_mean.copy_(self.running_mean[:c])
