@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from nasctl.nas.data import DataSplits, DatasetInfo, TensorSplit, load_dataset
+from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset
 from nasctl.nas.train import TrainConfig, Trainer
 
 
@@ -60,15 +60,16 @@ def measure(label: str, space: str, data: DataSplits, amp: bool, args) -> dict:
         row = {"workload": label, "space": space, "amp": amp,
                "amp_dtype": str(trainer.amp_dtype) if trainer.use_amp else None,
                "batch_size": args.batch_size, "train_images": len(data.train),
-               "images_per_s": sorted(rates)[len(rates) // 2], "seconds_per_epoch": sorted(secs)[len(secs) // 2],
+               "images_per_s": sorted(rates)[len(rates) // 2],
+               "seconds_per_epoch": sorted(secs)[len(secs) // 2],
                "params_largest": sum(p.numel() for p in trainer.supernet.extract(trainer.space.largest())
                                      .parameters())}
         if label == "digits":
             trainer.cfg.eval_size = 200
             row["val_after"] = trainer.validate()
+    val = f"  val {row['val_after']}" if "val_after" in row else ""
     print(f"{label:>7} amp={str(amp):<5} {row['images_per_s']:>9.0f} img/s  "
-          f"{row['seconds_per_epoch']:.2f} s/epoch" + (f"  val {row['val_after']}" if "val_after" in row else ""),
-          flush=True)
+          f"{row['seconds_per_epoch']:.2f} s/epoch{val}", flush=True)
     return row
 
 
