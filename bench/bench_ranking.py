@@ -20,6 +20,7 @@ import numpy as np
 from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset
 from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train, reset_weights, robust_accuracy
+from nasctl.nas.select import run_supernet
 from scipy.stats import kendalltau
 
 
@@ -50,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run)
     doc = json.loads((run / "pareto.json").read_text())
-    loaded = load_supernet(doc["supernet"])
+    loaded = load_supernet(run_supernet(run, doc))
     eps = loaded.eps
     data = load_dataset(loaded.dataset["name"], seed=int(loaded.config.get("seed", 0)))
     epochs = args.epochs or int(loaded.config["epochs"])

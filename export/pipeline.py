@@ -19,6 +19,7 @@ Use::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -192,18 +193,64 @@ def _check_data(source: ExportSource, splits: DataSplits) -> None:
         )
 
 
+def _owned_files(out_dir: Path) -> set[str]:
+    """Files in ``out_dir`` that an earlier export recorded as its own (empty: no earlier export).
+
+    ``report.json`` lists them under ``files``; reports written before that field existed are read
+    from their artifacts plus the files every export writes.
+    """
+    report = out_dir / "report.json"
+    if not report.is_file():
+        return set()
+    try:
+        doc = json.loads(report.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return set()
+    if not isinstance(doc, dict) or doc.get("format") != REPORT_FORMAT:
+        return set()
+    if isinstance(doc.get("files"), list):
+        return {str(f) for f in doc["files"]}
+    return set(doc.get("artifacts") or {}) | {CONVERTER_LOG, "metadata.json", "report.json", "config.json"}
+
+
 def _prepare_out_dir(cfg: ExportConfig, genome: str) -> Path:
+    """The output folder, made safe to write: an export only ever replaces what an export wrote.
+
+    ``--out`` may name a folder that holds an earlier export (its recorded files are replaced, so two
+    exports never mix), an empty or new folder, or a folder of the user's own files that do not clash
+    with this export's names. It must not name a folder of another kind of run (a search or training
+    run: replacing their ``config.json`` would break ``--resume``), nor one whose ``model.onnx`` or
+    ``config.json`` an export did not write.
+    """
     from nasctl.nas.runs import make_run_dir
 
     if not cfg.out:
         return make_run_dir(cfg.run_root, "export", cfg.name or genome[:80])
     out_dir = Path(cfg.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {cfg.out!r} is a file, not a folder: give a folder path")
+    config = out_dir / "config.json"
+    if config.is_file():
+        try:
+            kind = json.loads(config.read_text()).get("command")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            kind = None
+        if kind != "export":
+            what = f"a {kind!r} run" if kind else "a folder with a config.json that no export wrote"
+            raise ExportError(f"--out {cfg.out!r} is {what}: exporting there would replace its files; "
+                              f"give a new or empty folder, or leave --out out")
+    owned = _owned_files(out_dir) if out_dir.is_dir() else set()
+    foreign = sorted(n for n in OWN_FILES if (out_dir / n).is_file() and n not in owned)
+    if foreign:
+        raise ExportError(f"--out {cfg.out!r} already holds {', '.join(foreign)}, which no earlier export "
+                          f"wrote: nasctl never overwrites files it did not write; give a new or empty "
+                          f"folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stale = [p for p in (out_dir / n for n in OWN_FILES) if p.is_file()]
-    for p in stale:  # a previous export into the same folder: never mix its files with this one's
+    stale = [out_dir / n for n in sorted(owned & set(OWN_FILES)) if (out_dir / n).is_file()]
+    for p in stale:  # the previous export into this folder: never mix its files with this one's
         p.unlink()
     if stale:
-        log.info("removed %d files of a previous export from %s", len(stale), out_dir)
+        log.info("replaced the previous export in %s (%d files it had written)", out_dir, len(stale))
     return out_dir
 
 
@@ -286,6 +333,8 @@ def _write_report(ctx: ExportContext) -> None:
     report["robustness"] = ctx.robustness
     report["artifacts"] = _artifacts(ctx.out_dir)
     report["failed_checks"] = [k for k, c in ctx.checks.items() if not c.passed]
+    # what this export wrote, so a later export into the same folder replaces exactly these
+    report["files"] = sorted({n for n in OWN_FILES if (ctx.out_dir / n).is_file()} | {"report.json"})
     atomic_write_json(ctx.out_dir / "report.json", report)
     atomic_write_json(ctx.out_dir / "metadata.json", ctx.metadata)
 

@@ -11,26 +11,17 @@ with ``nasctl eval``; it is re-exported here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from nasctl.nas.checkpoint import load_supernet
+from nasctl.nas.checkpoint import load_supernet, sha256_file  # noqa: F401 (re-exported)
 from nasctl.nas.select import RunPick, latest_run, pick_from_run, read_front  # noqa: F401 (re-exported)
 from nasctl.nas.space import GenomeError, SearchSpace
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

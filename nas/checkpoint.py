@@ -8,8 +8,11 @@ crash mid-write never leaves a truncated checkpoint under the real name.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -62,7 +65,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) as a RuntimeError
+            full = shutil.disk_usage(path.parent).free < (1 << 20)
+            why = os.strerror(errno.ENOSPC) if full else f"torch.save failed ({str(e).splitlines()[0]})"
+            raise OSError(errno.ENOSPC if full else errno.EIO, why, str(path)) from e
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
@@ -70,6 +78,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks: identifies a checkpoint across copies and moves."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

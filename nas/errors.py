@@ -8,3 +8,11 @@ anything else is a bug and keeps its traceback.
 
 class NasctlError(Exception):
     """Bad input or environment, with a message that says what is wrong and how to fix it."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C inside a run: carries the run folder so the message can say exactly what to resume."""
+
+    def __init__(self, run_dir: object):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir

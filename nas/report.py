@@ -158,9 +158,16 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
                      f"{r['clean_acc']:.1f} | {r['adv_acc']:.1f} | "
                      f"{r.get('final_clean_acc', float('nan')):.1f} | "
                      f"{r.get('final_adv_acc', float('nan')):.1f} |")
+    if not front:
+        limits = meta.get("constraints") or {}
+        flags = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in limits.items())
+        lines += ["", f"**No subnet met the constraints ({flags}).** Nothing to export; every evaluated "
+                  "candidate is in `archive.jsonl`." if limits else "**The front is empty.**"]
+    plots = ["`front_projections.png`", "`layer_heatmap.png`"] if front else []
+    plots += ["`hypervolume.png`"] if history else []
     lines += ["", "Files: `pareto.json` (front), `archive.jsonl` (every evaluated subnet), "
-              "`history.json` (hypervolume per generation), `front_projections.png`, `hypervolume.png`, "
-              "`layer_heatmap.png`, `layer_stats.csv`, `config.json` (settings, seed, versions).", ""]
+              "`history.json` (hypervolume per generation), " + "".join(p + ", " for p in plots)
+              + "`layer_stats.csv`, `config.json` (settings, seed, versions).", ""]
     return "\n".join(lines)
 
 

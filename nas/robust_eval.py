@@ -32,6 +32,16 @@ class StrongEvalConfig:
     art: bool = True  # cross-check with ART's PGD when installed
     autoattack: bool = True  # AutoAttack (standard) when the autoattack package is installed
     seed: int = 0
+    eps: float | None = None  # L-inf radius on [0, 1] pixels; None: the supernet's training eps
+
+    def validate(self) -> None:
+        for name in ("steps", "restarts", "n_images"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise NasctlError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.eps is not None and not 0 < self.eps <= 1:
+            raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got "
+                              f"{self.eps}")
 
 
 def _art_pgd_acc(model: torch.nn.Module, split: TensorSplit, eps: float, steps: int, shape, classes: int,

@@ -8,14 +8,19 @@ a YAML file, then command-line flags, and unknown keys are rejected with a "did 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import fcntl
+import os
 import platform
 import sys
 import time
+import types
+import typing
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import yaml
 
@@ -41,10 +46,11 @@ def versions() -> dict[str, str]:
 
 def merge_config(cls: type[C], yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> C:
     """Build config ``cls`` from its defaults, then a YAML file, then non-None ``overrides``."""
-    names = [f.name for f in dataclasses.fields(cls)]
     values: dict[str, Any] = {}
+    source = "the command line"
     if yaml_path:
         path = Path(yaml_path)
+        source = f"config file {yaml_path!r}"
         if not path.exists():
             raise NasctlError(f"config file {yaml_path!r} does not exist: check the --config path")
         try:
@@ -55,13 +61,47 @@ def merge_config(cls: type[C], yaml_path: str | None = None, overrides: dict[str
         if not isinstance(loaded, dict):
             raise NasctlError(f"config file {yaml_path!r} must hold a mapping of settings, "
                               f"not {type(loaded).__name__}")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    for key in values:
+    return build_config(cls, values, source)
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(t for a in typing.get_args(hint) for t in _allowed_types(a))
+    if hint is type(None) or hint is None:
+        return (type(None),)
+    origin = typing.get_origin(hint)
+    return (origin,) if isinstance(origin, type) else (hint,) if isinstance(hint, type) else (object,)
+
+
+def _type_ok(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, not to a user who wrote 'true'
+        return bool in allowed or object in allowed
+    if isinstance(value, int) and float in allowed:
+        return True
+    return isinstance(value, allowed)
+
+
+def build_config(cls: type[C], values: dict[str, Any], source: str) -> C:
+    """Config ``cls`` from ``values`` (a YAML file's, a run's ``config.json``), checked field by field.
+
+    Unknown keys get a "did you mean", values of the wrong type name the field and the type it takes,
+    and the config's own ``validate()`` runs last: every way a hand-edited file can be wrong becomes
+    one :class:`NasctlError` naming ``source``, never a TypeError deep inside a run.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in values.items():
         if key not in names:
             hint = difflib.get_close_matches(key, names, n=1)
-            raise NasctlError(f"unknown setting {key!r} for {cls.__name__}"
+            raise NasctlError(f"unknown setting {key!r} for {cls.__name__} in {source}"
                               + (f": did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(names)}"))
+        allowed = _allowed_types(hints[key])
+        if not _type_ok(value, allowed):
+            want = " or ".join(sorted({"none" if t is type(None) else t.__name__ for t in allowed}))
+            raise NasctlError(f"setting {key!r} in {source} must be {want}, not {type(value).__name__} "
+                              f"{value!r}: fix the value")
     cfg = cls(**values)
     validate = getattr(cfg, "validate", None)
     if validate:
@@ -94,3 +134,49 @@ def write_run_config(run_dir: Path, command: str, config: Any, extra: dict[str, 
            "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     atomic_write_json(run_dir / "config.json", doc)
     return doc
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run folder while this process writes into it.
+
+    Two processes resuming one run would both repeat the work and interleave their archive lines. The
+    lock is ``fcntl.flock`` on ``<run>/.lock``: the kernel drops it when the process dies, however it
+    dies, so a crashed run never stays locked. The holder's pid is written into the file for the
+    message the second process gets.
+    """
+    path = Path(run_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise NasctlError(f"run folder {str(run_dir)!r} is in use by process {holder} (another "
+                              f"nasctl writing it): wait for it to finish or stop it, then try again"
+                              ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def discard_if_unused(run_dir: str | Path) -> bool:
+    """Remove a run folder that a failed start left with nothing but its config (and empty folders).
+
+    A command that fails on bad input before doing any work should not leave a folder that looks like
+    a run; one that did any work keeps everything. Returns whether the folder was removed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+    if any(p.name != ".lock" and p != run_dir / "config.json" for p in files):
+        return False
+    for p in files:
+        p.unlink()
+    for d in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        d.rmdir()
+    run_dir.rmdir()
+    return True

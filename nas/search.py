@@ -70,6 +70,27 @@ class SearchConfig:
         if self.max_latency_ms is not None:
             raise NasctlError("--max-latency-ms needs a latency source (nasctl profile), which this version "
                               "does not have yet: constrain size with --max-params instead")
+        if self.eps is not None and not 0 < self.eps <= 1:
+            raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got "
+                              f"{self.eps} (leave it out to use the supernet's training eps)")
+        at_least_one = {"val_size": "validation images per candidate", "pgd_steps": "search-time PGD steps",
+                        "calib_batches": "BatchNorm calibration batches", "final_steps": "final PGD steps",
+                        "final_restarts": "final PGD restarts", "epochs": "supernet training epochs",
+                        "max_params": "the parameter budget"}
+        for name, what in at_least_one.items():
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise NasctlError(f"--{name.replace('_', '-')} ({what}) must be >= 1, got {value}")
+        if self.width_mult is not None and not self.width_mult > 0:
+            raise NasctlError(f"--width-mult must be > 0, got {self.width_mult}")
+        if self.min_clean_acc is not None and not 0 <= self.min_clean_acc <= 100:
+            raise NasctlError(f"--min-clean-acc is a percentage: it must be in [0, 100], got "
+                              f"{self.min_clean_acc}")
+
+    def constraints(self) -> dict[str, float]:
+        """The constraints this run searches under, by flag name (for messages and the summary)."""
+        names = ("max_params", "min_clean_acc", "max_latency_ms")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 @dataclass
@@ -77,7 +98,7 @@ class GenerationStats:
     generation: int
     evaluations: int  # distinct candidates evaluated so far
     hypervolume: float
-    best: dict[str, float]  # best raw value of each objective so far (feasible candidates)
+    best: dict[str, float]  # best raw value of each objective so far, feasible candidates only ({}: none)
     seconds: float
 
 
@@ -98,23 +119,41 @@ class Archive:
         if path.exists():
             self._load(repair)
 
+    # a record needs these to be scored; anything else it carries is extra
+    REQUIRED = ("genome", "clean_acc", "adv_acc", "params", "generation")
+
     def _load(self, repair: bool) -> None:
-        good_bytes = 0
-        with open(self.path, "rb") as f:
-            for raw in f:
-                try:
-                    rec = json.loads(raw)
-                except json.JSONDecodeError:
-                    log.warning("archive %s: dropping a half-written last line (crash during a write)",
-                                self.path)
-                    break
-                if not raw.endswith(b"\n"):
-                    break
-                self.records[rec["genome"]] = rec
-                good_bytes += len(raw)
-        if repair and good_bytes != self.path.stat().st_size:
-            with open(self.path, "r+b") as f:
-                f.truncate(good_bytes)
+        """Read every complete record. A crash can leave only one kind of damage -- a half-written
+        last line (no newline) -- and only that is cut off (with ``repair``). A bad line anywhere else
+        is somebody's edit or a disk error: it stays on disk untouched, is skipped with a warning that
+        names its line number, and its candidate is simply evaluated again."""
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # after the last newline: b"" for a complete file, else a half-written line
+        for number, raw in enumerate(lines, 1):
+            problem = None
+            try:
+                rec = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                problem = f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})"
+            else:
+                missing = ([k for k in self.REQUIRED if k not in rec] if isinstance(rec, dict)
+                           else ["a JSON object"])
+                if missing:
+                    problem = f"missing {', '.join(missing)}"
+                elif not isinstance(rec["genome"], str):
+                    problem = "its genome is not a string"
+            if problem:
+                log.warning("archive %s line %d is not a valid record (%s): skipped and left as it is; its "
+                            "candidate will be evaluated again", self.path, number, problem)
+                continue
+            self.records[rec["genome"]] = rec
+        if tail:
+            log.warning("archive %s: %s a half-written last line (a crash during a write)", self.path,
+                        "dropping" if repair else "ignoring")
+            if repair:
+                with open(self.path, "r+b") as f:
+                    f.truncate(len(data) - len(tail))
 
     def __contains__(self, genome: str) -> bool:
         return genome in self.records
@@ -284,7 +323,10 @@ def hypervolume(state: SearchState, front: list[dict[str, Any]]) -> float:
 
 
 def best_values(state: SearchState, recs: list[dict[str, Any]]) -> dict[str, float]:
-    feas = [r for r in recs if state.feasible(r)] or recs
+    """Best raw value of each objective over the feasible candidates (empty while none is feasible)."""
+    feas = [r for r in recs if state.feasible(r)]
+    if not feas:
+        return {}
     out = {}
     for o in state.objectives:
         vals = [r[o] for r in feas]

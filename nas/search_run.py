@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from . import train as train_mod
-from .checkpoint import load_supernet
+from .checkpoint import LoadedSupernet, atomic_write_json, load_supernet, sha256_file
 from .data import load_dataset
-from .errors import NasctlError
+from .errors import NasctlError, RunInterrupted
 from .evaluate import CandidateEvaluator, EvalSettings, final_evaluation
 from .objectives import parse_objectives
 from .report import write_outputs
-from .runs import make_run_dir, write_run_config
+from .runs import build_config, discard_if_unused, make_run_dir, run_lock, write_run_config
 from .search import HV_REFERENCE, Archive, Callbacks, SearchConfig, SearchState, run_generations
-from .space import Genome
+from .space import Genome, GenomeError
+
+SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,99 @@ def _sizes_fn(space, info: dict[str, Any]):
     return sizes
 
 
+def _recorded_space(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """The space this run is known to search, and where that is written, before trusting a supernet."""
+    record = run_dir / SUPERNET_RECORD
+    if record.is_file():
+        return _read_json(record).get("space"), str(record)
+    trained = run_dir / "supernet" / "config.json"
+    if trained.is_file():
+        return _read_json(trained).get("space"), str(trained)
+    pareto = run_dir / "pareto.json"
+    if pareto.is_file():
+        return _read_json(pareto).get("space"), str(pareto)
+    return None, ""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NasctlError(f"{str(path)!r} is not valid JSON ({e}): restore it from the run, or start a new "
+                          f"run") from e
+    if not isinstance(doc, dict):
+        raise NasctlError(f"{str(path)!r} must hold a JSON object: restore it, or start a new run")
+    return doc
+
+
+def check_supernet_belongs(run_dir: Path, loaded: LoadedSupernet, archive: Archive) -> dict[str, Any]:
+    """Refuse a supernet that is not the one this run searched, before anything is written.
+
+    A resumed search answers from ``archive.jsonl``, so every record must come from the same supernet:
+    a checkpoint of another space or width (or retrained: another hash) would mix two searches in one
+    archive and break the run for good. Returns the record to write for a new run.
+    """
+    space = loaded.space.to_dict()
+    record_path = run_dir / SUPERNET_RECORD
+    recorded, where = _recorded_space(run_dir)
+    if recorded is not None and recorded != space:
+        from .space import SearchSpace
+
+        raise NasctlError(f"supernet {loaded.path!r} has space {loaded.space.describe()}, but run "
+                          f"{str(run_dir)!r} searches {SearchSpace.from_dict(recorded).describe()} "
+                          f"({where}): "
+                          f"put the run's own supernet back, or start a new search with this one")
+    digest = sha256_file(loaded.path)
+    if record_path.is_file():
+        want = _read_json(record_path).get("sha256")
+        if want and want != digest:
+            raise NasctlError(f"supernet {loaded.path!r} is not the checkpoint run {str(run_dir)!r} searched "
+                              f"(sha256 {digest[:12]}, recorded {want[:12]} in {record_path.name}): put the "
+                              f"run's own supernet back, or start a new search with this one")
+    for genome in list(archive.records)[:1000]:
+        try:
+            loaded.space.parse(genome)
+        except GenomeError as e:
+            raise NasctlError(f"archive.jsonl of run {str(run_dir)!r} holds {genome!r}, which is not a "
+                              f"subnet of supernet {loaded.path!r} ({e}): this supernet is not the run's"
+                              ) from e
+    return {"path": _portable(loaded.path, run_dir), "sha256": digest, "space": space}
+
+
+def _portable(path: str | Path, run_dir: Path) -> str:
+    """A path inside the run folder is stored relative to it, so a moved or copied run still works."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _no_feasible_message(cfg: SearchConfig, archive: Archive) -> str:
+    recs = list(archive.records.values())
+    limits = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in cfg.constraints().items())
+    if not recs:
+        return f"no candidate was evaluated under {limits}"
+    small = min(recs, key=lambda r: (r["params"], -r["clean_acc"]))
+    best = max(recs, key=lambda r: (r["clean_acc"], -r["params"]))
+    return (f"no candidate met the constraints ({limits}): of {len(recs)} evaluated, the smallest has "
+            f"{small['params']:,} params ({small['clean_acc']:.1f} % clean), the most accurate "
+            f"{best['clean_acc']:.1f} % clean ({best['params']:,} params); relax the constraints and "
+            f"start a new search (this run's archive keeps every evaluation)")
+
+
 def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None,
             train_callbacks=None) -> Path:
-    """Run (or continue) the search in ``run_dir``; returns the path of ``pareto.json``."""
+    """Run (or continue) the search in ``run_dir``; returns the path of ``pareto.json``.
+
+    Holds the run folder's lock throughout, so a second process cannot resume the same run at once.
+    """
+    with run_lock(run_dir):
+        return _execute(cfg, run_dir, callbacks or Callbacks(), train_callbacks)
+
+
+def _execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks, train_callbacks) -> Path:
     t0 = time.perf_counter()
-    callbacks = callbacks or Callbacks()
     objectives = parse_objectives(cfg.objectives)
     ckpt_path = cfg.supernet or str(_train_first(cfg, run_dir, train_callbacks))
     loaded = load_supernet(ckpt_path, expect_space=_expected_space(cfg))
@@ -75,13 +165,16 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
         raise NasctlError(f"supernet {loaded.path!r} was trained on {loaded.dataset['name']!r}, "
                           f"not {cfg.dataset!r}: "
                           f"pass --dataset {loaded.dataset['name']} or another --supernet")
+    archive = Archive(run_dir / "archive.jsonl")
+    record = check_supernet_belongs(run_dir, loaded, archive)
+    if not (run_dir / SUPERNET_RECORD).is_file():
+        atomic_write_json(run_dir / SUPERNET_RECORD, record)
     eps = cfg.eps if cfg.eps is not None else loaded.eps
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=int(loaded.config.get("seed", cfg.seed)),
                         val_size=loaded.config.get("val_size"))
     device = train_mod.resolve_device(cfg.device)
     settings = EvalSettings(pgd_steps=cfg.pgd_steps, val_size=cfg.val_size, calib_batches=cfg.calib_batches)
     evaluator = CandidateEvaluator(loaded.supernet, data, eps, settings, seed=cfg.seed, device=device)
-    archive = Archive(run_dir / "archive.jsonl")
     if len(archive):
         log.info("archive.jsonl holds %d evaluated subnets: they are reused, not re-evaluated", len(archive))
     state = SearchState(loaded.space, objectives, evaluator.accuracy, _sizes_fn(loaded.space, loaded.dataset),
@@ -94,9 +187,9 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
                                                 cfg.final_steps, cfg.final_restarts), "rank": 0})
     history = json.loads((run_dir / "history.json").read_text())["generations"]
     meta = {"run": run_dir.name, "dataset": cfg.dataset, "data_dir": cfg.data_dir,
-            "supernet": str(Path(ckpt_path).resolve()),
+            "supernet": record["path"], "supernet_sha256": record["sha256"],
             "space": loaded.space.to_dict(), "eps": eps, "algorithm": cfg.algorithm,
-            "objectives": list(objectives),
+            "objectives": list(objectives), "constraints": cfg.constraints(),
             "pop_size": cfg.pop_size, "generations": cfg.generations, "mutation_genes": cfg.mutation_genes,
             "seed": cfg.seed,
             "evaluations": result.evaluations, "search_attack": evaluator.attack.to_dict(),
@@ -105,6 +198,8 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None
             "reference_point": HV_REFERENCE, "scale": state.scale,
             "seconds": time.perf_counter() - t0}
     write_outputs(run_dir, loaded.space, meta, list(archive.records.values()), front, history)
+    if not front:
+        raise NasctlError(_no_feasible_message(cfg, archive))
     return run_dir / "pareto.json"
 
 
@@ -114,15 +209,24 @@ def search(cfg: SearchConfig, callbacks: Callbacks | None = None, train_callback
     if cfg.supernet is not None:
         load_supernet(cfg.supernet, expect_space=_expected_space(cfg))  # fail before creating anything
     run_dir = make_run_dir(cfg.run_root, "search", cfg.name)
-    write_run_config(run_dir, "search", cfg)
-    log.info("run folder: %s", run_dir)
-    return execute(cfg, run_dir, callbacks, train_callbacks)
+    try:
+        write_run_config(run_dir, "search", cfg)
+        log.info("run folder: %s", run_dir)
+        return execute(cfg, run_dir, callbacks, train_callbacks)
+    except NasctlError:
+        discard_if_unused(run_dir)  # bad input found before any work: leave no empty run behind
+        raise
+    except KeyboardInterrupt as e:
+        raise RunInterrupted(run_dir) from e
 
 
-def config_from_run(doc: dict[str, Any]) -> SearchConfig:
+def config_from_run(doc: dict[str, Any], source: str = "the run's config.json") -> SearchConfig:
     """The SearchConfig a run folder's ``config.json`` describes, as that run used it."""
+    values = doc.get("config")
+    if not isinstance(values, dict):
+        raise NasctlError(f"{source} has no 'config' mapping: it was not written by nasctl search")
     # runs started before --mutation-genes existed used pymoo's default rate: keep it so they retrace exactly
-    return SearchConfig(**{"mutation_genes": 1.0, **doc["config"]})
+    return build_config(SearchConfig, {"mutation_genes": 1.0, **values}, source)
 
 
 def resume_search(run_dir: str | Path, callbacks: Callbacks | None = None, train_callbacks=None) -> Path:
@@ -132,10 +236,12 @@ def resume_search(run_dir: str | Path, callbacks: Callbacks | None = None, train
     if not cfg_path.exists():
         raise NasctlError(f"--resume {str(run_dir)!r} is not a search run folder (no config.json): "
                           f"give runs/search/<stamp>-<name>")
-    doc = json.loads(cfg_path.read_text())
+    doc = _read_json(cfg_path)
     if doc.get("command") != "search":
         raise NasctlError(f"--resume {str(run_dir)!r} is a {doc.get('command')!r} run, not a search run")
-    cfg = config_from_run(doc)
+    cfg = config_from_run(doc, f"{str(cfg_path)!r}")
     log.info("resuming search %s", run_dir)
-    return execute(cfg, run_dir, callbacks, train_callbacks)
-
+    try:
+        return execute(cfg, run_dir, callbacks, train_callbacks)
+    except KeyboardInterrupt as e:
+        raise RunInterrupted(run_dir) from e

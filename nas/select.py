@@ -69,6 +69,13 @@ def read_front(run: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
         raise SelectionError(f"{str(pareto)!r} is not valid JSON ({e}): re-run or resume the search") from e
     front = doc.get("front") if isinstance(doc, dict) else None
     if not front:
+        limits = doc.get("constraints") if isinstance(doc, dict) else None
+        if limits:
+            flags = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in limits.items())
+            raise SelectionError(
+                f"search run {str(run)!r} found no subnet that meets its constraints ({flags}): "
+                f"start a new search with looser constraints, or pass --checkpoint CKPT --arch GENOME"
+            )
         raise SelectionError(
             f"search run {str(run)!r} has an empty front in pareto.json: nothing to export; "
             f"resume the search or pass --checkpoint CKPT --arch GENOME"
@@ -76,16 +83,39 @@ def read_front(run: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     return pareto.parent, doc
 
 
-def _resolve_checkpoint(run_dir: Path, ref: str | None) -> str:
+def run_supernet(run_dir: str | os.PathLike, doc: dict[str, Any]) -> str:
+    """The supernet checkpoint a finished run searched, found even when the run was moved or copied.
+
+    ``pareto.json`` names it relative to the run folder when it lives inside (trained first), else
+    absolute. A relative name is resolved against the run folder, never the working directory; an
+    absolute one that no longer exists falls back to the run's own ``supernet/supernet.pt``. When the
+    run recorded the checkpoint's SHA-256, a candidate with another hash is not taken.
+    """
+    from .checkpoint import sha256_file
+
+    run_dir = Path(run_dir)
+    ref = doc.get("supernet")
     if not ref:
         raise SelectionError(
             f"pareto.json of run {str(run_dir)!r} names no 'supernet' checkpoint: pass "
             f"--checkpoint CKPT --arch GENOME instead"
         )
     p = Path(ref)
-    for cand in [p] if p.is_absolute() else [p, run_dir / p]:
-        if cand.exists():
+    candidates = [p] if p.is_absolute() else [run_dir / p]
+    candidates.append(run_dir / "supernet" / "supernet.pt")
+    want = doc.get("supernet_sha256")
+    seen = []
+    for cand in dict.fromkeys(candidates):
+        if cand.is_file():
+            if want and sha256_file(cand) != want:
+                seen.append(str(cand))
+                continue
             return str(cand)
+    if seen:
+        raise SelectionError(
+            f"the supernet of run {str(run_dir)!r} was replaced: {', '.join(seen)} is not the checkpoint the "
+            f"run searched (sha256 differs): put it back, or pass --checkpoint CKPT --arch GENOME"
+        )
     raise SelectionError(
         f"the supernet {ref!r} named by run {str(run_dir)!r} does not exist (moved or deleted?): "
         f"pass --checkpoint CKPT --arch GENOME"
@@ -107,12 +137,11 @@ def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
         index = knee
     elif text.lstrip("-").isdigit():
         index = int(text)
-        if not -len(front) <= index < len(front):
+        if not 0 <= index < len(front):
             raise SelectionError(
                 f"--pick {index} is outside the front of run {str(run_dir)!r}, which has "
                 f"{len(front)} members: pick 0..{len(front) - 1}, 'knee' or a genome"
             )
-        index %= len(front)
     else:
         want = Genome.decode(text).encode()  # GenomeError for a malformed string
         matches = [i for i, e in enumerate(front) if _canonical(e.get("genome")) == want]
@@ -130,7 +159,7 @@ def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
         index=index,
         genome=str(entry["genome"]),
         entry=dict(entry),
-        checkpoint=_resolve_checkpoint(run_dir, doc.get("supernet")),
+        checkpoint=run_supernet(run_dir, doc),
         is_knee=index == knee,
         dataset=doc.get("dataset"),
         data_dir=doc.get("data_dir"),

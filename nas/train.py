@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import PGD, Attack, evaluate, make_attack, trades_loss
-from .checkpoint import FORMAT, atomic_torch_save, build_supernet, read_checkpoint
+from .checkpoint import FORMAT, atomic_torch_save, atomic_write_text, build_supernet, read_checkpoint
 from .data import DataSplits, load_dataset
-from .errors import NasctlError
-from .runs import make_run_dir, write_run_config
+from .errors import NasctlError, RunInterrupted
+from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
 from .space import Genome, SearchSpace, load_space
 from .supernet import Supernet, recalibrate_bn
 
@@ -356,6 +356,8 @@ class Trainer:
     def fit(self) -> list[EpochMetrics]:
         history = []
         metrics_path = self.run_dir / "metrics.jsonl"
+        if self.rank == 0:
+            _trim_metrics(metrics_path, self.epoch)
         while self.epoch < self.cfg.epochs and not self.stopped_early:
             m = self.train_epoch()
             history.append(m)
@@ -371,6 +373,29 @@ class Trainer:
 
 
 
+def _trim_metrics(path: Path, epoch: int) -> None:
+    """Drop metric lines of epochs after the checkpoint being resumed from.
+
+    An epoch's line is appended just before its checkpoint is written; when that write fails (a full
+    disk, a kill in between) the resumed run trains the epoch again, and its line must not appear twice.
+    """
+    if not path.is_file():
+        return
+    import json
+
+    lines = path.read_text().splitlines(keepends=True)
+
+    def keep(line: str) -> bool:
+        try:
+            return int(json.loads(line).get("epoch", 0)) <= epoch
+        except (ValueError, AttributeError, TypeError):
+            return line.endswith("\n")  # an unreadable complete line is kept; a half-written one dropped
+
+    kept = [ln for ln in lines if keep(ln)]
+    if kept != lines:
+        atomic_write_text(path, "".join(kept))
+
+
 def _json_line(obj: Any) -> str:
     import json
 
@@ -382,6 +407,7 @@ def train_supernet(cfg: TrainConfig, callbacks: Callbacks | None = None, run_dir
                    data: DataSplits | None = None) -> tuple[Path, list[EpochMetrics]]:
     """Train a supernet in a new run folder; returns (path of supernet.pt, per-epoch metrics)."""
     owns_pg = _maybe_init_distributed(resolve_device(cfg.device))
+    made_dir = run_dir is None
     try:
         rank, _ = _dist_info()
         if run_dir is None:
@@ -390,38 +416,59 @@ def train_supernet(cfg: TrainConfig, callbacks: Callbacks | None = None, run_dir
                 box = [str(run_dir) if run_dir else None]
                 torch.distributed.broadcast_object_list(box, src=0)
                 run_dir = Path(box[0])
-        trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
-        if trainer.rank == 0:
-            write_run_config(run_dir, "train", cfg, {"space": trainer.space.to_dict(),
-                                                     "dataset": trainer.data.info.to_dict(),
-                                                     "eps": trainer.eps,
-                                                     "world_size": trainer.world,
-                                                     "device": str(trainer.device)})
-        history = trainer.fit()
+        with _writer_lock(run_dir, rank):
+            try:
+                trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
+            except NasctlError:
+                if made_dir and rank == 0:
+                    discard_if_unused(run_dir)  # bad input before any work: no empty run folder left
+                raise
+            if trainer.rank == 0:
+                write_run_config(run_dir, "train", cfg, {"space": trainer.space.to_dict(),
+                                                         "dataset": trainer.data.info.to_dict(),
+                                                         "eps": trainer.eps,
+                                                         "world_size": trainer.world,
+                                                         "device": str(trainer.device)})
+            history = trainer.fit()
+    except KeyboardInterrupt as e:
+        raise RunInterrupted(run_dir) from e
     finally:
         if owns_pg:
             torch.distributed.destroy_process_group()
     return run_dir / "supernet.pt", history
 
 
+def _writer_lock(run_dir: Path, rank: int):
+    """The run folder's lock, held by the process that writes it (rank 0 under DDP)."""
+    import contextlib
+
+    return run_lock(run_dir) if rank == 0 else contextlib.nullcontext()
+
+
 def resume_training(run_dir: str | Path, callbacks: Callbacks | None = None,
                     epochs: int | None = None) -> tuple[Path, list[EpochMetrics]]:
     """Continue a run from its last checkpoint with the run's own config (optionally more epochs)."""
+    from .runs import build_config
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NasctlError(f"--resume {str(run_dir)!r} is not a run folder: give runs/train/<stamp>-<name>")
     ckpt = read_checkpoint(run_dir / "checkpoint.pt")
-    cfg = TrainConfig(**ckpt["config"])
+    cfg = build_config(TrainConfig, dict(ckpt.get("config") or {}),
+                       f"the config inside {str(run_dir / 'checkpoint.pt')!r}")
     if epochs is not None:
         cfg.epochs = epochs
         cfg.validate()
     owns_pg = _maybe_init_distributed(resolve_device(cfg.device))
     try:
-        trainer = Trainer(cfg, run_dir, callbacks=callbacks)
-        trainer.load_state(ckpt)
-        trainer.sched.T_max = max(cfg.epochs, 1)
-        log.info("resuming %s at epoch %d of %d", run_dir, trainer.epoch, cfg.epochs)
-        history = trainer.fit()
+        with _writer_lock(run_dir, _dist_info()[0]):
+            trainer = Trainer(cfg, run_dir, callbacks=callbacks)
+            trainer.load_state(ckpt)
+            trainer.sched.T_max = max(cfg.epochs, 1)
+            log.info("resuming %s at epoch %d of %d", run_dir, trainer.epoch, cfg.epochs)
+            history = trainer.fit()
+    except KeyboardInterrupt as e:
+        raise RunInterrupted(run_dir) from e
     finally:
         if owns_pg:
             torch.distributed.destroy_process_group()

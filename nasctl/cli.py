@@ -49,17 +49,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s")
-    from nasctl.nas.errors import NasctlError
+    from nasctl.nas.errors import NasctlError, RunInterrupted
 
     try:
         return int(args.run(args) or 0)
     except NasctlError as e:
         print(f"nasctl: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = " (continue with --resume RUN)" if args.command in ("train", "search") else ""
+    except OSError as e:  # the environment, not a bug: a full disk, a read-only folder, a file as a folder
+        print(f"nasctl: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        hint = ""
+        if isinstance(e, RunInterrupted):
+            hint = f" (continue with: nasctl {args.command} --resume {e.run_dir})"
+        elif args.command in ("train", "search"):
+            hint = " (continue with --resume and the run folder printed above)"
         print(f"nasctl: interrupted; everything finished so far is on disk{hint}", file=sys.stderr)
         return 130
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a failed read or write: what, where, and what to do about it."""
+    import errno
+
+    where = f" {e.filename!r}" if e.filename else ""
+    fixes = {errno.ENOSPC: "free some disk space (or choose another --run-root / --out)",
+             errno.EDQUOT: "free some disk space (or choose another --run-root / --out)",
+             errno.EACCES: "check the folder's permissions (or choose another --run-root / --out)",
+             errno.EPERM: "check the folder's permissions (or choose another --run-root / --out)",
+             errno.EROFS: "the file system is read-only: choose another --run-root / --out",
+             errno.ENOTDIR: "a path component is a file, not a folder: choose another --run-root / --out",
+             errno.EEXIST: "choose another --run-root / --out"}
+    fix = fixes.get(e.errno, "check the path, then run the command again")
+    return (f"cannot write or read{where}: {e.strerror or e}; {fix}. Everything finished before this "
+            f"is on disk (resume with --resume where the command has it)")
 
 
 if __name__ == "__main__":

@@ -129,15 +129,58 @@ def test_onnx_target_from_a_run(run_dir, tmp_path, capsys):
     assert sess.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (but run locks) with its bytes: for byte-for-byte 'untouched' checks."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
 def test_exporting_again_into_a_folder_replaces_the_old_export(run_dir, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    assert cli("--run", str(run_dir), "--target", "onnx", "--out", str(out), "--threads", "1") == 0
+    # as if that earlier export had also written an int8 model: it recorded it as its own
     (out / "model_int8.tflite").write_bytes(b"old")
+    report = json.loads((out / "report.json").read_text())
+    assert "model.onnx" in report["files"] and "config.json" in report["files"]
+    report["files"].append("model_int8.tflite")
+    (out / "report.json").write_text(json.dumps(report))
     (out / "notes.txt").write_text("mine")
     assert cli("--run", str(run_dir), "--target", "onnx", "--out", str(out), "--threads", "1") == 0
     assert not (out / "model_int8.tflite").exists()  # a stale int8 file must not pass for this export's
     assert (out / "notes.txt").read_text() == "mine"
     assert "model_int8.tflite" not in json.loads((out / "report.json").read_text())["artifacts"]
+
+
+@pytest.mark.parametrize("own_files", [{"model.onnx": b"my model"}, {"config.json": b'{"mine": 1}'},
+                                       {"model_int8.tflite": b"tfl3", "metadata.json": b"{}"}])
+def test_export_never_overwrites_files_it_did_not_write(run_dir, tmp_path, capsys, own_files):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, data in {**own_files, "notes.txt": b"keep"}.items():
+        (out / name).write_bytes(data)
+    before = _tree(out)
+    assert cli("--run", str(run_dir), "--target", "onnx", "--out", str(out), "--threads", "1") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(out) in line and ("did not write" in line or "no export wrote" in line)
+    assert _tree(out) == before
+
+
+def test_export_into_a_search_run_is_refused_and_the_run_still_resumes(tmp_path, capsys):
+    """The reported repro: 'nasctl export --run r --out r' replaced the search's config.json."""
+    from nasctl.nas.search import SearchConfig
+    from nasctl.nas.search_run import resume_search, search
+    from nasctl.nas.train import TrainConfig, train_supernet
+
+    ckpt = train_supernet(TrainConfig(limit_train=128, epochs=1, eval_size=20, eval_steps=1, attack_steps=1,
+                                      run_root=str(tmp_path / "t")))[0]
+    run = search(SearchConfig(supernet=str(ckpt), run_root=str(tmp_path), pop_size=4, generations=1,
+                              val_size=20, pgd_steps=1, calib_batches=1, final_steps=1, final_restarts=1)).parent
+    before = _tree(run)
+    assert cli("--run", str(run), "--target", "onnx", "--out", str(run), "--threads", "1") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "'search' run" in line
+    assert _tree(run) == before
+    assert json.loads(resume_search(run).read_text())["front"]  # --resume still accepts the run
 
 
 def test_default_is_the_knee_of_the_newest_run(run_dir, tmp_path, capsys, monkeypatch):

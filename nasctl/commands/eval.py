@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from nasctl.nas.runs import make_run_dir, write_run_config
     from nasctl.nas.select import pick_from_run, read_front
 
+    cfg = StrongEvalConfig(steps=args.steps, restarts=args.restarts, n_images=args.n_images, seed=args.seed,
+                           eps=args.eps)
+    cfg.validate()  # before any file is read or written
     run_doc: dict = {}
     if args.run_dir:
         run_dir, run_doc = read_front(args.run_dir)
@@ -48,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else loaded.eps
     data = load_dataset(ds["name"], args.data_dir or run_doc.get("data_dir"),
                         seed=int(loaded.config.get("seed", 0)), val_size=loaded.config.get("val_size"))
-    cfg = StrongEvalConfig(steps=args.steps, restarts=args.restarts, n_images=args.n_images, seed=args.seed)
     out_dir = make_run_dir(args.run_root, "eval")
     write_run_config(out_dir, "eval", cfg, {"supernet": loaded.path, "genomes": [g.encode() for g in genomes],
                                             "eps": eps})

@@ -105,7 +105,12 @@ def _printer():
 
         def on_step_end(self, index, total, record):
             file = f"{record.artifact} {_size(record.size_bytes)}" if record.artifact else ""
-            text = record.summary if record.status != "failed" else "FAILED (see the error below)"
+            if record.status != "failed":
+                text = record.summary
+            elif record.summary == "interrupted":
+                text = "interrupted (files of the steps before this one are kept)"
+            else:
+                text = "FAILED (see the error below)"
             print(f"{record.seconds:6.1f} s  {file:<30} {text}", flush=True)
 
     return _Lines()

@@ -54,7 +54,7 @@ def _progress():
             if self.bar is None:
                 self.bar = tqdm(total=total, desc="search", unit="gen", file=sys.stderr, dynamic_ncols=True)
             best = " ".join(f"{k}={v:.1f}" if OBJECTIVES[k].maximize else f"{k}={v:,.0f}"
-                            for k, v in st.best.items())
+                            for k, v in st.best.items()) or "none meets the constraints yet"
             # refresh=False: drawn by update() together with the new count, not a generation early
             self.bar.set_postfix_str(f"evals={st.evaluations} HV={st.hypervolume:.4f} best: {best}",
                                      refresh=False)
