@@ -54,12 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except NasctlError as e:
+        _close_progress_bars()
         print(f"nasctl: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the environment, not a bug: a full disk, a read-only folder, a file as a folder
+        _close_progress_bars()
         print(f"nasctl: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        _close_progress_bars()
         hint = ""
         if isinstance(e, RunInterrupted):
             hint = f" (continue with: nasctl {args.command} --resume {e.run_dir})"
@@ -67,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             hint = " (continue with --resume and the run folder printed above)"
         print(f"nasctl: interrupted; everything finished so far is on disk{hint}", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """Close the bars a failed command left open, so the error line starts on a line of its own."""
+    tqdm_mod = sys.modules.get("tqdm")
+    if tqdm_mod is not None:
+        for bar in list(getattr(tqdm_mod.tqdm, "_instances", ())):
+            bar.close()
 
 
 def os_error_line(e: OSError) -> str:

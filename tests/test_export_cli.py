@@ -174,7 +174,8 @@ def test_export_into_a_search_run_is_refused_and_the_run_still_resumes(tmp_path,
     ckpt = train_supernet(TrainConfig(limit_train=128, epochs=1, eval_size=20, eval_steps=1, attack_steps=1,
                                       run_root=str(tmp_path / "t")))[0]
     run = search(SearchConfig(supernet=str(ckpt), run_root=str(tmp_path), pop_size=4, generations=1,
-                              val_size=20, pgd_steps=1, calib_batches=1, final_steps=1, final_restarts=1)).parent
+                              val_size=20, pgd_steps=1, calib_batches=1, final_steps=1,
+                              final_restarts=1)).parent
     before = _tree(run)
     assert cli("--run", str(run), "--target", "onnx", "--out", str(run), "--threads", "1") == 2
     line = one_error_line(capsys.readouterr().err)
