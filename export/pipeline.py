@@ -88,8 +88,6 @@ class ExportConfig:
     name: str = ""  # run folder suffix; default: the genome
 
     def validate(self) -> None:
-        if self.checkpoint and not self.arch:
-            raise ExportError("--checkpoint needs --arch GENOME (the subnet to export)")
         if self.arch and not self.checkpoint:
             raise ExportError(
                 "--arch needs --checkpoint CKPT; to choose from a search run use --run RUN --pick GENOME"
@@ -151,7 +149,8 @@ def _resolve(cfg: ExportConfig) -> tuple[ExportSource, RunPick | None]:
         checkpoint, arch = cfg.checkpoint, cfg.arch
     else:
         pick = pick_from_run(cfg.run or latest_run(cfg.run_root), cfg.pick)
-        checkpoint, arch = pick.checkpoint, pick.genome
+        # the member's own fine-tuned weights when the search trained it, else the inherited ones
+        checkpoint, arch = pick.finetuned_checkpoint or pick.checkpoint, pick.genome
     return load_source(checkpoint, arch), pick
 
 

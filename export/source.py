@@ -3,7 +3,7 @@
 :func:`load_source` is the one place that turns a checkpoint and an architecture into a static
 ``nn.Module``; today it reads supernet checkpoints (``nasctl train``) and extracts the subnet (never
 the supernet itself). A fine-tuned subnet checkpoint (``nasctl finetune``) will be one more branch
-here, with ``needs_bn_recalibration=False``.
+here, with ``needs_bn_recalibration=False``: a fine-tuned subnet keeps its own statistics.
 
 Picking from a run (``pick_from_run``, ``latest_run``) lives in :mod:`nasctl.nas.select`, shared
 with ``nasctl eval``; it is re-exported here.
@@ -40,12 +40,32 @@ class ExportSource:
     needs_bn_recalibration: bool = True  # supernet BN statistics are shared by all paths
 
 
-def load_source(checkpoint: str | os.PathLike, arch: str) -> ExportSource:
-    """Load ``checkpoint`` and extract the static subnet ``arch`` (a genome string of its space).
+def load_source(checkpoint: str | os.PathLike, arch: str | None) -> ExportSource:
+    """Load ``checkpoint`` as a static model: a fine-tuned subnet as it is, or the subnet ``arch`` (a
+    genome string of its space) extracted from a supernet.
 
-    Raises :class:`GenomeError` when ``arch`` does not belong to the checkpoint's space and
-    :class:`NasctlError` for unreadable checkpoints.
+    Raises :class:`GenomeError` when ``arch`` does not belong to the checkpoint's space (or names
+    another genome than a subnet checkpoint's) and :class:`NasctlError` for unreadable checkpoints.
     """
+    from nasctl.nas.checkpoint import FORMAT, read_checkpoint
+    from nasctl.nas.errors import NasctlError
+    from nasctl.nas.subnet_ckpt import SUBNET_FORMAT, subnet_from_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, formats=(FORMAT, SUBNET_FORMAT))
+    if ckpt["format"] == SUBNET_FORMAT:
+        sub = subnet_from_checkpoint(ckpt)
+        if arch and sub.space.parse(arch).encode() != sub.genome:
+            raise GenomeError(f"--arch {arch!r} is not the subnet in checkpoint {sub.path!r} ({sub.genome}): "
+                              f"leave --arch out for a fine-tuned subnet checkpoint")
+        for p in sub.model.parameters():
+            p.requires_grad_(False)
+        return ExportSource(model=sub.model, genome=sub.genome, space=sub.space, dataset=dict(sub.dataset),
+                            checkpoint=str(sub.path), checkpoint_sha256=sha256_file(sub.path),
+                            epoch=int(ckpt.get("epoch", 0)), train_config=dict(sub.train_config),
+                            kind="subnet", needs_bn_recalibration=False)
+    if not arch:
+        raise NasctlError(f"checkpoint {str(checkpoint)!r} is a supernet: say which subnet with "
+                          f"--arch GENOME")
     loaded = load_supernet(checkpoint)
     try:
         genome = loaded.space.parse(arch)
@@ -64,5 +84,3 @@ def load_source(checkpoint: str | os.PathLike, arch: str) -> ExportSource:
         epoch=loaded.epoch,
         train_config=dict(loaded.config),
     )
-
-

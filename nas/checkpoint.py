@@ -89,11 +89,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a nasctl checkpoint dict, turning every way it can be unreadable into one clear error."""
+def read_checkpoint(path: str | os.PathLike, formats: tuple[str, ...] = (FORMAT,)) -> dict[str, Any]:
+    """Load a nasctl checkpoint dict, turning every way it can be unreadable into one clear error.
+
+    ``formats``: the checkpoint kinds the caller can use (supernet by default; a fine-tuned subnet's
+    ``nasctl.subnet.v1`` too where either works). A run folder stands for the checkpoint inside it.
+    """
     path = Path(path)
     if path.is_dir():
-        for name in ("supernet.pt", "checkpoint.pt"):
+        for name in ("supernet.pt", "checkpoint.pt", "subnet.pt"):
             if (path / name).exists():
                 path = path / name
                 break
@@ -111,10 +115,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # torch's UnpicklingError and friends
         raise NasctlError(f"checkpoint {str(path)!r} is not a nasctl checkpoint ({type(e).__name__}): "
                           f"give a file written by 'nasctl train'") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise NasctlError(f"checkpoint {str(path)!r} is not a nasctl supernet checkpoint (format "
-                          f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
-                          f"expected {FORMAT!r}): give a file written by 'nasctl train'")
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in formats:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        hint = ("a fine-tuned subnet: use it with 'nasctl eval --checkpoint' or 'nasctl export --checkpoint'"
+                if got == "nasctl.subnet.v1" else "give a file written by 'nasctl train'")
+        raise NasctlError(f"checkpoint {str(path)!r} is not a nasctl supernet checkpoint (format {got!r}, "
+                          f"expected {' or '.join(map(repr, formats))}): {hint}")
     ckpt["path"] = str(path)
     return ckpt
 

@@ -68,12 +68,24 @@ class CandidateEvaluator:
         return {"clean_acc": r.clean_acc, "adv_acc": r.adv_acc, "eval_seconds": time.perf_counter() - t0}
 
 
+def test_accuracy(model: torch.nn.Module, genome: Genome | str, split: TensorSplit, eps: float, seed: int,
+                  steps: int = 20, restarts: int = 3, device: torch.device | str = "cpu",
+                  batch_size: int = 256) -> dict:
+    """The final attack on a ready model (eval mode, BN statistics its own): PGD-``steps`` with
+    ``restarts`` on ``split``, its random starts seeded by ``seed`` and the genome. One function for
+    inherited and fine-tuned weights, so their numbers compare like for like."""
+    attack = PGD(eps=eps, steps=steps, restarts=restarts)
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(genome_seed(seed, genome))
+    r = evaluate(model, split.batches(batch_size), attack, device, gen)
+    return {"clean_acc": r.clean_acc, "adv_acc": r.adv_acc, "attack": attack.to_dict(), "split": "test",
+            "images": r.n}
+
+
 def final_evaluation(evaluator: CandidateEvaluator, genome: Genome, split: TensorSplit, steps: int = 20,
                      restarts: int = 3) -> dict:
-    """Strong re-evaluation of a front member on the test split: PGD-``steps`` with restarts."""
-    sub = evaluator.subnet(genome)
-    attack = PGD(eps=evaluator.eps, steps=steps, restarts=restarts)
-    gen = torch.Generator(device=evaluator.device).manual_seed(genome_seed(evaluator.seed + 1, genome))
-    r = evaluate(sub, split.batches(evaluator.s.eval_batch_size), attack, evaluator.device, gen)
-    return {"final_clean_acc": r.clean_acc, "final_adv_acc": r.adv_acc, "final_attack": attack.to_dict(),
-            "final_split": "test", "final_images": r.n}
+    """Strong re-evaluation of a front member (inherited weights) on the test split."""
+    r = test_accuracy(evaluator.subnet(genome), genome, split, evaluator.eps, evaluator.seed + 1, steps,
+                      restarts, evaluator.device, evaluator.s.eval_batch_size)
+    return {"final_clean_acc": r["clean_acc"], "final_adv_acc": r["adv_acc"], "final_attack": r["attack"],
+            "final_split": "test", "final_images": r["images"]}

@@ -1,21 +1,35 @@
-"""Adversarial training of one static subnet: from scratch, or fine-tuned from inherited weights.
+"""Adversarial training of one static subnet: fine-tuned from inherited weights, or from scratch.
 
-This is the stand-alone half of TAM-NAS's question (c) and the reference the ranking benchmark
-compares inherited weights against: the same recipe as the supernet (SGD + Nesterov, cosine
-schedule, PGD-7 with step eps/4 by default) applied to a plain ``nn.Module``.
+Inherited weights are shared by thousands of paths, so a subnet's own accuracy after a short
+training of its own is what a user deploys (and what TAM-NAS's question (c) compares with training
+from scratch). One trainer for every static subnet -- the search's fine-tune stage, ``nasctl
+finetune``, the baselines and ranking benchmarks: the supernet's recipe (SGD + Nesterov, cosine
+schedule, PGD-7 with step eps/4) applied to a plain ``nn.Module``.
+
+``nasctl finetune --run RUN --pick knee`` writes ``runs/finetune/<stamp>/`` with ``config.json``,
+``subnet.pt`` (a self-describing subnet checkpoint that ``nasctl eval --checkpoint`` and ``nasctl
+export --checkpoint`` take) and ``result.json`` (clean and PGD test accuracy, the attack).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attacks import PGD, evaluate, make_attack
+from .checkpoint import atomic_write_json
 from .data import DataSplits
+from .errors import NasctlError, RunInterrupted
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,21 +46,31 @@ class SubnetTrainConfig:
 
 
 def reset_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Re-initialise every layer (train from scratch with the same architecture)."""
-    torch.manual_seed(seed)
+    """Re-initialise every layer (train from scratch with the same architecture), from ``seed`` alone."""
+    gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
+            fan_out = m.weight.shape[0] * m.weight[0, 0].numel()  # as torch's kaiming_normal_(mode="fan_out")
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / m.in_features ** 0.5
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 2 * bound - bound)
+                if m.bias is not None:
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=gen) * 2 * bound - bound)
+        elif isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
     return model
 
 
 def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig,
-                      device: torch.device | str = "cpu") -> dict:
-    """Train ``model`` in place on adversarial examples; returns throughput and the last loss."""
+                      device: torch.device | str = "cpu",
+                      on_epoch: Callable[[int, float], None] | None = None) -> dict:
+    """Train ``model`` in place on adversarial examples; returns throughput and the last loss.
+
+    ``on_epoch(epoch, loss)`` is called after each epoch (progress display).
+    """
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=True)
@@ -54,9 +78,9 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
     attack = make_attack(cfg.attack, eps=cfg.eps, steps=cfg.attack_steps, alpha=cfg.eps / 4,
                          model_mode="train")
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    attack_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     images, t0, loss = 0, time.perf_counter(), torch.tensor(0.0)
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         model.train()
         for x, y in data.train.batches(cfg.batch_size, shuffle=True, generator=data_gen, drop_last=True):
             x, y = x.to(device), y.to(device)
@@ -67,6 +91,8 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
             opt.step()
             images += len(y)
         sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, loss.item())
     seconds = time.perf_counter() - t0
     model.eval()
     return {"images_per_s": images / max(seconds, 1e-9), "seconds": seconds, "last_loss": loss.item()}
@@ -78,3 +104,120 @@ def robust_accuracy(model: nn.Module, split, eps: float, steps: int = 20,
     r = evaluate(model, split.batches(256), PGD(eps=eps, steps=steps), "cpu",
                  torch.Generator().manual_seed(seed))
     return r.clean_acc, r.adv_acc
+
+
+# --- fine-tuning chosen subnets of a search run -------------------------------------------------------
+@dataclass
+class FinetuneConfig:
+    """``nasctl finetune``: which subnet, how long, and the recipe (the supernet's, shorter)."""
+
+    run: str | None = None  # search run folder; None: the newest under run_root/search
+    pick: str = "knee"  # knee | INDEX | GENOME of that run's front
+    from_scratch: bool = False  # re-initialise instead of starting from the inherited weights
+    epochs: int = 15  # inherited weights need little; from scratch, give it the supernet's 30+
+    lr: float = 0.05  # half the supernet's: the weights are already trained
+    batch_size: int = 64
+    attack_steps: int = 7  # PGD-7 with step eps/4, as in the supernet's training
+    eps: float | None = None  # None: the search's
+    final_steps: int = 20  # the search's final attack: PGD-20 x 3 restarts on the test split
+    final_restarts: int = 3
+    seed: int = 0
+    device: str = "auto"
+    run_root: str = "runs"
+    name: str = ""
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "attack_steps", "final_steps", "final_restarts"):
+            if getattr(self, name) < 1:
+                raise NasctlError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise NasctlError(f"--lr must be > 0, got {self.lr}")
+        if self.eps is not None and not 0 < self.eps <= 1:
+            raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got "
+                              f"{self.eps}")
+
+
+def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg: FinetuneConfig, eps: float,
+                   out_dir: Path, source: dict[str, Any], device: torch.device,
+                   on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Fine-tune (or train from scratch) ``model``, evaluate it with the final attack, and write
+    ``subnet.pt`` then ``result.json`` into ``out_dir`` (the result last: its presence means done)."""
+    from .evaluate import test_accuracy
+    from .subnet_ckpt import save_subnet
+
+    if cfg.from_scratch:
+        reset_weights(model, cfg.seed)
+    recipe = SubnetTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                               attack_steps=cfg.attack_steps, eps=eps, seed=cfg.seed)
+    stats = adversarial_train(model, data, recipe, device, on_epoch)
+    acc = test_accuracy(model, genome, data.test, eps, cfg.seed + 1, cfg.final_steps, cfg.final_restarts,
+                        device)
+    model.cpu()
+    ckpt = save_subnet(out_dir / "subnet.pt", model, genome, loaded.space, loaded.dataset, eps, asdict(cfg),
+                       loaded.config, source, cfg.epochs)
+    result = {"genome": genome, "params": int(sum(p.numel() for p in model.parameters())),
+              "from_scratch": cfg.from_scratch, "epochs": cfg.epochs, "clean_acc": acc["clean_acc"],
+              "adv_acc": acc["adv_acc"], "attack": acc["attack"], "split": "test", "images": acc["images"],
+              "eps": eps, "checkpoint": ckpt.name, "train_seconds": stats["seconds"],
+              "images_per_s": stats["images_per_s"], "source": source}
+    atomic_write_json(out_dir / "result.json", result)
+    return result
+
+
+def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None = None) -> Path:
+    """``nasctl finetune``: train one front member of a search run in a new run folder; returns the
+    path of its ``result.json``. The search run itself is only read, never written."""
+    from .checkpoint import load_supernet
+    from .data import load_dataset
+    from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
+    from .select import latest_run, pick_from_run
+    from .train import resolve_device
+
+    cfg.validate()
+    pick = pick_from_run(cfg.run or latest_run(cfg.run_root), cfg.pick)
+    loaded = load_supernet(pick.checkpoint)
+    genome = loaded.space.parse(pick.genome)
+    eps = float(cfg.eps if cfg.eps is not None else pick.eps if pick.eps is not None else loaded.eps)
+    data = load_dataset(loaded.dataset["name"], pick.data_dir, seed=int(loaded.config.get("seed", 0)),
+                        val_size=loaded.config.get("val_size"))
+    device = resolve_device(cfg.device)
+    out_dir = make_run_dir(cfg.run_root, "finetune", cfg.name or genome.encode()[:80])
+    source = {"run": pick.run_dir, "front_index": pick.index, "knee": pick.is_knee,
+              "supernet": loaded.path, "weights": "scratch" if cfg.from_scratch else "inherited"}
+    try:
+        with run_lock(out_dir):
+            write_run_config(out_dir, "finetune", cfg, {"genome": genome.encode(), "source": source,
+                                                        "eps": eps})
+            model = loaded.supernet.extract(genome)
+            _recalibrate_for_training(model, data, cfg.seed)
+            train_and_save(model, genome.encode(), loaded, data, cfg, eps, out_dir, source, device, on_epoch)
+    except NasctlError:
+        discard_if_unused(out_dir)
+        raise
+    except KeyboardInterrupt as e:
+        raise RunInterrupted(out_dir) from e
+    return out_dir / "result.json"
+
+
+def _recalibrate_for_training(model: nn.Module, data: DataSplits, seed: int) -> None:
+    """Inherited BatchNorm statistics are a mixture over every path: start training from the subnet's own."""
+    from .supernet import recalibrate_bn
+
+    gen = torch.Generator().manual_seed(seed)
+    batches = (x for _, (x, _) in zip(range(8), data.train.batches(64, shuffle=True, generator=gen)))
+    recalibrate_bn(model, batches)
+
+
+def spread_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
+    """``k`` front indices spread evenly over log(parameters) -- tiny nets matter as much as large
+    ones -- with the knee always among them (it replaces the pick nearest to it)."""
+    if k <= 0 or not front:
+        return []
+    logp = np.log([max(float(r["params"]), 1.0) for r in front])
+    picks: list[int] = []
+    for target in np.linspace(logp.min(), logp.max(), min(k, len(front))):
+        free = [i for i in range(len(front)) if i not in picks]
+        picks.append(min(free, key=lambda i: (abs(logp[i] - target), i)))
+    if 0 <= knee < len(front) and knee not in picks:
+        picks[min(range(len(picks)), key=lambda j: abs(logp[picks[j]] - logp[knee]))] = knee
+    return sorted(set(picks), key=lambda i: (front[i]["params"], i))

@@ -149,15 +149,21 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
         "",
         f"## Pareto front ({len(front)} subnets, knee marked *)",
         "",
-        "| # | genome | params | int8 KB | MACs | val clean % | val PGD % | test clean % | test PGD % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Test columns: inherited weights (BN recalibrated) and, for the members of the fine-tune stage, the "
+        "same network trained on its own (fine-tuned); the same attack on the same test images.",
+        "",
+        "| # | genome | params | int8 KB | MACs | val clean % | val PGD % | test clean % | test PGD % "
+        "| fine-tuned clean % | fine-tuned PGD % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, r in enumerate(front):
+        ft = (f"{r['finetuned_clean_acc']:.1f} | {r['finetuned_adv_acc']:.1f}" if "finetuned_adv_acc" in r
+              else " | ")
         lines.append(f"| {i}{'*' if i == knee else ''} | `{r['genome']}` | {r['params']:,} | "
                      f"{r['int8_bytes'] / 1024:.1f} | {r['macs']:,} | "
                      f"{r['clean_acc']:.1f} | {r['adv_acc']:.1f} | "
                      f"{r.get('final_clean_acc', float('nan')):.1f} | "
-                     f"{r.get('final_adv_acc', float('nan')):.1f} |")
+                     f"{r.get('final_adv_acc', float('nan')):.1f} | {ft} |")
     if not front:
         limits = meta.get("constraints") or {}
         flags = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in limits.items())

@@ -52,6 +52,10 @@ class SearchConfig:
     calib_batches: int = 4
     final_steps: int = 20  # final evaluation of the front on the test split
     final_restarts: int = 3
+    # fine-tune stage: K front members spread over log(params), the knee among them, each trained on its
+    # own (the supernet's recipe) and scored with the final attack; 0 turns it off
+    finetune_members: int = 3
+    finetune_epochs: int = 10
     seed: int = 0
     device: str = "auto"
     run_root: str = "runs"
@@ -81,6 +85,9 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise NasctlError(f"--{name.replace('_', '-')} ({what}) must be >= 1, got {value}")
+        if self.finetune_members < 0 or self.finetune_epochs < 1:
+            raise NasctlError(f"--finetune-members must be >= 0 (0: no fine-tune stage) and "
+                              f"--finetune-epochs >= 1 (got {self.finetune_members}, {self.finetune_epochs})")
         if self.width_mult is not None and not self.width_mult > 0:
             raise NasctlError(f"--width-mult must be > 0, got {self.width_mult}")
         if self.min_clean_acc is not None and not 0 <= self.min_clean_acc <= 100:

@@ -185,12 +185,16 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks, train_callb
     for rec in result.front:  # strong re-evaluation on the test split
         front.append({**rec, **final_evaluation(evaluator, Genome.decode(rec["genome"]), data.test,
                                                 cfg.final_steps, cfg.final_restarts), "rank": 0})
+    if front and cfg.finetune_members:
+        finetune_front(cfg, run_dir, loaded, data, eps, front, device)
     history = json.loads((run_dir / "history.json").read_text())["generations"]
     meta = {"run": run_dir.name, "dataset": cfg.dataset, "data_dir": cfg.data_dir,
             "supernet": record["path"], "supernet_sha256": record["sha256"],
             "space": loaded.space.to_dict(), "eps": eps, "algorithm": cfg.algorithm,
             "objectives": list(objectives), "constraints": cfg.constraints(),
             "pop_size": cfg.pop_size, "generations": cfg.generations, "mutation_genes": cfg.mutation_genes,
+            "finetune": {"members": cfg.finetune_members, "epochs": cfg.finetune_epochs,
+                         "recipe": _finetune_recipe()},
             "seed": cfg.seed,
             "evaluations": result.evaluations, "search_attack": evaluator.attack.to_dict(),
             "val_images": len(evaluator.val), "final_attack": front[0]["final_attack"] if front else None,
@@ -201,6 +205,51 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks, train_callb
     if not front:
         raise NasctlError(_no_feasible_message(cfg, archive))
     return run_dir / "pareto.json"
+
+
+def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, data, eps: float,
+                   front: list[dict[str, Any]], device) -> None:
+    """The fine-tune stage: train ``cfg.finetune_members`` front members on their own and record
+    ``finetuned_clean_acc``, ``finetuned_adv_acc`` and ``finetuned_checkpoint`` in their front entries.
+
+    Each member gets ``<run>/finetune/<params>-<crc>/`` with ``subnet.pt`` and ``result.json``; a member
+    whose ``result.json`` exists is read back, so a resumed run fine-tunes only what is left.
+    """
+    import zlib
+
+    from .finetune import FinetuneConfig, _recalibrate_for_training, spread_picks, train_and_save
+    from .report import knee_index
+
+    knee = knee_index(front, parse_objectives(cfg.objectives))
+    fcfg = FinetuneConfig(epochs=cfg.finetune_epochs, final_steps=cfg.final_steps,
+                          final_restarts=cfg.final_restarts, seed=cfg.seed)
+    picks = spread_picks(front, knee, cfg.finetune_members)
+    for n, i in enumerate(picks, 1):
+        rec = front[i]
+        sub = run_dir / "finetune" / f"{rec['params']}-{zlib.crc32(rec['genome'].encode()):08x}"
+        done = sub / "result.json"
+        if done.is_file():
+            result = _read_json(done)
+        else:
+            log.info("fine-tuning %d/%d: %s (%s params, %d epochs)", n, len(picks), rec["genome"],
+                     f"{rec['params']:,}", cfg.finetune_epochs)
+            sub.mkdir(parents=True, exist_ok=True)
+            model = loaded.supernet.extract(Genome.decode(rec["genome"]))
+            _recalibrate_for_training(model, data, cfg.seed)
+            source = {"run": ".", "front_index": i, "knee": i == knee,
+                      "supernet": _portable(loaded.path, run_dir), "weights": "inherited"}
+            result = train_and_save(model, rec["genome"], loaded, data, fcfg, eps, sub, source, device)
+        rec.update(finetuned_clean_acc=result["clean_acc"], finetuned_adv_acc=result["adv_acc"],
+                   finetuned_epochs=result["epochs"],
+                   finetuned_checkpoint=str((sub / result["checkpoint"]).relative_to(run_dir)))
+
+
+def _finetune_recipe() -> str:
+    from .finetune import FinetuneConfig
+
+    f = FinetuneConfig()
+    return (f"PGD-{f.attack_steps} adversarial training (step eps/4), SGD lr {f.lr:g} Nesterov cosine, "
+            f"batch {f.batch_size}, from inherited weights with BN recalibrated")
 
 
 def search(cfg: SearchConfig, callbacks: Callbacks | None = None, train_callbacks=None) -> Path:
@@ -226,7 +275,8 @@ def config_from_run(doc: dict[str, Any], source: str = "the run's config.json") 
     if not isinstance(values, dict):
         raise NasctlError(f"{source} has no 'config' mapping: it was not written by nasctl search")
     # runs started before --mutation-genes existed used pymoo's default rate: keep it so they retrace exactly
-    return build_config(SearchConfig, {"mutation_genes": 1.0, **values}, source)
+    # and runs from before the fine-tune stage resume without one, so they end as they would have
+    return build_config(SearchConfig, {"mutation_genes": 1.0, "finetune_members": 0, **values}, source)
 
 
 def resume_search(run_dir: str | Path, callbacks: Callbacks | None = None, train_callbacks=None) -> Path:

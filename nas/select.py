@@ -35,6 +35,7 @@ class RunPick:
     data_dir: str | None = None
     seed: int | None = None
     eps: float | None = None  # the search's threat model
+    finetuned_checkpoint: str | None = None  # the member trained on its own by the fine-tune stage
 
 
 def latest_run(run_root: str | os.PathLike = "runs") -> Path:
@@ -165,7 +166,22 @@ def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
         data_dir=doc.get("data_dir"),
         seed=doc.get("seed"),
         eps=doc.get("eps"),
+        finetuned_checkpoint=_finetuned(run_dir, entry),
     )
+
+
+def _finetuned(run_dir: Path, entry: dict[str, Any]) -> str | None:
+    ref = entry.get("finetuned_checkpoint")
+    if not ref:
+        return None
+    path = run_dir / ref
+    if not path.is_file():
+        raise SelectionError(
+            f"front entry {entry.get('genome')!r} of run {str(run_dir)!r} names fine-tuned weights {ref!r} "
+            f"that do not exist (deleted?): resume the search to fine-tune it again, or pass "
+            f"--checkpoint CKPT --arch GENOME"
+        )
+    return str(path)
 
 
 def _canonical(text: Any) -> str | None:

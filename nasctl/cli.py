@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("nasctl.commands.search", "NSGA-II search for the Pareto front of robust tiny subnets"),
     "eval": ("nasctl.commands.eval",
              "strong robustness evaluation of chosen subnets (PGD restarts, AutoAttack)"),
+    "finetune": ("nasctl.commands.finetune",
+                 "adversarially fine-tune (or train from scratch) a chosen subnet of a search run"),
     "export": ("nasctl.commands.export", "export a subnet to verified ONNX / TFLite float32 / int8"),
 }
 
@@ -64,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         _close_progress_bars()
         hint = ""
-        if isinstance(e, RunInterrupted):
+        if isinstance(e, RunInterrupted) and args.command in ("train", "search"):
             hint = f" (continue with: nasctl {args.command} --resume {e.run_dir})"
+        elif isinstance(e, RunInterrupted):
+            hint = f" (in {e.run_dir}; run the command again to redo the rest)"
         elif args.command in ("train", "search"):
             hint = " (continue with --resume and the run folder printed above)"
         print(f"nasctl: interrupted; everything finished so far is on disk{hint}", file=sys.stderr)

@@ -112,7 +112,6 @@ def test_pick_knee_index_and_genome(tmp_path):
     assert (knee.index, knee.genome, knee.is_knee, knee.seed) == (1, FRONT[1], True, 3)
     assert knee.checkpoint == str(run / "supernet.pt")  # relative to the run folder
     assert pick_from_run(run, "2").genome == FRONT[2] and not pick_from_run(run, 2).is_knee
-    assert pick_from_run(run, "-1").index == 2
     assert pick_from_run(run / "pareto.json", FRONT[0]).index == 0
     assert pick_from_run(run, " " + FRONT[2] + " ").index == 2
 
@@ -121,6 +120,7 @@ def test_pick_knee_index_and_genome(tmp_path):
     "pick, match",
     [
         ("3", r"--pick 3 is outside the front .* 3 members"),
+        ("-1", r"--pick -1 is outside the front .* pick 0\.\.2"),  # what the message says is what works
         ("ir_k3_e3_c8-skip-ghost_c16-skip-shuffle_c24-skip", r"is not on the front"),
     ],
 )

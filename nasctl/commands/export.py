@@ -98,7 +98,10 @@ def _printer():
                 if "run" in source
                 else f"checkpoint {source['checkpoint']}"
             )
-            print(f"exporting {genome}\n  from {where}\n  to   {out_dir}", flush=True)
+            weights = ("fine-tuned weights (the subnet trained on its own)" if source.get("kind") == "subnet"
+                       else "inherited supernet weights, BN recalibrated")
+            print(f"exporting {genome}\n  from {where}\n  with {weights}: {source['checkpoint']}\n"
+                  f"  to   {out_dir}", flush=True)
 
         def on_step_start(self, index, total, name):
             print(f"[{index}/{total}] {name:<15}", end="", flush=True)

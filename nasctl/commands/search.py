@@ -35,6 +35,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--eps", type=float, help="L-inf budget (default: the supernet's training eps)")
     g.add_argument("--pgd-steps", type=int, help="search-time PGD steps (default 10)")
     g.add_argument("--val-size", type=int, help="validation images per candidate (default 200)")
+    g.add_argument("--finetune-members", type=int,
+                   help="front members fine-tuned at the end, spread over size, the knee among them "
+                   "(default 3; 0: none)")
+    g.add_argument("--finetune-epochs", type=int,
+                   help="adversarial fine-tuning epochs per member (default 10)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
     add_config_flags(p)
@@ -87,10 +92,18 @@ def print_front(path) -> None:
           f"({doc['dataset']}, L-inf eps={doc['eps']:.4g}; val = PGD-{doc['search_attack']['steps']} on "
           f"{doc['val_images']} validation images, "
           f"test = PGD-{fa.get('steps')} x{fa.get('restarts')} restarts)")
+    tuned = any("finetuned_adv_acc" in r for r in front)
+    extra = f" {'ft clean':>8} {'ft PGD':>7}" if tuned else ""
     print(f"{'#':>3} {'params':>8} {'val clean':>9} {'val PGD':>8} "
-          f"{'test clean':>10} {'test PGD':>8}  genome")
+          f"{'test clean':>10} {'test PGD':>8}{extra}  genome")
     for i, r in enumerate(front):
         mark = "*" if i == knee else " "
+        ft = ""
+        if tuned:
+            ft = (f" {r['finetuned_clean_acc']:>8.1f} {r['finetuned_adv_acc']:>7.1f}"
+                  if "finetuned_adv_acc" in r else f" {'':>8} {'':>7}")
         print(f"{i:>2}{mark} {r['params']:>8,} {r['clean_acc']:>9.1f} {r['adv_acc']:>8.1f} "
-              f"{r['final_clean_acc']:>10.1f} {r['final_adv_acc']:>8.1f}  {r['genome']}")
-    print(f"(* knee: the default pick of nasctl export)\nrun folder: {path.parent}  (read summary.md first)")
+              f"{r['final_clean_acc']:>10.1f} {r['final_adv_acc']:>8.1f}{ft}  {r['genome']}")
+    note = ("; ft = fine-tuned on its own, same test attack" if tuned else "")
+    print(f"(* knee: the default pick of nasctl export{note})\nrun folder: {path.parent}  "
+          f"(read summary.md first)")

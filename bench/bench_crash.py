@@ -1,0 +1,230 @@
+"""Crash-and-fault suite: ``kill -9`` at random moments of train, search and export, then resume.
+
+    python bench/bench_crash.py --trials 10 --out bench/results/crash.json
+
+For each command, one uninterrupted reference run, then ``--trials`` runs killed with SIGKILL at a
+moment drawn uniformly from the reference's wall time (seeded, so the kill points are the same on
+every invocation), each finished by the command's own recovery:
+
+* ``train``: ``nasctl train --resume RUN``; the final ``supernet.pt`` weights must be bit-identical
+  (``torch.equal`` on every tensor) to the reference's and ``metrics.jsonl`` must list every epoch once.
+* ``search`` (trains its supernet first, so kills land in training, the generations, the final
+  evaluation or the plots): ``nasctl search --resume RUN``; the front (timings aside), every archive
+  record's accuracies and the hypervolume of every generation must equal the reference's.
+* ``export`` (ONNX target): the same export again into the same ``--out``; ``model.onnx`` must be
+  byte-identical to the reference's, and before the re-run the folder must hold no half-written file
+  (every file ``report.json`` records matches its recorded hash; no temp files left under real names).
+
+A trial reports ``identical`` and ``lost nothing`` or says what differed. Runs in a temp folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TRAIN = ["train", "--epochs", "4", "--limit-train", "384", "--attack-steps", "3"]
+SEARCH = ["search", "--epochs", "2", "--pop-size", "8", "--generations", "3", "--val-size", "60",
+          "--pgd-steps", "2"]
+
+
+def nasctl(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nasctl", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def run_to_end(args: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    p = nasctl(args, cwd)
+    _, err = p.communicate(timeout=1800)
+    if p.returncode != 0:
+        raise RuntimeError(f"nasctl {' '.join(args)} failed ({p.returncode}): {err[-1500:]}")
+    return time.perf_counter() - t0
+
+
+def kill_after(args: list[str], cwd: Path, seconds: float) -> bool:
+    """Start ``nasctl args``, SIGKILL it after ``seconds``; False if it finished first."""
+    p = nasctl(args, cwd)
+    try:
+        p.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        return True
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def only(folder: Path, pattern: str) -> Path | None:
+    """The one run folder under ``folder`` (None when the kill came before it was made)."""
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    if len(found) > 1:
+        raise RuntimeError(f"expected one {pattern} under {folder}, found {found}")
+    return found[0] if found else None
+
+
+# --- train ---------------------------------------------------------------------------------------
+def train_state(run: Path) -> dict:
+    import torch
+
+    sd = torch.load(run / "supernet.pt", map_location="cpu", weights_only=True)["model"]
+    epochs = [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"model": sd, "epochs": epochs}
+
+
+def train_trial(work: Path, ref: dict, t: float) -> dict:
+    import shutil
+
+    import torch
+
+    root = work / "runs"
+    killed = kill_after([*TRAIN, "--run-root", str(root)], work, t)
+    run = only(root / "train", "*")
+    if not killed:
+        stage = "finished before the kill"
+    elif run is None or not (run / "checkpoint.pt").exists():
+        stage = "before the first checkpoint"  # nothing finished yet: a fresh start is the recovery
+        shutil.rmtree(root, ignore_errors=True)
+        run_to_end([*TRAIN, "--run-root", str(root)], work)
+        run = only(root / "train", "*")
+    else:
+        n = len((run / "metrics.jsonl").read_text().splitlines())
+        stage = f"after epoch {n}"
+        run_to_end(["train", "--resume", str(run)], work)
+    got = train_state(run)
+    same = got["epochs"] == ref["epochs"] and got["model"].keys() == ref["model"].keys() and all(
+        torch.equal(got["model"][k], ref["model"][k]) for k in ref["model"])
+    return {"stage": stage, "identical": same, "lost_nothing": got["epochs"] == ref["epochs"]}
+
+
+# --- search --------------------------------------------------------------------------------------
+def search_state(run: Path) -> dict:
+    doc = json.loads((run / "pareto.json").read_text())
+    front = [{k: v for k, v in r.items() if k != "eval_seconds"} for r in doc["front"]]
+    archive = {}
+    for ln in (run / "archive.jsonl").read_text().splitlines():
+        r = json.loads(ln)
+        archive[r["genome"]] = (r["clean_acc"], r["adv_acc"], r["params"])
+    hv = [g["hypervolume"] for g in json.loads((run / "history.json").read_text())["generations"]]
+    return {"front": front, "archive": archive, "hv": hv}
+
+
+def search_stage(run: Path | None) -> str:
+    if run is None or not (run / "archive.jsonl").exists():
+        return "supernet training"
+    if (run / "pareto.json").exists():
+        return "writing plots and summary"
+    n = len((run / "archive.jsonl").read_text().splitlines())
+    return f"search or final evaluation ({n} subnets archived)"
+
+
+def search_trial(work: Path, ref: dict, t: float) -> dict:
+    root = work / "runs"
+    killed = kill_after([*SEARCH, "--run-root", str(root)], work, t)
+    run = only(root / "search", "*")
+    stage = search_stage(run) if killed else "finished before the kill"
+    archive = run / "archive.jsonl" if run is not None else None
+    before = archive.read_bytes() if archive is not None and archive.exists() else b""
+    if run is None:
+        run_to_end([*SEARCH, "--run-root", str(root)], work)
+        run = only(root / "search", "*")
+    elif killed:
+        run_to_end(["search", "--resume", str(run)], work)
+    got = search_state(run)
+    complete = before[: before.rfind(b"\n") + 1]  # what was fully on disk at the kill
+    kept = (run / "archive.jsonl").read_bytes().startswith(complete)
+    lost_nothing = kept and got["archive"] == ref["archive"]
+    return {"stage": stage, "identical": got == ref, "lost_nothing": lost_nothing}
+
+
+# --- export --------------------------------------------------------------------------------------
+def export_trial(work: Path, run: Path, ref_onnx: str, t: float) -> dict:
+    out = work / "out"
+    args = ["export", "--run", str(run), "--target", "onnx", "--out", str(out), "--threads", "1"]
+    killed = kill_after(args, work, t)
+    clean = True
+    stage = "finished before the kill"
+    if killed:
+        report = out / "report.json"
+        stage = "before report.json" if not report.exists() else "step " + str(len(
+            json.loads(report.read_text())["steps"]) + 1)
+        if report.exists():
+            doc = json.loads(report.read_text())  # must parse: written atomically
+            for name, rec in doc.get("artifacts", {}).items():
+                clean &= (out / name).is_file() and sha(out / name) == rec["sha256"]
+        clean &= not [p for p in out.glob("*") if p.suffix == ".tmp" and not p.name.startswith(".")]
+        run_to_end(args, work)
+    same = sha(out / "model.onnx") == ref_onnx
+    return {"stage": stage, "identical": same, "lost_nothing": clean}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--commands", default="train,search,export")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench/results/crash.json")
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+    results: dict = {"trials": args.trials, "seed": args.seed, "train_args": TRAIN, "search_args": SEARCH,
+                     "commands": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        ref_search_run = None
+        for command in args.commands.split(","):
+            ref_dir = base / f"ref-{command}"
+            ref_dir.mkdir()
+            if command in ("search", "export") and ref_search_run is None:
+                search_wall = run_to_end([*SEARCH, "--run-root", str(base / "ref-search-run")], base)
+                ref_search_run = only(base / "ref-search-run" / "search", "*")
+            if command == "train":
+                wall = run_to_end([*TRAIN, "--run-root", str(ref_dir / "runs")], ref_dir)
+                ref = train_state(only(ref_dir / "runs" / "train", "*"))
+            elif command == "search":
+                wall, ref = search_wall, search_state(ref_search_run)
+            else:
+                wall = run_to_end(["export", "--run", str(ref_search_run), "--target", "onnx", "--out",
+                                   str(ref_dir / "out"), "--threads", "1"], ref_dir)
+                ref = sha(ref_dir / "out" / "model.onnx")
+            rows = []
+            for i in range(args.trials):
+                t = rng.uniform(0.05, 0.98) * wall
+                work = base / f"{command}-{i}"
+                work.mkdir()
+                if command == "train":
+                    row = train_trial(work, ref, t)
+                elif command == "search":
+                    row = search_trial(work, ref, t)
+                else:
+                    row = export_trial(work, ref_search_run, ref, t)
+                row["kill_at_s"] = round(t, 2)
+                rows.append(row)
+                print(f"{command:>6} trial {i}: kill at {t:5.1f} s of {wall:.1f} ({row['stage']}): "
+                      f"{'identical' if row['identical'] else 'DIFFERENT'}, "
+                      f"{'lost nothing' if row['lost_nothing'] else 'LOST DATA'}", flush=True)
+            results["commands"][command] = {"reference_wall_s": round(wall, 1), "rows": rows,
+                                            "identical": sum(r["identical"] for r in rows),
+                                            "lost_nothing": sum(r["lost_nothing"] for r in rows)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    for command, r in results["commands"].items():
+        print(f"{command}: {r['identical']}/{len(r['rows'])} identical, {r['lost_nothing']}/{len(r['rows'])} "
+              f"lost nothing (reference {r['reference_wall_s']} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Checkpoints of one static subnet (``nasctl finetune``, the search's fine-tune stage).
+
+A supernet checkpoint holds every path with shared BatchNorm statistics; a subnet checkpoint holds one
+trained network with its own statistics, so nothing is recalibrated when it is evaluated or exported.
+Like the supernet's, it is self-describing: the space, genome and data set travel with the weights,
+and :func:`load_subnet` rebuilds the exact module without any other file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .checkpoint import atomic_torch_save, build_supernet, read_checkpoint
+from .errors import NasctlError
+from .space import SearchSpace
+
+SUBNET_FORMAT = "nasctl.subnet.v1"
+
+
+@dataclass
+class LoadedSubnet:
+    model: nn.Module  # eval mode, on the CPU
+    genome: str
+    space: SearchSpace
+    dataset: dict[str, Any]
+    eps: float  # the L-inf radius it was trained against
+    config: dict[str, Any]  # the fine-tune settings
+    train_config: dict[str, Any]  # the supernet's training config (its seed fixes the data split)
+    source: dict[str, Any]  # where the starting weights came from
+    path: str
+
+
+def save_subnet(path: str | os.PathLike, model: nn.Module, genome: str, space: SearchSpace,
+                dataset: dict[str, Any], eps: float, config: dict[str, Any], train_config: dict[str, Any],
+                source: dict[str, Any], epoch: int) -> Path:
+    """Write a subnet checkpoint atomically (temp file + rename)."""
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": SUBNET_FORMAT, "kind": "subnet", "genome": genome, "space": space.to_dict(),
+                       "dataset": dataset, "eps": float(eps), "config": config, "train_config": train_config,
+                       "source": source, "epoch": int(epoch), "model": state}, path)
+    return path
+
+
+def is_subnet_checkpoint(ckpt: dict[str, Any]) -> bool:
+    return ckpt.get("format") == SUBNET_FORMAT
+
+
+def load_subnet(path: str | os.PathLike) -> LoadedSubnet:
+    """Rebuild a fine-tuned subnet from its checkpoint (eval mode, CPU), with one clear error per failure."""
+    ckpt = read_checkpoint(path, formats=(SUBNET_FORMAT,))
+    return subnet_from_checkpoint(ckpt)
+
+
+def subnet_from_checkpoint(ckpt: dict[str, Any]) -> LoadedSubnet:
+    space = SearchSpace.from_dict(ckpt["space"])
+    genome = space.parse(ckpt["genome"])
+    model = build_supernet(space, ckpt["dataset"]).extract(genome)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise NasctlError(f"checkpoint {ckpt['path']!r} does not match its own genome "
+                          f"({str(e).splitlines()[0][:120]}): it was written by another nasctl version"
+                          ) from e
+    return LoadedSubnet(model.eval(), genome.encode(), space, ckpt["dataset"], float(ckpt["eps"]),
+                        ckpt.get("config", {}), ckpt.get("train_config", {}), ckpt.get("source", {}),
+                        ckpt["path"])

@@ -1,0 +1,62 @@
+"""``nasctl finetune``: adversarially train one front member of a search run on its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._common import add_config_flags, config_overrides
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text + ". Writes runs/finetune/<stamp>/ with "
+                       "subnet.pt (for nasctl eval/export --checkpoint) and result.json; the search run is "
+                       "only read.")
+    g = p.add_argument_group("what to train")
+    g.add_argument("--run", dest="run_dir", metavar="RUN",
+                   help="search run folder (default: the newest under runs/search)")
+    g.add_argument("--pick", metavar="knee|INDEX|GENOME", help="member of the run's front (default knee)")
+    g.add_argument("--from-scratch", action="store_true", default=None,
+                   help="re-initialise the weights instead of starting from the inherited ones")
+    g = p.add_argument_group("recipe (the supernet's: PGD-7 adversarial training, step eps/4, SGD cosine)")
+    g.add_argument("--epochs", type=int, help="training epochs (default 15)")
+    g.add_argument("--lr", type=float, help="initial learning rate (default 0.05)")
+    g.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    add_config_flags(p)
+    p.set_defaults(run=run)
+
+
+def _progress():
+    from tqdm import tqdm
+
+    bar = {}
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if "b" not in bar:
+            bar["b"] = tqdm(desc="finetune", unit="epoch", file=sys.stderr, dynamic_ncols=True)
+        bar["b"].update(1)
+        bar["b"].set_postfix(loss=f"{loss:.3f}")
+
+    return on_epoch
+
+
+def run(args: argparse.Namespace) -> int:
+    from nasctl.nas.finetune import FinetuneConfig, finetune
+    from nasctl.nas.runs import merge_config
+
+    overrides = config_overrides(args, FinetuneConfig)
+    overrides.pop("run", None)  # args.run is this function (set_defaults); --run lands in run_dir
+    if args.run_dir is not None:
+        overrides["run"] = args.run_dir
+    cfg = merge_config(FinetuneConfig, args.config, overrides)
+    path = finetune(cfg, _progress())
+    r = json.loads(path.read_text())
+    a = r["attack"]
+    print(f"\n{r['genome']} ({r['params']:,} params), {r['epochs']} epochs from "
+          f"{'scratch' if r['from_scratch'] else 'inherited weights'}:\n"
+          f"  test clean {r['clean_acc']:.1f} %  PGD-{a['steps']} x{a['restarts']} {r['adv_acc']:.1f} %  "
+          f"(eps {r['eps']:.4g}, {r['images']} test images)\n"
+          f"checkpoint: {path.parent / r['checkpoint']}")
+    return 0
