@@ -8,9 +8,10 @@ every invocation), each finished by the command's own recovery:
 
 * ``train``: ``nasctl train --resume RUN``; the final ``supernet.pt`` weights must be bit-identical
   (``torch.equal`` on every tensor) to the reference's and ``metrics.jsonl`` must list every epoch once.
-* ``search`` (trains its supernet first, so kills land in training, the generations, the final
-  evaluation or the plots): ``nasctl search --resume RUN``; the front (timings aside), every archive
-  record's accuracies and the hypervolume of every generation must equal the reference's.
+* ``search`` (trains its supernet first and fine-tunes two members at the end, so kills land in
+  training, the generations, the final evaluation, the fine-tune stage or the plots): ``nasctl search
+  --resume RUN``; the front (timings aside), every archive record's accuracies, the hypervolume of
+  every generation and the fine-tuned members' results must equal the reference's.
 * ``export`` (ONNX target): the same export again into the same ``--out``; ``model.onnx`` must be
   byte-identical to the reference's, and before the re-run the folder must hold no half-written file
   (every file ``report.json`` records matches its recorded hash; no temp files left under real names).
@@ -34,7 +35,7 @@ from pathlib import Path
 
 TRAIN = ["train", "--epochs", "4", "--limit-train", "384", "--attack-steps", "3"]
 SEARCH = ["search", "--epochs", "2", "--pop-size", "8", "--generations", "3", "--val-size", "60",
-          "--pgd-steps", "2"]
+          "--pgd-steps", "2", "--finetune-members", "2", "--finetune-epochs", "2"]
 
 
 def nasctl(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -114,12 +115,18 @@ def train_trial(work: Path, ref: dict, t: float) -> dict:
 def search_state(run: Path) -> dict:
     doc = json.loads((run / "pareto.json").read_text())
     front = [{k: v for k, v in r.items() if k != "eval_seconds"} for r in doc["front"]]
+    tuned = {}
+    for r in doc["front"]:
+        if "finetuned_checkpoint" in r:
+            result = json.loads((run / r["finetuned_checkpoint"]).with_name("result.json").read_text())
+            timing = ("train_seconds", "images_per_s")
+            tuned[r["genome"]] = {k: v for k, v in result.items() if k not in timing}
     archive = {}
     for ln in (run / "archive.jsonl").read_text().splitlines():
         r = json.loads(ln)
         archive[r["genome"]] = (r["clean_acc"], r["adv_acc"], r["params"])
     hv = [g["hypervolume"] for g in json.loads((run / "history.json").read_text())["generations"]]
-    return {"front": front, "archive": archive, "hv": hv}
+    return {"front": front, "archive": archive, "hv": hv, "finetuned": tuned}
 
 
 def search_stage(run: Path | None) -> str:

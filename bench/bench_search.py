@@ -38,7 +38,7 @@ def _one(job: dict) -> dict:
     p = search(SearchConfig(supernet=job["supernet"], algorithm=job["algorithm"], seed=job["seed"],
                             pop_size=job["pop_size"], generations=job["generations"],
                             mutation_genes=job["mutation_genes"], run_root=job["root"], final_steps=20,
-                            final_restarts=1))
+                            final_restarts=1, finetune_members=0))  # HV of the search alone
     hist = json.loads((p.parent / "history.json").read_text())["generations"]
     doc = json.loads(p.read_text())
     return {"algorithm": job["algorithm"], "seed": job["seed"], "hypervolume": hist[-1]["hypervolume"],

@@ -175,7 +175,7 @@ def test_export_into_a_search_run_is_refused_and_the_run_still_resumes(tmp_path,
                                       run_root=str(tmp_path / "t")))[0]
     run = search(SearchConfig(supernet=str(ckpt), run_root=str(tmp_path), pop_size=4, generations=1,
                               val_size=20, pgd_steps=1, calib_batches=1, final_steps=1,
-                              final_restarts=1)).parent
+                              final_restarts=1, finetune_members=0)).parent
     before = _tree(run)
     assert cli("--run", str(run), "--target", "onnx", "--out", str(run), "--threads", "1") == 2
     line = one_error_line(capsys.readouterr().err)

@@ -21,7 +21,7 @@ from nasctl.nas.train import TrainConfig, train_supernet
 from nasctl.cli import main
 
 TINY = dict(pop_size=4, generations=2, val_size=40, pgd_steps=1, calib_batches=1, final_steps=1,
-            final_restarts=1)
+            final_restarts=1, finetune_members=0)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -196,7 +196,8 @@ def test_full_disk_on_history_json_is_one_line_and_resumable(trained_run, tmp_pa
     monkeypatch.setattr(ck, "atomic_write_json", failing)
     sn = trained_run / "supernet" / "supernet.pt"
     assert main(["search", "--supernet", str(sn), "--run-root", str(tmp_path), "--pop-size", "4",
-                 "--generations", "2", "--val-size", "40", "--pgd-steps", "1"]) == 2
+                 "--generations", "2", "--val-size", "40", "--pgd-steps", "1",
+                 "--finetune-members", "0"]) == 2
     assert "No space left on device" in error_line(capsys)
     run = next((tmp_path / "search").iterdir())
     assert len((run / "archive.jsonl").read_text().splitlines()) == 4  # generation 1 is kept
@@ -230,7 +231,8 @@ def test_search_refuses_meaningless_values(tmp_path, capsys, args, needle):
 def test_constraints_nothing_meets_exit_non_zero_and_say_so(trained_run, tmp_path, capsys):
     sn = trained_run / "supernet" / "supernet.pt"
     assert main(["search", "--supernet", str(sn), "--run-root", str(tmp_path), "--max-params", "10",
-                 "--pop-size", "4", "--generations", "1", "--val-size", "40", "--pgd-steps", "1"]) == 2
+                 "--pop-size", "4", "--generations", "1", "--val-size", "40", "--pgd-steps", "1",
+                 "--finetune-members", "0"]) == 2
     line = error_line(capsys)
     assert "no candidate met the constraints (--max-params 10)" in line and "the smallest has" in line
     run = next((tmp_path / "search").iterdir())
@@ -277,7 +279,8 @@ def test_interrupt_names_the_run_to_resume(trained_run, tmp_path, capsys, monkey
 
     monkeypatch.setattr(sr, "run_generations", interrupted)
     sn = trained_run / "supernet" / "supernet.pt"
-    assert main(["search", "--supernet", str(sn), "--run-root", str(tmp_path), "--name", "x"]) == 130
+    assert main(["search", "--supernet", str(sn), "--run-root", str(tmp_path), "--name", "x",
+                 "--finetune-members", "0"]) == 130
     run = next((tmp_path / "search").iterdir())
     assert f"--resume {run}" in capsys.readouterr().err
 

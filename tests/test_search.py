@@ -22,7 +22,7 @@ from nasctl.nas.train import TrainConfig, train_supernet
 from .test_train import one_line_error
 
 SMALL = dict(pop_size=6, generations=3, val_size=60, pgd_steps=2, calib_batches=1, final_steps=2,
-             final_restarts=1)
+             final_restarts=1, finetune_members=0)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,8 @@ def _nasctl(*args, cwd):
 
 def test_kill_and_resume_gives_the_same_front(supernet_ckpt, tmp_path):
     """SIGKILL a real search process mid-generation, resume it, compare with an uninterrupted run."""
-    common = ["search", "--supernet", str(supernet_ckpt), "--pop-size", "8", "--generations", "4",
+    common = ["search", "--supernet", str(supernet_ckpt), "--finetune-members", "0", "--pop-size", "8",
+              "--generations", "4",
               "--val-size", "200", "--pgd-steps", "3", "--run-root", str(tmp_path)]
     full = _nasctl(*common, "--name", "full", cwd=tmp_path)
     assert full.wait(timeout=600) == 0, full.stderr.read()[-2000:]

@@ -1,0 +1,144 @@
+"""The fine-tune stage and ``nasctl finetune``: members trained on their own, recorded, re-read,
+exported and evaluated with their own weights; the search run is never written by a fine-tune."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from nasctl.nas.data import load_dataset
+from nasctl.nas.evaluate import test_accuracy as final_attack_accuracy
+from nasctl.nas.finetune import reset_weights, spread_picks
+from nasctl.nas.search import SearchConfig
+from nasctl.nas.search_run import resume_search, search
+from nasctl.nas.subnet_ckpt import load_subnet
+from nasctl.nas.train import TrainConfig, train_supernet
+
+from nasctl.cli import main
+
+from .test_reliability import error_line, tree
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ft")
+    ckpt = train_supernet(TrainConfig(limit_train=256, epochs=2, eval_size=40, eval_steps=2, attack_steps=2,
+                                      run_root=str(root)))[0]
+    return search(SearchConfig(supernet=str(ckpt), run_root=str(root), pop_size=6, generations=2, val_size=60,
+                               pgd_steps=2, calib_batches=1, final_steps=2, final_restarts=1,
+                               finetune_members=2, finetune_epochs=1)).parent
+
+
+def _tuned(doc: dict) -> list[dict]:
+    return [r for r in doc["front"] if "finetuned_adv_acc" in r]
+
+
+def test_search_records_finetuned_members_that_reproduce(tuned_run):
+    doc = json.loads((tuned_run / "pareto.json").read_text())
+    tuned = _tuned(doc)
+    assert len(tuned) == min(2, len(doc["front"]))
+    assert doc["front"][doc["knee"]] in tuned
+    data = load_dataset("digits", seed=0)
+    for r in tuned:
+        ckpt = tuned_run / r["finetuned_checkpoint"]
+        result = json.loads(ckpt.with_name("result.json").read_text())
+        assert (result["clean_acc"], result["adv_acc"]) == (r["finetuned_clean_acc"], r["finetuned_adv_acc"])
+        sub = load_subnet(ckpt)
+        assert sub.genome == r["genome"] and sum(p.numel() for p in sub.model.parameters()) == r["params"]
+        again = final_attack_accuracy(sub.model, sub.genome, data.test, sub.eps, 1, 2, 1)
+        assert again["adv_acc"] == r["finetuned_adv_acc"]  # the checkpoint is the network that was scored
+    summary = (tuned_run / "summary.md").read_text()
+    assert "fine-tuned PGD %" in summary
+
+
+def test_export_takes_the_finetuned_weights_and_says_so(tuned_run, tmp_path, capsys):
+    doc = json.loads((tuned_run / "pareto.json").read_text())
+    assert main(["export", "--run", str(tuned_run), "--target", "onnx", "--out", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert "with fine-tuned weights" in out.splitlines()[2]
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    knee_ckpt = tuned_run / doc["front"][doc["knee"]]["finetuned_checkpoint"]
+    assert report["source"]["kind"] == "subnet" and Path(report["source"]["checkpoint"]) == knee_ckpt
+    assert "bn_recalibrated_on_images" in report["steps"][0]["info"]
+    assert report["steps"][0]["info"]["bn_recalibrated_on_images"] == 0  # its own statistics are kept
+
+
+def test_resume_inside_the_finetune_stage_redoes_only_what_is_left(tuned_run, tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(tuned_run, run)
+    before = json.loads((run / "pareto.json").read_text())
+    first, second = [run / r["finetuned_checkpoint"] for r in _tuned(before)]
+    (run / "pareto.json").unlink()
+    (first.with_name("result.json")).unlink()  # as if killed while training this member
+    kept = second.with_name("result.json").read_bytes()
+    after = json.loads(resume_search(run).read_text())
+    strip = [{k: v for k, v in r.items() if k != "eval_seconds"} for r in before["front"]]
+    assert strip == [{k: v for k, v in r.items() if k != "eval_seconds"} for r in after["front"]]
+    assert second.with_name("result.json").read_bytes() == kept
+
+
+def test_finetune_command_writes_its_own_run_and_leaves_the_search_alone(tuned_run, tmp_path, capsys):
+    before = tree(tuned_run)
+    assert main(["finetune", "--run", str(tuned_run), "--pick", "0", "--epochs", "1",
+                 "--run-root", str(tmp_path)]) == 0
+    assert tree(tuned_run) == before
+    out = next((tmp_path / "finetune").iterdir())
+    result = json.loads((out / "result.json").read_text())
+    front = json.loads((tuned_run / "pareto.json").read_text())["front"]
+    assert result["genome"] == front[0]["genome"] and result["epochs"] == 1
+    assert json.loads((out / "config.json").read_text())["command"] == "finetune"
+    assert main(["eval", "--checkpoint", str(out / "subnet.pt"), "--steps", "2", "--restarts", "1",
+                 "--n-images", "40", "--run-root", str(tmp_path)]) == 0
+    assert main(["export", "--checkpoint", str(out / "subnet.pt"), "--target", "onnx",
+                 "--out", str(tmp_path / "e")]) == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--pick", "99"], "outside the front"),
+    (["--pick", "ir_k3_e3_c8-bogus_c4"], "bogus"),
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "-3"], "--epochs"),
+])
+def test_finetune_bad_input_is_one_line(tuned_run, tmp_path, capsys, args, needle):
+    assert main(["finetune", "--run", str(tuned_run), "--run-root", str(tmp_path), *args]) == 2
+    assert needle in error_line(capsys)
+    assert not (tmp_path / "finetune").exists() or not any((tmp_path / "finetune").iterdir())
+
+
+def test_finetune_of_a_missing_run_is_one_line(tmp_path, capsys):
+    assert main(["finetune", "--run", str(tmp_path / "nothere")]) == 2
+    assert "does not exist" in error_line(capsys)
+
+
+def test_interrupted_finetune_leaves_the_search_run_untouched(tuned_run, tmp_path, capsys, monkeypatch):
+    import nasctl.nas.finetune as ft
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "adversarial_train", interrupted)
+    before = tree(tuned_run)
+    assert main(["finetune", "--run", str(tuned_run), "--run-root", str(tmp_path)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert tree(tuned_run) == before
+
+
+def test_from_scratch_initialisation_is_seeded_and_not_inherited(tuned_run):
+    sub = load_subnet(next((tuned_run / "finetune").glob("*/subnet.pt")))
+    a = reset_weights(load_subnet(sub.path).model, seed=3).state_dict()
+    b = reset_weights(load_subnet(sub.path).model, seed=3).state_dict()
+    inherited = sub.model.state_dict()
+    convs = [k for k, v in a.items() if k.endswith("weight") and v.dim() == 4]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(not torch.equal(a[k], inherited[k]) for k in convs)
+
+
+def test_spread_picks_cover_the_size_range_with_the_knee():
+    front = [{"params": p} for p in (1_000, 1_500, 3_000, 5_000, 9_000, 14_000, 20_000, 50_000)]
+    assert spread_picks(front, knee=4, k=4) == [0, 2, 4, 7]
+    assert 5 in spread_picks(front, knee=5, k=3)
+    assert spread_picks(front, knee=0, k=0) == []
+    assert spread_picks(front[:2], knee=0, k=5) == [0, 1]
