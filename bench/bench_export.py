@@ -163,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from nasctl.export import ExportConfig, export
     from nasctl.export.source import load_source
-    from nasctl.nas.checkpoint import atomic_write_json
-    from nasctl.nas.runs import versions
+    from nasctl.core import versions
     from nasctl.nas.space import Genome
+
+    from nasctl.core import atomic_write_json
 
     out = Path(args.out or f"bench/results/export-{time.strftime('%Y%m%d-%H%M%S')}")
     checkpoint, genomes = pick_genomes(args)

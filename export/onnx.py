@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nasctl.nas.checkpoint import atomic_write_bytes
 from torch import nn
+
+from nasctl.core import atomic_write_bytes
 
 OPSET = 17
 INPUT_NAME = "input"

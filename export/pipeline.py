@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nasctl.nas.checkpoint import atomic_write_json
 from nasctl.nas.data import DataSplits, load_dataset
 from nasctl.nas.errors import NasctlError
+
+from nasctl.core import atomic_write_json
 
 from .errors import ExportError
 from .source import ExportSource, RunPick, latest_run, load_source, pick_from_run, sha256_file
@@ -154,19 +155,6 @@ def _resolve(cfg: ExportConfig) -> tuple[ExportSource, RunPick | None]:
     return load_source(checkpoint, arch), pick
 
 
-def _versions(base: dict[str, str]) -> dict[str, str]:
-    """nasctl's run versions plus the converter helpers that can change an export."""
-    from importlib import metadata as md
-
-    out = dict(base)
-    for pkg in ("onnxsim", "tf-keras", "onnxscript"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
@@ -255,7 +243,9 @@ def _prepare_out_dir(cfg: ExportConfig, genome: str) -> Path:
 
 def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
     """Everything before the first step: target, model, data, output folder, config.json."""
-    from nasctl.nas.runs import versions, write_run_config
+    from nasctl.nas.runs import write_run_config
+
+    from nasctl.core import versions
 
     cfg.validate()
     target = get_target(cfg.target)
@@ -300,7 +290,7 @@ def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
         "data_seed": data_seed,
         "source": provenance,
         "checkpoint_sha256": source.checkpoint_sha256,
-        "versions": _versions(versions()),
+        "versions": versions(extra=("onnxsim", "tf-keras", "onnxscript")),  # + converter helpers
         "preprocessing": "none: float32 pixels in [0, 1]; (x - mean) / std happens inside the model",
         "io": {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -16,10 +16,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from nasctl.nas.checkpoint import load_supernet, sha256_file  # noqa: F401 (re-exported)
+from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.select import RunPick, latest_run, pick_from_run, read_front  # noqa: F401 (re-exported)
 from nasctl.nas.space import GenomeError, SearchSpace
 from torch import nn
+
+from nasctl.core import sha256_file
 
 log = logging.getLogger(__name__)
 

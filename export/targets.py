@@ -7,9 +7,10 @@ names; tests parametrised over :data:`TARGETS` cover it.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from dataclasses import dataclass
+
+from nasctl.core import did_you_mean
 
 from .errors import ExportError
 
@@ -70,9 +71,8 @@ def get_target(name: str) -> Target:
     """The registered target ``name``; an unknown name raises with the known ones and a guess."""
     if name in TARGETS:
         return TARGETS[name]
-    close = difflib.get_close_matches(str(name), list(TARGETS), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ExportError(f"unknown export target {name!r}: {hint}choose one of {', '.join(TARGETS)} (--target)")
+    hint = did_you_mean(name, TARGETS)
+    raise ExportError(f"unknown export target {name!r}{hint} (--target takes {', '.join(TARGETS)})")
 
 
 def missing_modules(modules: tuple[str, ...] | list[str]) -> list[str]:

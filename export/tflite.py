@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
-from nasctl.nas.checkpoint import atomic_write_bytes
+
+from nasctl.core import atomic_write_bytes
 
 from .errors import ConversionError, ExportError
 from .targets import EXTRA_HINT

@@ -22,7 +22,6 @@ torchvision's own classes read, under ``data_dir``, downloading them if allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import math
 import os
@@ -35,6 +34,8 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
+
+from nasctl.core import did_you_mean
 
 from .errors import NasctlError
 
@@ -448,8 +449,7 @@ def _lookup(name: str) -> DatasetLoader:
     key = name.strip().lower()
     if key in DATASETS:
         return DATASETS[key]
-    close = difflib.get_close_matches(key, dataset_names(), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, dataset_names())
     raise NasctlError(f"unknown data set {name!r}{hint} (known: {', '.join(dataset_names())})")
 
 

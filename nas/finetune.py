@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasctl.core import atomic_write_json, resolve_device
+
 from .attacks import PGD, evaluate, make_attack
-from .checkpoint import atomic_write_json
 from .data import DataSplits
 from .errors import NasctlError, RunInterrupted
 
@@ -171,7 +172,6 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     from .data import load_dataset
     from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
     from .select import latest_run, pick_from_run
-    from .train import resolve_device
 
     cfg.validate()
     pick = pick_from_run(cfg.run or latest_run(cfg.run_root), cfg.pick)

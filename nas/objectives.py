@@ -7,8 +7,9 @@ hypervolume reference point (1.1 in every objective) is meaningful across runs o
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
+
+from nasctl.core import did_you_mean
 
 from .errors import NasctlError
 
@@ -41,9 +42,8 @@ def parse_objectives(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
                           f"e.g. clean_acc,adv_acc,params")
     for n in names:
         if n not in OBJECTIVES:
-            hint = difflib.get_close_matches(n, list(OBJECTIVES), n=1)
-            raise NasctlError(f"unknown objective {n!r}" + (f": did you mean {hint[0]!r}?" if hint else "")
-                              + f"; choose from {', '.join(OBJECTIVES)}")
+            raise NasctlError(f"unknown objective {n!r}{did_you_mean(n, OBJECTIVES)}; choose from "
+                              f"{', '.join(OBJECTIVES)}")
         if n == "latency_ms":
             raise NasctlError("objective latency_ms needs a latency source (nasctl profile / on-device "
                               "measurements), which this version does not have yet: use params, int8_bytes "

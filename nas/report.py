@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text
+
 from .objectives import OBJECTIVES
 from .space import SKIP, Genome, SearchSpace
 
@@ -180,8 +181,6 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
 def write_outputs(run_dir: Path, space: SearchSpace, meta: dict[str, Any], archive: list[dict[str, Any]],
                   front: list[dict[str, Any]], history: list[dict[str, Any]]) -> int:
     """Write pareto.json, layer_stats.csv, the plots and summary.md; returns the knee index."""
-    from .checkpoint import atomic_write_json
-
     objs = tuple(meta["objectives"])
     knee = knee_index(front, objs) if front else -1
     atomic_write_json(run_dir / "pareto.json", {**meta, "knee": knee, "front": front})

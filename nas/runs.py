@@ -10,39 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import fcntl
 import os
-import platform
 import sys
 import time
 import types
 import typing
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 import yaml
 
-from .checkpoint import atomic_write_json
+from nasctl.core import atomic_write_json, did_you_mean, versions
+
 from .errors import NasctlError
 
 C = TypeVar("C")
-
-VERSIONED = ("nasctl", "torch", "torchvision", "numpy", "pymoo", "scikit-learn", "onnx", "onnxruntime",
-             "onnx2tf", "tensorflow", "ai-edge-litert")
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the packages that can change a result (missing ones omitted)."""
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in VERSIONED:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
 
 def merge_config(cls: type[C], yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> C:
     """Build config ``cls`` from its defaults, then a YAML file, then non-None ``overrides``."""
@@ -94,9 +77,8 @@ def build_config(cls: type[C], values: dict[str, Any], source: str) -> C:
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in values.items():
         if key not in names:
-            hint = difflib.get_close_matches(key, names, n=1)
-            raise NasctlError(f"unknown setting {key!r} for {cls.__name__} in {source}"
-                              + (f": did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(names)}"))
+            hint = did_you_mean(key, names) or f"; known: {', '.join(names)}"
+            raise NasctlError(f"unknown setting {key!r} for {cls.__name__} in {source}{hint}")
         allowed = _allowed_types(hints[key])
         if not _type_ok(value, allowed):
             want = " or ".join(sorted({"none" if t is type(None) else t.__name__ for t in allowed}))

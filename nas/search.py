@@ -363,7 +363,7 @@ def run_generations(state: SearchState, cfg: SearchConfig, history_path: Path | 
                              time.perf_counter() - t0)
         history.append(st)
         if history_path is not None:
-            from .checkpoint import atomic_write_json
+            from nasctl.core import atomic_write_json
 
             atomic_write_json(history_path, {"reference_point": HV_REFERENCE,
                                              "objectives": list(state.objectives),

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nasctl.core import atomic_write_json, resolve_device, sha256_file
+
 from . import train as train_mod
-from .checkpoint import LoadedSupernet, atomic_write_json, load_supernet, sha256_file
+from .checkpoint import LoadedSupernet, load_supernet
 from .data import load_dataset
 from .errors import NasctlError, RunInterrupted
 from .evaluate import CandidateEvaluator, EvalSettings, final_evaluation
@@ -172,7 +174,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks, train_callb
     eps = cfg.eps if cfg.eps is not None else loaded.eps
     data = load_dataset(cfg.dataset, cfg.data_dir, seed=int(loaded.config.get("seed", cfg.seed)),
                         val_size=loaded.config.get("val_size"))
-    device = train_mod.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     settings = EvalSettings(pgd_steps=cfg.pgd_steps, val_size=cfg.val_size, calib_batches=cfg.calib_batches)
     evaluator = CandidateEvaluator(loaded.supernet, data, eps, settings, seed=cfg.seed, device=device)
     if len(archive):

@@ -92,7 +92,7 @@ def run_supernet(run_dir: str | os.PathLike, doc: dict[str, Any]) -> str:
     absolute one that no longer exists falls back to the run's own ``supernet/supernet.pt``. When the
     run recorded the checkpoint's SHA-256, a candidate with another hash is not taken.
     """
-    from .checkpoint import sha256_file
+    from nasctl.core import sha256_file
 
     run_dir = Path(run_dir)
     ref = doc.get("supernet")

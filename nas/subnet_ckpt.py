@@ -15,7 +15,9 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import atomic_torch_save, build_supernet, read_checkpoint
+from nasctl.core import atomic_torch_save
+
+from .checkpoint import build_supernet, read_checkpoint
 from .errors import NasctlError
 from .space import SearchSpace
 

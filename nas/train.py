@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
+
 from .attacks import PGD, Attack, evaluate, make_attack, trades_loss
-from .checkpoint import FORMAT, atomic_torch_save, atomic_write_text, build_supernet, read_checkpoint
+from .checkpoint import FORMAT, build_supernet, read_checkpoint
 from .data import DataSplits, load_dataset
 from .errors import NasctlError, RunInterrupted
 from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
@@ -100,16 +102,6 @@ def resolve_space(cfg: TrainConfig) -> SearchSpace:
         return load_space(name, cfg.width_mult)
     except ValueError as e:
         raise NasctlError(str(e)) from e
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NasctlError(f"--device {name}: CUDA is not available on this machine "
-                          f"(torch {torch.__version__}); "
-                          f"use --device cpu or install a CUDA build of torch")
-    return torch.device(name)
 
 
 class _Paths(nn.Module):

@@ -16,12 +16,13 @@ from nasctl.export import TARGETS, ConversionError
 from nasctl.export.pipeline import FLOAT_FILE, INT8_FILE, STEPS, StepRecord
 from nasctl.export.targets import missing_modules
 from nasctl.export.verify import Check
-from nasctl.nas.checkpoint import FORMAT, atomic_torch_save
+from nasctl.nas.checkpoint import FORMAT
 from nasctl.nas.data import load_dataset
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import Supernet
 
 from nasctl.cli import main
+from nasctl.core import atomic_torch_save
 
 GENOMES = [
     "dsc_k3_c8-skip-ghost_c16-skip-shuffle_c24-skip",
@@ -199,7 +200,7 @@ def test_default_is_the_knee_of_the_newest_run(run_dir, tmp_path, capsys, monkey
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--target", "tflight"], "unknown export target 'tflight': did you mean 'tflite'?"),
+        (["--target", "tflight"], "unknown export target 'tflight'; did you mean 'tflite'?"),
         (["--target", "onnx", "--int8"], "--int8 is not supported for --target onnx: use --target tflite"),
         (["--arch", GENOMES[0]], "--arch needs --checkpoint"),
         (["--pick", "7"], "--pick 7 is outside the front"),

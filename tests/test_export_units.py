@@ -54,7 +54,7 @@ def test_every_target_plans_prepare_then_onnx(name):
 
 def test_unknown_target_names_the_known_ones():
     with pytest.raises(
-        ExportError, match=r"unknown export target 'tflight': did you mean 'tflite'\? .*onnx, tflite"
+        ExportError, match=r"unknown export target 'tflight'; did you mean 'tflite'\? .*onnx, tflite"
     ):
         get_target("tflight")
 

@@ -184,7 +184,7 @@ def test_full_disk_on_history_json_is_one_line_and_resumable(trained_run, tmp_pa
     """In-test fault injection: history.json's write fails as on a full disk; the archive survives."""
     import errno
 
-    import nasctl.nas.checkpoint as ck
+    import nasctl.core as ck
 
     real = ck.atomic_write_json
 

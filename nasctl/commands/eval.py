@@ -23,7 +23,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nasctl.nas.checkpoint import atomic_write_json, load_supernet
+    from nasctl.core import atomic_write_json
+    from nasctl.nas.checkpoint import load_supernet
     from nasctl.nas.data import load_dataset
     from nasctl.nas.errors import NasctlError
     from nasctl.nas.evaluate import CandidateEvaluator
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _eval_subnet(sub, cfg, args) -> int:
     """A fine-tuned subnet checkpoint: its own weights and BatchNorm statistics, nothing recalibrated."""
-    from nasctl.nas.checkpoint import atomic_write_json
+    from nasctl.core import atomic_write_json
     from nasctl.nas.data import load_dataset
     from nasctl.nas.robust_eval import strong_evaluation
     from nasctl.nas.runs import make_run_dir, write_run_config

@@ -1,0 +1,127 @@
+"""Small helpers every nasctl package shares: atomic writes, file hashes, versions, "did you mean",
+the compute device. One copy of each, imported by ``nas``, ``export`` and the tools built on them.
+
+Light on purpose: nothing heavy is imported at module load (torch only inside the functions that
+need it), so the command line and future device tools (adb) can use it without paying for torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+# packages whose version can change a result; every run folder records them
+VERSIONED = ("nasctl", "torch", "torchvision", "numpy", "pymoo", "scikit-learn", "onnx", "onnxruntime",
+             "onnx2tf", "tensorflow", "ai-edge-litert")
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    A crash at any moment leaves either the old file or the new one under the real name, never a
+    truncated one; the temp file is removed on any failure. The result gets ordinary permissions
+    (mkstemp makes 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + rename)."""
+    atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically; a failed write (torch reports it as RuntimeError) becomes an OSError
+    that says what happened, ENOSPC when the disk is full."""
+    import torch
+
+    def save(tmp: str) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            full = shutil.disk_usage(Path(path).parent).free < (1 << 20)
+            why = os.strerror(errno.ENOSPC) if full else f"torch.save failed ({str(e).splitlines()[0]})"
+            raise OSError(errno.ENOSPC if full else errno.EIO, why, str(path)) from e
+
+    atomic_write_with(path, save)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks: identifies a checkpoint across copies and moves."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    """Installed versions of the packages that can change a result (missing ones omitted)."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in (*VERSIONED, *extra):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``: the tail of an error line."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def resolve_device(name: str):
+    """``auto`` -> CUDA when available, else CPU; a CUDA device asked for on a machine without one is
+    one clear error (raised as the caller's ``NasctlError``)."""
+    import torch
+
+    from nasctl.nas.errors import NasctlError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NasctlError(f"--device {name}: CUDA is not available on this machine "
+                          f"(torch {torch.__version__}); "
+                          f"use --device cpu or install a CUDA build of torch")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise NasctlError(f"--device {name!r} is not a device ({e}): use auto, cpu, cuda or cuda:N") from e
