@@ -55,10 +55,15 @@ def to_uint8_grid(x_adv: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
     return q.astype(np.float32)
 
 
+def _pgd_attack(cfg: RobustnessConfig) -> PGD:
+    """The white-box attack of (a) and (b): the project's PGD, settings from the config."""
+    return PGD(eps=cfg.eps, steps=cfg.pgd_steps, restarts=cfg.pgd_restarts)
+
+
 def _pgd(
     model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: RobustnessConfig, batch_size: int = 256
 ) -> np.ndarray:
-    attack = PGD(eps=cfg.eps, steps=cfg.pgd_steps, restarts=cfg.pgd_restarts)
+    attack = _pgd_attack(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     out = []
     for i in range(0, len(x), batch_size):
@@ -89,14 +94,10 @@ def deployed_robustness(
     int8_clean = int8_logits.argmax(1) == y
     float_clean = float_predict(x).argmax(1) == y
     twin_logits = torch_logits(twin, x)
+    pgd = _pgd_attack(cfg)
     pgd_settings = {
-        "attack": "pgd",
-        "norm": "Linf",
-        "eps": cfg.eps,
-        "steps": cfg.pgd_steps,
-        "alpha": 2.5 * cfg.eps / max(cfg.pgd_steps, 1),
-        "restarts": cfg.pgd_restarts,
-        "random_start": True,
+        **{k: v for k, v in pgd.to_dict().items() if k != "model_mode"},
+        "alpha": pgd.step_size,  # the step the attack really takes (its default when not set)
         "seed": cfg.seed,
     }
     attacks: dict[str, dict[str, Any]] = {}

@@ -11,7 +11,7 @@ running statistics are a mixture over all paths and would make the inner maximis
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, ClassVar
 
 import torch
@@ -34,11 +34,43 @@ def _uniform(shape_like: torch.Tensor, low: float, high: float, gen: torch.Gener
 
 @dataclass
 class Attack:
-    """Base: threat model L-inf, budget ``eps`` on pixels in [0, 1]."""
+    """Base: threat model L-inf, budget ``eps`` on pixels in [0, 1].
+
+    Capabilities live on the class, so training and evaluation ask the registry instead of branching
+    on names: ``trainable`` (offered by ``nasctl train --attack``), ``single_step`` (one gradient per
+    example: fast, and prone to catastrophic overfitting, so training checks PGD accuracy every epoch),
+    ``train_step`` (the step size adversarial training uses, as a fraction of eps; None: the attack's
+    own default), ``needs_clean_logits`` and :meth:`training_loss`.
+    """
 
     name: ClassVar[str] = ""
+    trainable: ClassVar[bool] = False
+    single_step: ClassVar[bool] = False
+    train_step: ClassVar[float | None] = None
+    needs_clean_logits: ClassVar[bool] = False  # the training loss also uses the clean batch's logits
     eps: float = 8 / 255
     model_mode: str = "eval"  # "eval" for evaluation; "train" inside adversarial training
+
+    @classmethod
+    def settings(cls) -> set[str]:
+        """The names of the settings this attack takes."""
+        return {f.name for f in fields(cls)}
+
+    @classmethod
+    def for_training(cls, eps: float, steps: int, alpha: float | None = None, beta: float | None = None
+                     ) -> "Attack":
+        """This attack as adversarial training runs it: ``model_mode="train"``, step ``train_step * eps``
+        unless ``alpha`` is given; ``steps`` and ``beta`` where the attack has them."""
+        if alpha is None and cls.train_step is not None:
+            alpha = cls.train_step * eps
+        offered = {"steps": steps, "alpha": alpha, "beta": beta}
+        return cls(eps=eps, model_mode="train",
+                   **{k: v for k, v in offered.items() if k in cls.settings() and v is not None})
+
+    def training_loss(self, adv_logits: torch.Tensor, y: torch.Tensor,
+                      clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss adversarial training minimises: cross-entropy on the adversarial batch."""
+        return F.cross_entropy(adv_logits, y)
 
     def to_dict(self) -> dict:
         return {"attack": self.name, "norm": "Linf", **{k: v for k, v in asdict(self).items()}}
@@ -92,6 +124,8 @@ class FGSMRS(Attack):
     eps-ball, one step of ``alpha`` (default 1.25 eps), projected back to the ball."""
 
     name: ClassVar[str] = "fgsm-rs"
+    trainable: ClassVar[bool] = True
+    single_step: ClassVar[bool] = True
     alpha: float | None = None
 
     def perturb(self, model, x, y, gen):
@@ -108,6 +142,8 @@ class NFGSM(Attack):
     projection back to the eps-ball (only to [0, 1]); avoids catastrophic overfitting at no cost."""
 
     name: ClassVar[str] = "n-fgsm"
+    trainable: ClassVar[bool] = True
+    single_step: ClassVar[bool] = True
     noise_mult: float = 2.0
 
     def perturb(self, model, x, y, gen):
@@ -127,6 +163,8 @@ class PGD(Attack):
     """
 
     name: ClassVar[str] = "pgd"
+    trainable: ClassVar[bool] = True
+    train_step: ClassVar[float | None] = 0.25  # Madry's PGD-7 with step eps/4
     steps: int = 10
     alpha: float | None = None
     restarts: int = 1
@@ -167,6 +205,9 @@ class TRADESAttack(Attack):
     from a small Gaussian start (0.001)."""
 
     name: ClassVar[str] = "trades"
+    trainable: ClassVar[bool] = True
+    train_step: ClassVar[float | None] = 0.25
+    needs_clean_logits: ClassVar[bool] = True
     steps: int = 10
     alpha: float | None = None
     beta: float = 6.0  # weight of the robust KL term in the training loss
@@ -183,6 +224,11 @@ class TRADESAttack(Attack):
         return x_adv
 
 
+    def training_loss(self, adv_logits, y, clean_logits=None):
+        """CE(clean) + beta * KL(f(x) || f(x')): TRADES trains on the clean logits too."""
+        return trades_loss(clean_logits, adv_logits, y, self.beta)
+
+
 def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
                 beta: float) -> torch.Tensor:
     """CE(clean) + beta * KL(f(x) || f(x')) averaged over the batch (TRADES training objective)."""
@@ -190,15 +236,28 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
     return F.cross_entropy(logits_clean, y) + beta * kl
 
 
-def make_attack(name: str, **kwargs) -> Attack:
-    """An attack from the registry by name, with only the settings it accepts."""
-    if name not in ATTACKS:
-        from .errors import NasctlError
+def make_attack(name: str, **settings) -> Attack:
+    """An attack from the registry by name. A setting the attack does not take is an error, not
+    silently dropped: a typo or a setting meant for another attack must not change what is measured."""
+    from nasctl.core import did_you_mean
 
-        raise NasctlError(f"unknown attack {name!r}: choose one of {', '.join(sorted(ATTACKS))}")
+    from .errors import NasctlError
+
+    if name not in ATTACKS:
+        raise NasctlError(f"unknown attack {name!r}{did_you_mean(name, ATTACKS)}; choose one of "
+                          f"{', '.join(sorted(ATTACKS))}")
     cls = ATTACKS[name]
-    fields = set(cls.__dataclass_fields__)
-    return cls(**{k: v for k, v in kwargs.items() if k in fields and v is not None})
+    unknown = sorted(set(settings) - cls.settings())
+    if unknown:
+        raise NasctlError(f"attack {name!r} takes no setting {', '.join(map(repr, unknown))}"
+                          f"{did_you_mean(unknown[0], cls.settings())}; it takes "
+                          f"{', '.join(sorted(cls.settings()))}")
+    return cls(**{k: v for k, v in settings.items() if v is not None})
+
+
+def training_attacks() -> list[str]:
+    """Names of the attacks ``nasctl train --attack`` offers (the registry's trainable ones)."""
+    return [n for n, cls in ATTACKS.items() if cls.trainable]
 
 
 @dataclass

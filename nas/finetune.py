@@ -21,12 +21,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nasctl.core import atomic_write_json, resolve_device
 
-from .attacks import PGD, evaluate, make_attack
+from .attacks import ATTACKS, PGD, evaluate
 from .data import DataSplits
 from .errors import NasctlError, RunInterrupted
 
@@ -76,8 +75,7 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    attack = make_attack(cfg.attack, eps=cfg.eps, steps=cfg.attack_steps, alpha=cfg.eps / 4,
-                         model_mode="train")
+    attack = ATTACKS[cfg.attack].for_training(cfg.eps, cfg.attack_steps, cfg.eps / 4)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     images, t0, loss = 0, time.perf_counter(), torch.tensor(0.0)
@@ -86,7 +84,8 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
         for x, y in data.train.batches(cfg.batch_size, shuffle=True, generator=data_gen, drop_last=True):
             x, y = x.to(device), y.to(device)
             x_adv = attack(model, x, y, attack_gen)
-            loss = F.cross_entropy(model(x_adv), y)
+            clean_logits = model(x) if attack.needs_clean_logits else None
+            loss = attack.training_loss(model(x_adv), y, clean_logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
 
-from .attacks import PGD, Attack, evaluate, make_attack, trades_loss
+from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
 from .checkpoint import FORMAT, build_supernet, read_checkpoint
 from .data import DataSplits, load_dataset
 from .errors import NasctlError, RunInterrupted
@@ -39,8 +38,7 @@ from .supernet import Supernet, recalibrate_bn
 
 log = logging.getLogger(__name__)
 
-TRAIN_ATTACKS = ("pgd", "fgsm-rs", "n-fgsm", "trades")
-SINGLE_STEP = ("fgsm-rs", "n-fgsm")
+TRAIN_ATTACKS = tuple(training_attacks())  # the registry's trainable attacks (for --attack choices)
 
 
 @dataclass
@@ -196,11 +194,11 @@ class Trainer:
 
     def _make_train_attack(self, eps: float) -> Attack:
         cfg = self.cfg
-        alpha = cfg.attack_alpha
-        if alpha is None and cfg.attack in ("pgd", "trades"):
-            alpha = eps / 4
-        return make_attack(cfg.attack, eps=eps, steps=cfg.attack_steps, alpha=alpha, model_mode="train",
-                           beta=cfg.trades_beta)
+        return ATTACKS[cfg.attack].for_training(eps, cfg.attack_steps, cfg.attack_alpha, cfg.trades_beta)
+
+    @property
+    def single_step(self) -> bool:
+        return ATTACKS[self.cfg.attack].single_step
 
     def epoch_eps(self, epoch: int) -> float:
         """Training eps of 0-based ``epoch``: a linear ramp over ``eps_warmup`` epochs, then eps."""
@@ -272,14 +270,14 @@ class Trainer:
                     advs.append(self.train_attack(self.supernet, x, y, self.attack_gen))
             k = len(genomes)
             with self._autocast():
-                if cfg.attack == "trades":  # TRADES needs clean logits with gradient
+                if self.train_attack.needs_clean_logits:  # e.g. TRADES: clean logits with gradient
                     outs = self.paths(genomes + genomes, advs + [x] * k)
                     adv_logits, clean_logits = outs[:k], outs[k:]
-                    losses = [trades_loss(c.float(), a.float(), y, cfg.trades_beta)
+                    losses = [self.train_attack.training_loss(a.float(), y, c.float())
                               for c, a in zip(clean_logits, adv_logits)]
                 else:
                     adv_logits = self.paths(genomes, advs)
-                    losses = [F.cross_entropy(a.float(), y) for a in adv_logits]
+                    losses = [self.train_attack.training_loss(a.float(), y) for a in adv_logits]
                     with torch.no_grad():  # clean accuracy, for the progress display only
                         clean_logits = []
                         for g in genomes:
@@ -306,7 +304,7 @@ class Trainer:
         if self.world > 1:
             torch.distributed.all_reduce(sums)
         tot_loss, tot_clean, tot_adv, tot_n, images = sums.tolist()
-        every = 1 if cfg.attack in SINGLE_STEP else max(cfg.eval_every, 1)
+        every = 1 if self.single_step else max(cfg.eval_every, 1)
         val = self.validate() if self.epoch % every == 0 or self.epoch >= cfg.epochs else {}
         m = EpochMetrics(self.epoch, lr, tot_loss / max(tot_n, 1), 100 * tot_clean / max(tot_n, 1),
                          100 * tot_adv / max(tot_n, 1), val, seconds, images / max(seconds, 1e-9))
@@ -334,9 +332,9 @@ class Trainer:
         adv = m.val["largest"]["adv_acc"]
         if adv > self.best_adv:
             self.best_adv = adv
-            if self.cfg.attack in SINGLE_STEP:
+            if self.single_step:
                 self.best_state = copy.deepcopy(self.supernet.state_dict())
-        elif self.cfg.attack in SINGLE_STEP and adv < self.best_adv - self.cfg.co_drop:
+        elif self.single_step and adv < self.best_adv - self.cfg.co_drop:
             log.warning("catastrophic overfitting: PGD-%d accuracy fell from %.1f%% to %.1f%% at epoch %d; "
                         "restoring the best weights and stopping (use --attack n-fgsm or pgd)",
                         self.cfg.eval_steps, self.best_adv, adv, m.epoch)

@@ -21,7 +21,7 @@ def test_undefended_model_is_trained(undefended_model, digits):
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_eps_zero_leaves_accuracy_unchanged(undefended_model, digits, name):
-    attack = make_attack(name, eps=0.0, steps=5)
+    attack = make_attack(name, eps=0.0, **({"steps": 5} if "steps" in ATTACKS[name].settings() else {}))
     r = _acc(undefended_model, digits, attack)
     assert r.adv_acc == pytest.approx(r.clean_acc)
 
@@ -107,6 +107,29 @@ def test_trades_loss_reduces_to_cross_entropy_when_outputs_agree():
 def test_unknown_attack_is_a_clear_error():
     with pytest.raises(NasctlError, match="unknown attack 'pgdd'"):
         make_attack("pgdd", eps=0.1)
+
+
+def test_unknown_setting_is_refused_not_dropped():
+    with pytest.raises(NasctlError, match="'fgsm-rs' takes no setting 'steps'"):
+        make_attack("fgsm-rs", eps=0.1, steps=7)
+    with pytest.raises(NasctlError, match="did you mean 'restarts'"):
+        make_attack("pgd", eps=0.1, restart=3)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in ATTACKS.items() if c.trainable))
+def test_training_attacks_come_from_the_registry(name):
+    from nasctl.nas.train import TRAIN_ATTACKS
+
+    cls = ATTACKS[name]
+    assert name in TRAIN_ATTACKS
+    a = cls.for_training(0.1, steps=7, beta=6.0)
+    assert a.model_mode == "train" and a.eps == 0.1
+    if cls.train_step is not None:
+        assert a.alpha == pytest.approx(cls.train_step * 0.1)  # PGD/TRADES: step eps/4
+    assert cls.for_training(0.1, steps=7, alpha=0.05).to_dict().get("alpha", 0.05) == 0.05
+    logits, y = torch.randn(4, 10), torch.randint(0, 10, (4,))
+    loss = a.training_loss(logits, y, logits.clone() if cls.needs_clean_logits else None)
+    assert loss.dim() == 0 and torch.isfinite(loss)
 
 
 def test_to_dict_states_threat_model():
