@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     loaded = load_supernet(cfg.supernet)
     state = search.SearchState(loaded.space, parse_objectives(cfg.objectives), lambda g: {},
                                _sizes_fn(loaded.space, loaded.dataset), search.Archive(Path("/nonexistent")),
-                               cfg, search.Callbacks())
+                               cfg, search.SearchCallbacks())
     union: dict[str, dict] = {}
     rows = []
     for run, c in zip(args.runs, cfgs):

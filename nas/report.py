@@ -2,7 +2,7 @@
 
 The layer-wise statistics of the first front (how often each block type and width appears at each
 layer) are TAM-NAS's design guideline for robust tiny networks; they go to ``layer_stats.csv`` and
-a heat map. Plots use matplotlib's Agg backend so no display is needed.
+a heat map. Plots are plain matplotlib Figures rendered to PNG: no display, no pyplot state.
 """
 
 from __future__ import annotations
@@ -65,21 +65,20 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _plt():
-    import matplotlib
+def _figure(**kwargs):
+    """A matplotlib Figure that belongs to no pyplot state: no backend is switched (a notebook user's
+    stays as it is) and nothing has to be closed (matplotlib's documented way for servers)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_projections(path: Path, archive: list[dict[str, Any]], front: list[dict[str, Any]],
                      objectives: tuple[str, ...]) -> None:
     """2-D projections of the front over every evaluated candidate, one panel per objective pair."""
-    plt = _plt()
     pairs = list(itertools.combinations(objectives, 2))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4), squeeze=False)
+    fig = _figure(figsize=(4.6 * len(pairs), 4))
+    axes = fig.subplots(1, len(pairs), squeeze=False)
     for ax, (a, b) in zip(axes[0], pairs):
         ax.scatter([r[a] for r in archive], [r[b] for r in archive], s=10, c="0.75", label="evaluated")
         ax.scatter([r[a] for r in front], [r[b] for r in front], s=24, c="C3", label="Pareto front")
@@ -92,27 +91,23 @@ def plot_projections(path: Path, archive: list[dict[str, Any]], front: list[dict
     axes[0][0].legend(loc="best", fontsize=8)
     fig.suptitle(f"{len(front)} non-dominated of {len(archive)} evaluated subnets")
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_hypervolume(path: Path, history: list[dict[str, Any]], label: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = _figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.plot([h["generation"] for h in history], [h["hypervolume"] for h in history], marker="o")
     ax.set_xlabel("generation")
     ax.set_ylabel("hypervolume")
     ax.set_title(label)
     ax.grid(alpha=0.3)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_layer_heatmap(path: Path, space: SearchSpace, front: list[dict[str, Any]]) -> None:
-    plt = _plt()
     ops, op_counts, widths, ch_counts = layer_stats(space, front)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(4 + 0.5 * (len(ops) + len(widths)),
-                                                0.5 * len(space.layers) + 2),
-                                 gridspec_kw={"width_ratios": [len(ops), max(len(widths), 1)]})
+    fig = _figure(figsize=(4 + 0.5 * (len(ops) + len(widths)), 0.5 * len(space.layers) + 2))
+    a1, a2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(ops), max(len(widths), 1)]})
     for ax, counts, labels, title in ((a1, op_counts, ops, "block type"), (a2, ch_counts, widths, "width")):
         m = np.array(counts)
         ax.imshow(m, cmap="viridis", aspect="auto")
@@ -124,7 +119,6 @@ def plot_layer_heatmap(path: Path, space: SearchSpace, front: list[dict[str, Any
                 ax.text(j, i, str(v), ha="center", va="center", color="w", fontsize=7)
         ax.set_title(f"{title} per layer on the first front")
     _save(fig, path)
-    plt.close(fig)
 
 
 def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: int,

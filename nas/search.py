@@ -109,7 +109,9 @@ class GenerationStats:
     seconds: float
 
 
-class Callbacks:
+class SearchCallbacks:
+    """Hooks for progress display (the CLI draws the bar); library code only calls these."""
+
     def on_generation(self, stats: GenerationStats, total: int) -> None: ...
     def on_evaluation(self, record: dict[str, Any]) -> None: ...
 
@@ -220,7 +222,7 @@ class SearchState:
 
     def __init__(self, space: SearchSpace, objectives: tuple[str, ...], evaluate_fn: Callable[[Genome], dict],
                  sizes: Callable[[Genome], dict], archive: Archive, cfg: SearchConfig,
-                 callbacks: Callbacks):
+                 callbacks: SearchCallbacks):
         self.space, self.objectives, self.evaluate_fn, self.sizes = space, objectives, evaluate_fn, sizes
         self.archive, self.cfg, self.cb = archive, cfg, callbacks
         largest = sizes(space.largest())

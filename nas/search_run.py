@@ -24,7 +24,7 @@ from .evaluate import CandidateEvaluator, EvalSettings, final_evaluation
 from .objectives import parse_objectives
 from .report import write_outputs
 from .runs import build_config, discard_if_unused, make_run_dir, run_lock, write_run_config
-from .search import HV_REFERENCE, Archive, Callbacks, SearchConfig, SearchState, run_generations
+from .search import HV_REFERENCE, Archive, SearchCallbacks, SearchConfig, SearchState, run_generations
 from .space import Genome, GenomeError
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
@@ -148,17 +148,17 @@ def _no_feasible_message(cfg: SearchConfig, archive: Archive) -> str:
             f"start a new search (this run's archive keeps every evaluation)")
 
 
-def execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks | None = None,
+def execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks | None = None,
             train_callbacks=None) -> Path:
     """Run (or continue) the search in ``run_dir``; returns the path of ``pareto.json``.
 
     Holds the run folder's lock throughout, so a second process cannot resume the same run at once.
     """
     with run_lock(run_dir):
-        return _execute(cfg, run_dir, callbacks or Callbacks(), train_callbacks)
+        return _execute(cfg, run_dir, callbacks or SearchCallbacks(), train_callbacks)
 
 
-def _execute(cfg: SearchConfig, run_dir: Path, callbacks: Callbacks, train_callbacks) -> Path:
+def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train_callbacks) -> Path:
     t0 = time.perf_counter()
     objectives = parse_objectives(cfg.objectives)
     ckpt_path = cfg.supernet or str(_train_first(cfg, run_dir, train_callbacks))
@@ -254,7 +254,7 @@ def _finetune_recipe() -> str:
             f"batch {f.batch_size}, from inherited weights with BN recalibrated")
 
 
-def search(cfg: SearchConfig, callbacks: Callbacks | None = None, train_callbacks=None) -> Path:
+def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_callbacks=None) -> Path:
     """Start a new search run folder under ``cfg.run_root``; returns the path of ``pareto.json``."""
     cfg.validate()
     if cfg.supernet is not None:
@@ -281,7 +281,8 @@ def config_from_run(doc: dict[str, Any], source: str = "the run's config.json") 
     return build_config(SearchConfig, {"mutation_genes": 1.0, "finetune_members": 0, **values}, source)
 
 
-def resume_search(run_dir: str | Path, callbacks: Callbacks | None = None, train_callbacks=None) -> Path:
+def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,
+                  train_callbacks=None) -> Path:
     """Continue a search run after a crash or interrupt, with the run's own config and seed."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"

@@ -131,7 +131,7 @@ class EpochMetrics:
     catastrophic_overfitting: bool = False
 
 
-class Callbacks:
+class TrainCallbacks:
     """Hooks for progress display; the CLI draws bars, library code only calls these."""
 
     def on_epoch_start(self, epoch: int, epochs: int, n_batches: int) -> None: ...
@@ -157,9 +157,9 @@ class Trainer:
     """Owns one training run: data, supernet, optimiser, generators, run folder and checkpoints."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, data: DataSplits | None = None,
-                 callbacks: Callbacks | None = None):
+                 callbacks: TrainCallbacks | None = None):
         self.cfg, self.run_dir = cfg, run_dir
-        self.cb = callbacks or Callbacks()
+        self.cb = callbacks or TrainCallbacks()
         self.device = resolve_device(cfg.device)
         self.rank, self.world = _dist_info()
         if self.device.type == "cuda" and self.world > 1:
@@ -171,8 +171,11 @@ class Trainer:
                                    self.data.test)
         self.space = resolve_space(cfg)
         self.eps = cfg.eps if cfg.eps is not None else self.data.info.default_eps
-        torch.manual_seed(cfg.seed)  # weight init only; all later randomness uses the generators below
-        self.supernet = build_supernet(self.space, self.data.info.to_dict()).to(self.device)
+        # weight init from the seed, without touching the caller's global RNG state (fork_rng restores it);
+        # all later randomness uses the generators below
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.supernet = build_supernet(self.space, self.data.info.to_dict()).to(self.device)
         self.paths: nn.Module = _Paths(self.supernet)
         if self.world > 1:
             self.paths = nn.parallel.DistributedDataParallel(self.paths, find_unused_parameters=True)
@@ -305,13 +308,13 @@ class Trainer:
             torch.distributed.all_reduce(sums)
         tot_loss, tot_clean, tot_adv, tot_n, images = sums.tolist()
         every = 1 if self.single_step else max(cfg.eval_every, 1)
-        val = self.validate() if self.epoch % every == 0 or self.epoch >= cfg.epochs else {}
+        val = self.check_paths() if self.epoch % every == 0 or self.epoch >= cfg.epochs else {}
         m = EpochMetrics(self.epoch, lr, tot_loss / max(tot_n, 1), 100 * tot_clean / max(tot_n, 1),
                          100 * tot_adv / max(tot_n, 1), val, seconds, images / max(seconds, 1e-9))
         self._guard_overfitting(m)
         return m
 
-    def validate(self) -> dict[str, dict[str, float]]:
+    def check_paths(self) -> dict[str, dict[str, float]]:
         """Clean and PGD accuracy of the largest and smallest subnets, BN recalibrated, eval mode."""
         out = {}
         val = self.data.val.subset(min(self.cfg.eval_size, len(self.data.val)))
@@ -393,7 +396,7 @@ def _json_line(obj: Any) -> str:
                       default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n"
 
 
-def train_supernet(cfg: TrainConfig, callbacks: Callbacks | None = None, run_dir: Path | None = None,
+def train_supernet(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, run_dir: Path | None = None,
                    data: DataSplits | None = None) -> tuple[Path, list[EpochMetrics]]:
     """Train a supernet in a new run folder; returns (path of supernet.pt, per-epoch metrics)."""
     owns_pg = _maybe_init_distributed(resolve_device(cfg.device))
@@ -435,7 +438,7 @@ def _writer_lock(run_dir: Path, rank: int):
     return run_lock(run_dir) if rank == 0 else contextlib.nullcontext()
 
 
-def resume_training(run_dir: str | Path, callbacks: Callbacks | None = None,
+def resume_training(run_dir: str | Path, callbacks: TrainCallbacks | None = None,
                     epochs: int | None = None) -> tuple[Path, list[EpochMetrics]]:
     """Continue a run from its last checkpoint with the run's own config (optionally more epochs)."""
     from .runs import build_config

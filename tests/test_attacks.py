@@ -73,7 +73,7 @@ def test_same_generator_seed_same_result(undefended_model, digits):
 
 def test_pgd_agrees_with_adversarial_robustness_toolbox(undefended_model, digits):
     """Our PGD and ART's independent ProjectedGradientDescent, same eps/step/steps: within 2 points."""
-    art = pytest.importorskip("art")
+    pytest.importorskip("art")
     from art.attacks.evasion import ProjectedGradientDescent
     from art.estimators.classification import PyTorchClassifier
 
@@ -91,7 +91,6 @@ def test_pgd_agrees_with_adversarial_robustness_toolbox(undefended_model, digits
         art_acc = 100.0 * np.mean(clean_ok
                                   & (undefended_model(torch.from_numpy(x_adv)).argmax(1).numpy() == y))
     ours = _acc(undefended_model, digits, PGD(eps=eps, steps=steps)).adv_acc
-    assert art.__version__
     assert abs(ours - art_acc) <= 2.0, (ours, art_acc)
     assert ours < 70.0  # and the attack does real work at this budget
 

@@ -32,14 +32,6 @@ from nasctl.nas.space import BLOCKS, GenomeError, SearchSpace, load_space
 from nasctl.nas.supernet import Supernet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: faster, and far faster on a shared CPU
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- targets --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_every_target_plans_prepare_then_onnx(name):

@@ -162,7 +162,7 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
 
     from nasctl.nas.search import (
         Archive,
-        Callbacks,
+        SearchCallbacks,
         SearchState,
         _make_nsga2,
         _make_problem,
@@ -181,7 +181,7 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
 
     cfg = SearchConfig(pop_size=40, generations=2, mutation_genes=mutation_genes, seed=seed)
     state = SearchState(space, ("clean_acc", "adv_acc", "params"), fake_accuracy, sizes,
-                        Archive(Path(tempfile.mkdtemp()) / "a.jsonl"), cfg, Callbacks())
+                        Archive(Path(tempfile.mkdtemp()) / "a.jsonl"), cfg, SearchCallbacks())
     algo, problem = _make_nsga2(space, cfg.pop_size, mutation_genes), _make_problem(state)
     algo.setup(problem, termination=("n_gen", 2), seed=seed, verbose=False)
     pop = algo.ask()
@@ -276,8 +276,19 @@ def test_eval_command_writes_strong_results(finished_run, tmp_path):
     assert r["robust_acc"] == min(a["acc"] for a in r["attacks"].values()) <= r["clean_acc"]
 
 
-def test_progress_is_shown(finished_run):
-    assert Path(finished_run / "summary.md").read_text().startswith("# nasctl search")
+def test_progress_is_shown(supernet_ckpt, tmp_path, capsys):
+    """The user sees a bar per generation with evaluations, hypervolume and the best values, then the
+    front as a table: what the CLI prints, not what it writes."""
+    from nasctl.cli import main
+
+    assert main(["search", "--supernet", str(supernet_ckpt), "--run-root", str(tmp_path), "--pop-size", "4",
+                 "--generations", "2", "--val-size", "40", "--pgd-steps", "1",
+                 "--finetune-members", "0"]) == 0
+    out, err = capsys.readouterr()
+    bar = err.replace("\r", "\n")
+    assert "search: 100%" in bar and "2/2" in bar and "evals=" in bar and "HV=" in bar
+    assert "best: clean_acc=" in bar
+    assert "Pareto front:" in out and "knee" in out and "run folder:" in out
 
 
 def test_hv_ceiling_bench_scores_runs_against_their_union(finished_run, supernet_ckpt, tmp_path, capsys,
@@ -300,3 +311,19 @@ def test_hv_ceiling_bench_scores_runs_against_their_union(finished_run, supernet
     other = search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path), seed=1, **SMALL)).parent
     with pytest.raises(SystemExit, match="differ in"):
         bench.main([str(finished_run), str(other)])
+
+
+def test_plots_leave_the_users_matplotlib_backend_alone(finished_run, tmp_path):
+    """A notebook user's backend must not be switched by writing a run's plots."""
+    import matplotlib
+    from nasctl.nas.report import plot_hypervolume
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        history = json.loads((finished_run / "history.json").read_text())["generations"]
+        plot_hypervolume(tmp_path / "hv.png", history, "x")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "hv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)

@@ -13,7 +13,14 @@ import torch
 from nasctl.nas.checkpoint import load_supernet, read_checkpoint
 from nasctl.nas.errors import NasctlError
 from nasctl.nas.space import load_space
-from nasctl.nas.train import Callbacks, EpochMetrics, TrainConfig, Trainer, resume_training, train_supernet
+from nasctl.nas.train import (
+    EpochMetrics,
+    TrainCallbacks,
+    TrainConfig,
+    Trainer,
+    resume_training,
+    train_supernet,
+)
 
 TINY = dict(limit_train=128, batch_size=64, epochs=2, eval_size=40, eval_steps=2, attack_steps=2)
 
@@ -68,7 +75,7 @@ def test_training_learns_something(tmp_path):
         assert history[-1].val[label]["clean_acc"] > 40.0, history[-1].val
 
 
-class _Crash(Callbacks):
+class _Crash(TrainCallbacks):
     def on_epoch_end(self, m: EpochMetrics) -> None:
         if m.epoch == 1:
             raise KeyboardInterrupt

@@ -23,12 +23,12 @@ def config_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def epoch_progress():
-    """A training Callbacks object that draws one tqdm bar per epoch on stderr."""
+    """A TrainCallbacks object that draws one tqdm bar per epoch on stderr."""
     from tqdm import tqdm
 
-    from nasctl.nas.train import Callbacks
+    from nasctl.nas.train import TrainCallbacks
 
-    class _Bars(Callbacks):
+    class _Bars(TrainCallbacks):
         bar = None
 
         def on_epoch_start(self, epoch, epochs, n_batches):

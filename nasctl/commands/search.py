@@ -50,9 +50,9 @@ def _progress():
     from tqdm import tqdm
 
     from nasctl.nas.objectives import OBJECTIVES
-    from nasctl.nas.search import Callbacks
+    from nasctl.nas.search import SearchCallbacks
 
-    class Bars(Callbacks):
+    class Bars(SearchCallbacks):
         bar = None
 
         def on_generation(self, st, total):
