@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from nasctl.nas.errors import NasctlError, RunInterrupted
 
     try:
-        return int(args.run(args) or 0)
+        return int(args.func(args) or 0)
     except NasctlError as e:
         _close_progress_bars()
         print(f"nasctl: error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--data-dir", help="folder of a torchvision data set")
     p.add_argument("--run-root", default="runs")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=run)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument(
         "--run",
         metavar="RUN",
-        dest="run_dir",
+        dest="run",
         help="search run folder (default: the newest under runs/search)",
     )
     g.add_argument("--pick", metavar="knee|INDEX|GENOME", help="member of the run's front (default knee)")
@@ -79,7 +79,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
         "fastest for tiny models on a busy CPU)",
     )
     add_config_flags(p)
-    p.set_defaults(run=run)
+    p.set_defaults(func=run)
 
 
 def _size(n: int | None) -> str:
@@ -124,9 +124,6 @@ def run(args: argparse.Namespace) -> int:
     from nasctl.nas.runs import merge_config
 
     overrides = config_overrides(args, ExportConfig)
-    overrides.pop("run", None)  # args.run is this function (set_defaults); --run lands in run_dir
-    if args.run_dir is not None:
-        overrides["run"] = args.run_dir
     cfg = merge_config(ExportConfig, args.config, overrides)
     result = export(cfg, callbacks=_printer())
     report = Path(result.out_dir) / "report.json"

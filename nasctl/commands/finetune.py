@@ -14,7 +14,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                        "subnet.pt (for nasctl eval/export --checkpoint) and result.json; the search run is "
                        "only read.")
     g = p.add_argument_group("what to train")
-    g.add_argument("--run", dest="run_dir", metavar="RUN",
+    g.add_argument("--run", metavar="RUN",
                    help="search run folder (default: the newest under runs/search)")
     g.add_argument("--pick", metavar="knee|INDEX|GENOME", help="member of the run's front (default knee)")
     g.add_argument("--from-scratch", action="store_true", default=None,
@@ -25,7 +25,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     add_config_flags(p)
-    p.set_defaults(run=run)
+    p.set_defaults(func=run)
 
 
 def _progress():
@@ -47,9 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from nasctl.nas.runs import merge_config
 
     overrides = config_overrides(args, FinetuneConfig)
-    overrides.pop("run", None)  # args.run is this function (set_defaults); --run lands in run_dir
-    if args.run_dir is not None:
-        overrides["run"] = args.run_dir
     cfg = merge_config(FinetuneConfig, args.config, overrides)
     path = finetune(cfg, _progress())
     r = json.loads(path.read_text())

@@ -43,7 +43,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
     add_config_flags(p)
-    p.set_defaults(run=run)
+    p.set_defaults(func=run)
 
 
 def _progress():

@@ -12,7 +12,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                        "runs/train/<stamp>-<name>/; --resume RUN continues it.")
     add_train_flags(p)
     p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its last checkpoint")
-    p.set_defaults(run=run)
+    p.set_defaults(func=run)
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
