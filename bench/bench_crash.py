@@ -3,8 +3,9 @@
     python bench/bench_crash.py --trials 10 --out bench/results/crash.json
 
 For each command, one uninterrupted reference run, then ``--trials`` runs killed with SIGKILL at a
-moment drawn uniformly from the reference's wall time (seeded, so the kill points are the same on
-every invocation), each finished by the command's own recovery:
+random point of their own progress -- a stage and a position inside it drawn from a seeded
+generator (e.g. "after 13 archived subnets, +0.31 s"), so kills land in every stage however loaded
+the machine is -- each finished by the command's own recovery:
 
 * ``train``: ``nasctl train --resume RUN``; the final ``supernet.pt`` weights must be bit-identical
   (``torch.equal`` on every tensor) to the reference's and ``metrics.jsonl`` must list every epoch once.
@@ -53,16 +54,76 @@ def run_to_end(args: list[str], cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
-def kill_after(args: list[str], cwd: Path, seconds: float) -> bool:
-    """Start ``nasctl args``, SIGKILL it after ``seconds``; False if it finished first."""
+def kill_when(args: list[str], cwd: Path, ready, delay: float) -> bool:
+    """Start ``nasctl args``; once ``ready()`` holds, wait ``delay`` s and SIGKILL it. False if it
+    finished first (then nothing was interrupted)."""
     p = nasctl(args, cwd)
+    while p.poll() is None and not ready():
+        time.sleep(0.01)
     try:
-        p.wait(timeout=seconds)
+        p.wait(timeout=delay)
         return False
     except subprocess.TimeoutExpired:
         p.send_signal(signal.SIGKILL)
         p.wait()
         return True
+
+
+def lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def first(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def train_point(rng: random.Random, root: Path):
+    """Kill during epoch k+1 (k complete epochs on disk), anywhere in its first second."""
+    k = rng.randrange(0, 4)
+
+    def ready() -> bool:
+        run = first(root / "train", "*")
+        return run is not None and lines(run / "metrics.jsonl") >= k
+
+    return f"epoch {k + 1}", ready
+
+
+def search_point(rng: random.Random, root: Path):
+    """A stage of the search (supernet training, generations, final evaluation / fine-tune stage,
+    writing outputs) and a position inside it."""
+    stage = rng.choice(["training", "generations", "final evaluation", "fine-tune", "outputs"])
+    n = {"training": rng.randrange(0, 2), "generations": rng.randrange(1, 24)}.get(stage, 0)
+
+    def ready() -> bool:
+        run = first(root / "search", "*")
+        if run is None:
+            return False
+        if stage == "training":
+            return lines(run / "supernet" / "metrics.jsonl") >= n
+        if stage == "generations":
+            return lines(run / "archive.jsonl") >= n
+        if stage == "final evaluation":
+            return lines(run / "archive.jsonl") >= 24 and (run / "history.json").is_file() and len(
+                json.loads((run / "history.json").read_text())["generations"]) >= 3
+        if stage == "fine-tune":
+            return (run / "finetune").is_dir()
+        return len(list((run / "finetune").glob("*/result.json"))) >= 2 or (run / "pareto.json").is_file()
+
+    return f"{stage} ({n})" if n else stage, ready
+
+
+def export_point(rng: random.Random, out: Path):
+    """After s recorded steps of the export's report (0: before the first)."""
+    s = rng.randrange(0, 2)
+
+    def ready() -> bool:
+        try:
+            return len(json.loads((out / "report.json").read_text())["steps"]) >= s
+        except (OSError, ValueError, KeyError):
+            return False
+
+    return f"step {s + 1}", ready
 
 
 def sha(path: Path) -> str:
@@ -86,24 +147,25 @@ def train_state(run: Path) -> dict:
     return {"model": sd, "epochs": epochs}
 
 
-def train_trial(work: Path, ref: dict, t: float) -> dict:
+def train_trial(work: Path, ref: dict, rng: random.Random) -> dict:
     import shutil
 
     import torch
 
     root = work / "runs"
-    killed = kill_after([*TRAIN, "--run-root", str(root)], work, t)
+    point, ready = train_point(rng, root)
+    delay = rng.uniform(0.0, 1.0)
+    killed = kill_when([*TRAIN, "--run-root", str(root)], work, ready, delay)
     run = only(root / "train", "*")
     if not killed:
-        stage = "finished before the kill"
+        stage = f"{point} +{delay:.2f} s: finished before the kill"
     elif run is None or not (run / "checkpoint.pt").exists():
-        stage = "before the first checkpoint"  # nothing finished yet: a fresh start is the recovery
+        stage = f"{point} +{delay:.2f} s, before the first checkpoint"  # nothing to resume: start again
         shutil.rmtree(root, ignore_errors=True)
         run_to_end([*TRAIN, "--run-root", str(root)], work)
         run = only(root / "train", "*")
     else:
-        n = len((run / "metrics.jsonl").read_text().splitlines())
-        stage = f"after epoch {n}"
+        stage = f"{point} +{delay:.2f} s ({lines(run / 'metrics.jsonl')} epochs on disk)"
         run_to_end(["train", "--resume", str(run)], work)
     got = train_state(run)
     same = got["epochs"] == ref["epochs"] and got["model"].keys() == ref["model"].keys() and all(
@@ -130,19 +192,21 @@ def search_state(run: Path) -> dict:
 
 
 def search_stage(run: Path | None) -> str:
-    if run is None or not (run / "archive.jsonl").exists():
-        return "supernet training"
-    if (run / "pareto.json").exists():
-        return "writing plots and summary"
-    n = len((run / "archive.jsonl").read_text().splitlines())
-    return f"search or final evaluation ({n} subnets archived)"
+    """What was on disk when the process died."""
+    if run is None:
+        return "no run folder yet"
+    tuned = len(list((run / "finetune").glob("*/result.json")))
+    return (f"{lines(run / 'supernet' / 'metrics.jsonl')} epochs, {lines(run / 'archive.jsonl')} subnets, "
+            f"{tuned} fine-tuned, pareto.json {'written' if (run / 'pareto.json').is_file() else 'not yet'}")
 
 
-def search_trial(work: Path, ref: dict, t: float) -> dict:
+def search_trial(work: Path, ref: dict, rng: random.Random) -> dict:
     root = work / "runs"
-    killed = kill_after([*SEARCH, "--run-root", str(root)], work, t)
+    point, ready = search_point(rng, root)
+    delay = rng.uniform(0.0, 1.0)
+    killed = kill_when([*SEARCH, "--run-root", str(root)], work, ready, delay)
     run = only(root / "search", "*")
-    stage = search_stage(run) if killed else "finished before the kill"
+    stage = f"{point} +{delay:.2f} s: " + (search_stage(run) if killed else "finished before the kill")
     archive = run / "archive.jsonl" if run is not None else None
     before = archive.read_bytes() if archive is not None and archive.exists() else b""
     if run is None:
@@ -158,16 +222,19 @@ def search_trial(work: Path, ref: dict, t: float) -> dict:
 
 
 # --- export --------------------------------------------------------------------------------------
-def export_trial(work: Path, run: Path, ref_onnx: str, t: float) -> dict:
+def export_trial(work: Path, run: Path, ref_onnx: str, rng: random.Random) -> dict:
     out = work / "out"
     args = ["export", "--run", str(run), "--target", "onnx", "--out", str(out), "--threads", "1"]
-    killed = kill_after(args, work, t)
+    point, ready = export_point(rng, out)
+    delay = rng.uniform(0.0, 0.5)
+    killed = kill_when(args, work, ready, delay)
     clean = True
-    stage = "finished before the kill"
+    stage = f"{point} +{delay:.2f} s: finished before the kill"
     if killed:
         report = out / "report.json"
-        stage = "before report.json" if not report.exists() else "step " + str(len(
-            json.loads(report.read_text())["steps"]) + 1)
+        where = ("before report.json" if not report.exists()
+                 else f"in step {len(json.loads(report.read_text())['steps']) + 1}")
+        stage = f"{point} +{delay:.2f} s: {where}"
         if report.exists():
             doc = json.loads(report.read_text())  # must parse: written atomically
             for name, rec in doc.get("artifacts", {}).items():
@@ -208,18 +275,16 @@ def main(argv: list[str] | None = None) -> dict:
                 ref = sha(ref_dir / "out" / "model.onnx")
             rows = []
             for i in range(args.trials):
-                t = rng.uniform(0.05, 0.98) * wall
                 work = base / f"{command}-{i}"
                 work.mkdir()
                 if command == "train":
-                    row = train_trial(work, ref, t)
+                    row = train_trial(work, ref, rng)
                 elif command == "search":
-                    row = search_trial(work, ref, t)
+                    row = search_trial(work, ref, rng)
                 else:
-                    row = export_trial(work, ref_search_run, ref, t)
-                row["kill_at_s"] = round(t, 2)
+                    row = export_trial(work, ref_search_run, ref, rng)
                 rows.append(row)
-                print(f"{command:>6} trial {i}: kill at {t:5.1f} s of {wall:.1f} ({row['stage']}): "
+                print(f"{command:>6} trial {i}: {row['stage']}: "
                       f"{'identical' if row['identical'] else 'DIFFERENT'}, "
                       f"{'lost nothing' if row['lost_nothing'] else 'LOST DATA'}", flush=True)
             results["commands"][command] = {"reference_wall_s": round(wall, 1), "rows": rows,
