@@ -71,9 +71,18 @@ class CandidateEvaluator:
 def final_evaluation(evaluator: CandidateEvaluator, genome: Genome, split: TensorSplit, steps: int = 20,
                      restarts: int = 3) -> dict:
     """Strong re-evaluation of a front member on the test split: PGD-``steps`` with restarts."""
-    sub = evaluator.subnet(genome)
-    attack = PGD(eps=evaluator.eps, steps=steps, restarts=restarts)
-    gen = torch.Generator(device=evaluator.device).manual_seed(genome_seed(evaluator.seed + 1, genome))
-    r = evaluate(sub, split.batches(evaluator.s.eval_batch_size), attack, evaluator.device, gen)
+    return strong_evaluation(evaluator.subnet(genome), split, evaluator.eps, evaluator.seed, genome, steps,
+                             restarts, evaluator.device, evaluator.s.eval_batch_size)
+
+
+def strong_evaluation(model: torch.nn.Module, split: TensorSplit, eps: float, seed: int, genome: Genome | str,
+                      steps: int = 20, restarts: int = 3, device: torch.device | str = "cpu",
+                      batch_size: int = 256) -> dict:
+    """The final attack on any model (inherited, fine-tuned or a hand-designed baseline): PGD-``steps``
+    (step 2.5 eps / steps) with ``restarts`` random restarts, seeded by (seed, genome) exactly as the
+    search's final evaluation, so numbers from the front and from baselines are comparable."""
+    attack = PGD(eps=eps, steps=steps, restarts=restarts)
+    gen = torch.Generator(device=device).manual_seed(genome_seed(seed + 1, genome))
+    r = evaluate(model, split.batches(batch_size), attack, device, gen)
     return {"final_clean_acc": r.clean_acc, "final_adv_acc": r.adv_acc, "final_attack": attack.to_dict(),
             "final_split": "test", "final_images": r.n}

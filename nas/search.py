@@ -243,7 +243,7 @@ def _make_nsga2(space: SearchSpace, pop_size: int, mutation_genes: float = 2.0):
             return X
 
     dup = SameGenome()
-    prob_var = min(1.0, mutation_genes / len(space.genes()))  # block and width per layer (+ group, stem, head)
+    prob_var = min(1.0, mutation_genes / len(space.genes()))  # per layer block and width; group, stem, head
     return NSGA2(pop_size=pop_size, sampling=SeededSampling(),
                  mating=MixedVariableMating(selection=Tournament(func_comp=binary_tournament),
                                             mutation={Choice: ChoiceRandomMutation(prob_var=prob_var)},

@@ -78,7 +78,8 @@ class SearchSpace:
             raise ValueError(f"space {self.name!r}: unknown block types {unknown}; known: {sorted(BLOCKS)}")
         if self.width_mult <= 0:
             raise ValueError(f"space {self.name!r}: width_mult must be > 0, got {self.width_mult}")
-        if any(c <= 0 for c in _choices(self.stem_channels)) or any(c < 0 for c in _choices(self.head_channels)):
+        stems, heads = _choices(self.stem_channels), _choices(self.head_channels)
+        if any(c <= 0 for c in stems) or any(c < 0 for c in heads):
             raise ValueError(f"space {self.name!r}: stem widths must be > 0 and head widths >= 0 (0: no head "
                              f"conv), got {self.stem_channels} and {self.head_channels}")
         self._check_groups()
