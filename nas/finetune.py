@@ -38,10 +38,14 @@ class SubnetTrainConfig:
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = True  # the supernet trainer's choice
     weight_decay: float = 5e-4
     attack: str = "pgd"
     attack_steps: int = 7
     eps: float = 0.1
+    # epochs over which the training eps ramps up linearly from eps/eps_warmup (0: full eps from the
+    # start); the supernet trainer ramps over 10 epochs
+    eps_warmup: int = 0
     seed: int = 0
 
 
@@ -73,13 +77,14 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
     """
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=True)
+                          nesterov=cfg.nesterov)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    attack = ATTACKS[cfg.attack].for_training(cfg.eps, cfg.attack_steps, cfg.eps / 4)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     images, t0, loss = 0, time.perf_counter(), torch.tensor(0.0)
     for epoch in range(cfg.epochs):
+        eps = cfg.eps * min(1.0, (epoch + 1) / cfg.eps_warmup) if cfg.eps_warmup > 0 else cfg.eps
+        attack = ATTACKS[cfg.attack].for_training(eps, cfg.attack_steps, eps / 4)
         model.train()
         for x, y in data.train.batches(cfg.batch_size, shuffle=True, generator=data_gen, drop_last=True):
             x, y = x.to(device), y.to(device)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import NasctlError
 from .objectives import DEFAULT_OBJECTIVES, OBJECTIVES, SIZE_OBJECTIVES, minimised, parse_objectives
-from .space import SKIP, Genome, LayerGene, SearchSpace
+from .space import Genome, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -192,29 +192,18 @@ def _pymoo():
 
 
 def space_vars(space: SearchSpace) -> dict[str, Any]:
-    """One pymoo ``Choice`` per gene: the block of each layer and its width."""
+    """One pymoo ``Choice`` per gene of the space (:meth:`SearchSpace.genes`): the group, stem and
+    head widths where searched, and the block and width of each layer."""
     *_, Choice, _ = _pymoo()
-    out = {}
-    for lc in space.layers:
-        out[f"L{lc.index:02d}_op"] = Choice(options=list(lc.ops))
-        out[f"L{lc.index:02d}_ch"] = Choice(options=list(lc.channels))
-    return out
+    return {name: Choice(options=list(options)) for name, options in space.genes()}
 
 
 def vars_from_genome(space: SearchSpace, genome: Genome) -> dict[str, Any]:
-    x = {}
-    for gene, lc in zip(genome.layers, space.layers):
-        x[f"L{lc.index:02d}_op"] = gene.op
-        x[f"L{lc.index:02d}_ch"] = gene.channels if gene.op != SKIP else min(lc.channels)
-    return x
+    return {name: options[i] for (name, options), i in zip(space.genes(), space.to_vector(genome))}
 
 
 def genome_from_vars(space: SearchSpace, x: dict[str, Any]) -> Genome:
-    genes = []
-    for lc in space.layers:
-        op, ch = str(x[f"L{lc.index:02d}_op"]), int(x[f"L{lc.index:02d}_ch"])
-        genes.append(LayerGene(op) if op == SKIP else LayerGene(op, ch))
-    return Genome(tuple(genes))
+    return space.from_vector([options.index(x[name]) for name, options in space.genes()])
 
 
 class SearchState:
@@ -302,7 +291,7 @@ def _make_nsga2(space: SearchSpace, pop_size: int, mutation_genes: float = 2.0):
             return X
 
     dup = SameGenome()
-    prob_var = min(1.0, mutation_genes / (2 * len(space.layers)))  # two genes per layer: block and width
+    prob_var = min(1.0, mutation_genes / len(space.genes()))  # per layer block and width; group, stem, head
     return NSGA2(pop_size=pop_size, sampling=SeededSampling(),
                  mating=MixedVariableMating(selection=Tournament(func_comp=binary_tournament),
                                             mutation={Choice: ChoiceRandomMutation(prob_var=prob_var)},

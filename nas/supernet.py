@@ -18,7 +18,7 @@ from torch import nn
 
 from .space import BLOCKS, SKIP, Genome, SearchSpace, to_static
 from .space.blocks import family_block
-from .space.layers import BNSpec, ConvSpec
+from .space.layers import BNSpec, ConvSpec, LinearSpec
 
 
 class Normalize(nn.Module):
@@ -34,30 +34,64 @@ class Normalize(nn.Module):
 
 
 class Stem(nn.Module):
+    """3x3 conv -> BN -> ReLU at the widest stem width; a subnet uses the first ``width`` filters."""
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
+        self.cin, self.stride = cin, stride
         spec = ConvSpec(cin, cout, 3, stride)
         self.conv, self.bn = spec.build(), BNSpec(cout).build()
+
+    def set_active(self, width: int) -> None:
+        self.conv.set_active(ConvSpec(self.cin, width, 3, self.stride))
+        self.bn.set_active(BNSpec(width))
 
     def forward(self, x):
         return F.relu(self.bn(self.conv(x)))
 
 
 class Head(nn.Module):
-    """1x1 conv to the head width, global average pool, linear classifier."""
+    """Optional 1x1 conv -> BN -> ReLU to the head width, global average pool, linear classifier.
 
-    def __init__(self, cin: int, width: int, num_classes: int):
+    ``widths`` are the head widths the space allows; 0 is "no head conv": the pooled features of the
+    last block go straight into the classifier, as in the small hand-designed CNNs. That path has
+    its own classifier (``fc_direct``): its inputs are block features, not head features, and
+    sharing one weight matrix between the two meanings would make them compete.
+    """
+
+    def __init__(self, cin: int, widths: Sequence[int], num_classes: int):
         super().__init__()
-        self.width = width
-        self.conv, self.bn = ConvSpec(cin, width, 1).build(), BNSpec(width).build()
-        self.fc = nn.Linear(width, num_classes)
+        self.cin_max, self.num_classes = cin, num_classes
+        top = max(widths)
+        self.width = top
+        if top:
+            self.conv, self.bn = ConvSpec(cin, top, 1).build(), BNSpec(top).build()
+            self.fc = LinearSpec(top, num_classes).build()
+        if 0 in widths:
+            self.fc_direct = LinearSpec(cin, num_classes).build()
 
-    def set_active(self, cin: int) -> None:
-        self.conv.set_active(ConvSpec(cin, self.width, 1))
+    def set_active(self, cin: int, width: int | None = None) -> None:
+        """Route ``cin`` input channels through a head conv of ``width`` (default: the widest; 0: none)."""
+        width = self.width if width is None else width
+        if width:
+            self.conv.set_active(ConvSpec(cin, width, 1))
+            self.bn.set_active(BNSpec(width))
+            self.fc.set_active(LinearSpec(width, self.num_classes))
+        else:
+            self.fc_direct.set_active(LinearSpec(cin, self.num_classes))
+        self.width = width
+
+    def drop_inactive(self) -> None:
+        """Remove the path this head does not use (in an extracted subnet)."""
+        for name in (("fc_direct",) if self.width else ("conv", "bn", "fc")):
+            if hasattr(self, name):
+                delattr(self, name)
 
     def forward(self, x):
-        x = F.relu(self.bn(self.conv(x)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        if self.width:
+            x = F.relu(self.bn(self.conv(x)))
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return self.fc_direct(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 class Subnet(nn.Module):
@@ -73,15 +107,49 @@ class Subnet(nn.Module):
         return self.head(self.blocks(self.stem(self.normalize(x))))
 
 
+def sub_supernets(space: SearchSpace) -> list[int]:
+    """For each block group of ``space``, the index of its sub-supernet (stem and head owner):
+    groups linked by a shared weight family fall into one, the others get one each."""
+    groups = space.groups
+    owner = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while owner[i] != i:
+            i = owner[i]
+        return i
+
+    families = [{BLOCKS[t].family for t in g} for g in groups]
+    for i in range(len(groups)):
+        for j in range(i):
+            if families[i] & families[j]:
+                owner[root(i)] = root(j)
+    roots = sorted({root(i) for i in range(len(groups))})
+    return [roots.index(root(i)) for i in range(len(groups))]
+
+
 class Supernet(nn.Module):
-    """Every layer holds every allowed block at the layer's largest width; one path runs at a time."""
+    """Every layer holds every allowed block at the layer's largest width; one path runs at a time.
+
+    In a space with ``block_groups`` the groups form few-shot sub-supernets (:func:`sub_supernets`),
+    each with its own stem and head (``stems[i]``, ``heads[i]``): groups whose blocks share a weight
+    family (``conv_k3`` is the first filters of ``fir_k3``'s expansion conv) share them too, groups
+    of unrelated blocks do not -- one stem and head for inverted residuals and dense blocks trained
+    worse than one each, while the two dense groups trained better sharing theirs
+    (``bench/bench_block_mixing.py``, BENCHMARKS.md).
+    """
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int,
                  mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.space, self.in_channels, self.num_classes = space, in_channels, num_classes
         self.normalize = Normalize(mean, std)
-        self.stem = Stem(in_channels, space.stem, space.stem_stride)
+        self.sub_of_group = sub_supernets(space)
+        n_sub = max(self.sub_of_group) + 1
+        stems = [Stem(in_channels, space.stem, space.stem_stride) for _ in range(n_sub)]
+        if n_sub == 1:
+            self.stem = stems[0]
+        else:
+            self.stems = nn.ModuleList(stems)
         self.choices = nn.ModuleList()
         max_in = space.stem
         for lc in space.layers:
@@ -94,19 +162,32 @@ class Supernet(nn.Module):
                                                for fam, tokens in families.items()}))
             # a skip layer passes its input through, so the next layer may see up to the max of both
             max_in = max(max_out, max_in) if SKIP in lc.ops else max_out
-        self.head = Head(max_in, space.head, num_classes)
+        heads = [Head(max_in, space.head_choices, num_classes) for _ in range(n_sub)]
+        if n_sub == 1:
+            self.head = heads[0]
+        else:
+            self.heads = nn.ModuleList(heads)
         self.active: Genome | None = None
+        self._sub = 0
         self.set_active(space.largest())
 
     def set_active(self, genome: Genome) -> None:
         self.space.validate(genome)
-        cin = self.space.stem
+        self._sub = self.sub_of_group[self.space.group_of(genome)] if self.space.block_groups else 0
+        cin = self.space.stem_of(genome)
+        self.active_stem().set_active(cin)
         for gene, ops in zip(genome.layers, self.choices):
             if gene.op != SKIP:
                 ops[BLOCKS[gene.op].family].set_active(cin, gene.channels, gene.op)
                 cin = gene.channels
-        self.head.set_active(cin)
+        self.active_head().set_active(cin, self.space.head_of(genome))
         self.active = genome
+
+    def active_stem(self) -> Stem:
+        return self.stems[self._sub] if hasattr(self, "stems") else self.stem
+
+    def active_head(self) -> Head:
+        return self.heads[self._sub] if hasattr(self, "heads") else self.head
 
     def sample(self, rng: np.random.Generator) -> Genome:
         return self.space.sample(rng)
@@ -115,21 +196,41 @@ class Supernet(nn.Module):
         return [ops[BLOCKS[g.op].family] for g, ops in zip(self.active.layers, self.choices) if g.op != SKIP]
 
     def forward(self, x):
-        x = self.stem(self.normalize(x))
+        x = self.active_stem()(self.normalize(x))
         for block in self.active_blocks():
             x = block(x)
-        return self.head(x)
+        return self.active_head()(x)
 
     def extract(self, genome: Genome) -> Subnet:
         """A static copy of one subnet with its weights (and BatchNorm statistics) sliced out."""
         self.set_active(genome)
-        parts = copy.deepcopy(nn.ModuleList([self.normalize, self.stem, *self.active_blocks(), self.head]))
-        for block in parts[2:-1]:
+        parts = copy.deepcopy(nn.ModuleList([self.normalize, self.active_stem(), *self.active_blocks(),
+                                             self.active_head()]))
+        for block in parts[2:]:
             block.drop_inactive()
         to_static(parts)
         subnet = Subnet(parts[0], parts[1], list(parts[2:-1]), parts[-1], genome.encode())
         subnet.train(self.training)
         return subnet
+
+
+def build_subnet(space: SearchSpace, genome: Genome | str, in_channels: int, num_classes: int,
+                 mean: Sequence[float], std: Sequence[float], seed: int = 0) -> Subnet:
+    """A freshly initialised static subnet of ``genome`` (no supernet weights): for training from
+    scratch and for hand-designed baselines written as genomes, so that a baseline is built by the
+    same code as every searched model. Each layer is initialised for its own shape (Kaiming
+    fan-out for convs, PyTorch's defaults for BatchNorm and the classifier), seeded by ``seed``."""
+    g = space.parse(genome) if isinstance(genome, str) else space.validate(genome)
+    sub = Supernet(space, in_channels, num_classes, mean, std).extract(g)
+    torch.manual_seed(seed)
+    for m in sub.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
+            m.reset_parameters()
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+    return sub.train()
 
 
 @torch.no_grad()

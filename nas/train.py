@@ -47,7 +47,9 @@ class TrainConfig:
     data_dir: str | None = None  # where torchvision data sets live (downloaded there when online)
     space: str | None = None  # built-in space name or YAML path; None: 'digits' for digits, else 'tam'
     width_mult: float = 1.0  # multiplies every channel choice (TAM-NAS question b)
-    epochs: int = 30  # digits: about 2 min on 2 CPU cores (uniform sampling, PGD-7)
+    # digits: about 1 min on 2 CPU cores (uniform sampling, PGD-7); the dense digits space needs the 60
+    # (30 left its subnets at about 90 / 62 % clean / PGD, the smallest far lower; BENCHMARKS.md)
+    epochs: int = 60
     batch_size: int = 64
     lr: float = 0.1  # SGD (Nesterov), cosine-annealed to 0
     momentum: float = 0.9

@@ -24,7 +24,7 @@ def undefended_model(digits):
     from nasctl.nas.supernet import Supernet
 
     torch.manual_seed(0)
-    space = load_space("digits")
+    space = load_space("digits-ir")
     info = digits.info
     net = Supernet(space, info.in_channels, info.num_classes, info.mean, info.std)
     model = net.extract(space.parse("ir_k3_e3_c16-skip-ir_k3_e3_c32-skip-ir_k3_e3_c48-skip"))

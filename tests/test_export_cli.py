@@ -35,8 +35,8 @@ GENOMES = [
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An (untrained) digits supernet checkpoint in the format 'nasctl train' writes."""
-    # the digits layout with every block family (the built-in digits space offers only ir + skip)
-    space = SearchSpace.from_dict({**load_space("digits").to_dict(), "name": "digits-mixed",
+    # the 6-layer digits-ir layout with every block family (the built-in spaces offer fewer)
+    space = SearchSpace.from_dict({**load_space("digits-ir").to_dict(), "name": "digits-mixed",
                                    "blocks": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost",
                                               "shuffle", "skip"]})
     info = load_dataset("digits").info

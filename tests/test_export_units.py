@@ -289,7 +289,7 @@ def test_per_channel_weight_quantisation():
 
 
 def test_twin_tracks_the_float_model_and_has_gradients():
-    space = SearchSpace.from_dict({**load_space("digits").to_dict(), "name": "digits-mixed",
+    space = SearchSpace.from_dict({**load_space("digits-ir").to_dict(), "name": "digits-mixed",
                                    "blocks": ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "dsc_k3", "ghost",
                                               "shuffle", "skip"]})
     torch.manual_seed(0)

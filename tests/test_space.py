@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -60,13 +62,13 @@ def test_genome_from_another_space_is_rejected():
     g = digits.largest()
     with pytest.raises(GenomeError, match="layers"):
         tam.validate(g)
-    with pytest.raises(GenomeError, match="channels"):
+    with pytest.raises(GenomeError, match="stem width"):
         load_space("digits", width_mult=0.5).validate(g)
     stride2 = next(lc.index for lc in digits.layers if lc.stride == 2)
     layers = list(digits.smallest().layers)
     layers[stride2] = Genome.decode("skip").layers[0]
     with pytest.raises(GenomeError, match="not allowed"):
-        digits.validate(Genome(tuple(layers)))
+        digits.validate(dataclasses.replace(digits.smallest(), layers=tuple(layers)))
 
 
 def _conv_macs_by_hooks(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -154,3 +156,89 @@ def test_every_block_slices_exactly(token, stride):
     assert torch.allclose(block(x), static(x), atol=1e-6)
     assert static(x).shape == (2, 16, 4 if stride == 2 else 8, 4 if stride == 2 else 8)
     assert sum(p.numel() for p in static.parameters()) == block.cost(12, 16, 8)[0]
+
+
+# the hand-designed CNNs of bench/bench_baselines.py as genomes of the built-in digits space, with
+# their parameter counts: 24 / 48 / 96 / 80 fewer than the same nets written with conv biases
+# (1,466 / 5,226 / 19,658 / 14,538), because a bias in front of BatchNorm is redundant
+HAND_DESIGNED = {
+    "stem_c8-skip-skip-conv_k3_c16-skip-skip": 1_442,
+    "stem_c16-skip-skip-conv_k3_c32-skip-skip": 5_178,
+    "stem_c32-skip-skip-conv_k3_c64-skip-skip": 19_562,
+    "stem_c16-skip-skip-conv_k3_c32-conv_k3_c32-skip": 14_458,
+}
+
+
+@pytest.mark.parametrize("text, params", sorted(HAND_DESIGNED.items()))
+def test_digits_space_contains_the_hand_designed_cnns(text, params):
+    space = load_space("digits")
+    g = space.parse(text)
+    assert g.encode() == text and g.stem == int(text.split("-")[0][6:]) and g.head is None
+    assert space.head_of(g) == 0  # the digits space has no head conv: GAP -> FC, like these nets
+    assert space.cost(g, 1, 8, 10)[0] == params
+    net = Supernet(space, 1, 10, [0.5], [0.25])
+    sub = net.extract(g)
+    assert sum(p.numel() for p in sub.parameters()) == params
+    convs = [m for m in sub.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs][:2] == [
+        (1, g.stem, (3, 3), (1, 1)), (g.stem, 2 * g.stem, (3, 3), (2, 2))]
+    assert not hasattr(sub.head, "conv") and sub.head.fc_direct.in_features == convs[-1].out_channels
+
+
+def test_digits_space_ranges_from_about_1k_parameters():
+    space = load_space("digits")
+    small, large = space.cost(space.smallest(), 1, 8, 10)[0], space.cost(space.largest(), 1, 8, 10)[0]
+    assert 1_000 <= small <= 1_500 and large >= 50_000
+
+
+def test_stem_and_head_tokens():
+    g = Genome.decode("stem_c8-skip-ir_k3_e3_c16-head_c64")
+    assert (g.stem, g.head, len(g.layers)) == (8, 64, 2)
+    assert Genome.decode("stem_c8-conv_k3_c16-head_none").head == 0
+    assert Genome.decode("conv_k3_c16-skip").stem is None and Genome.decode("conv_k3_c16-skip").head is None
+    for bad, needle in (("skip-stem_c8-conv_k3_c16", "first"), ("head_c8-conv_k3_c16", "last"),
+                        ("stem_c8-head_none", "no layers")):
+        with pytest.raises(GenomeError, match=needle):
+            Genome.decode(bad)
+    tam = load_space("tam")
+    with pytest.raises(GenomeError, match="fixes it"):
+        tam.validate(dataclasses.replace(tam.largest(), stem=16))
+    digits = load_space("digits")
+    with pytest.raises(GenomeError, match="stem_c8, stem_c16, stem_c32"):
+        digits.validate(dataclasses.replace(digits.largest(), stem=None))
+    searched = SearchSpace.from_dict({**digits.to_dict(), "head_channels": [0, 64]})
+    with pytest.raises(GenomeError, match="head_none, head_c64"):
+        searched.validate(digits.largest())
+    g = dataclasses.replace(digits.largest(), head=0)
+    assert searched.validate(g).encode().endswith("-head_none")
+    assert searched.cost(g, 1, 8, 10) == digits.cost(digits.largest(), 1, 8, 10)
+
+
+def test_block_groups_keep_each_subnet_in_one_group():
+    space = load_space("digits")
+    assert len(space.groups) == 2
+    with pytest.raises(GenomeError, match="mixes blocks of several groups"):
+        space.parse("stem_c8-conv_k3_c8-fir_k3_e2_c8-conv_k3_c16-skip-skip")
+    rng = np.random.default_rng(0)
+    seen = [space.group_of(space.sample(rng)) for _ in range(300)]
+    assert set(seen) == set(range(len(space.groups))) and min(np.bincount(seen)) > 100  # about half each
+    # block gene 0 is skip in every group, so crossover between groups keeps the depth
+    x = space.to_vector(space.parse("stem_c8-skip-conv_k3_c8-conv_k3_c16-skip-skip"))
+    x[0] = 1  # the group gene: now the fir group
+    assert space.from_vector(x).encode() == "stem_c8-skip-fir_k3_e2_c8-fir_k3_e2_c16-skip-skip"
+    # every gene vector is a valid genome (block genes are taken modulo the group's choices)
+    for _ in range(200):
+        x = [rng.integers(n) for n in space.gene_bounds()]
+        g = space.from_vector(x)
+        assert space.validate(g) is g and space.from_vector(space.to_vector(g)) == g
+
+
+def test_space_dict_without_new_keys_is_unchanged():
+    """Spaces without groups or searched stem/head serialise exactly as before (checkpoints compare
+    these dicts), and dicts round-trip."""
+    tam = load_space("tam")
+    assert "block_groups" not in tam.to_dict() and isinstance(tam.to_dict()["head_channels"], int)
+    for name in SPACES:
+        space = load_space(name)
+        assert SearchSpace.from_dict(space.to_dict()) == space
+        assert SearchSpace.from_dict(space.to_dict()).to_dict() == space.to_dict()

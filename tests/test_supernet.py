@@ -93,3 +93,46 @@ def test_extract_keeps_the_supernets_device_and_dtype():
     tensors = list(sub.parameters()) + list(sub.buffers())
     assert tensors and {t.device.type for t in tensors} == {"meta"}
     assert {t.dtype for t in sub.parameters()} == {torch.float64}
+
+
+DENSE = ["conv_k3", "conv_k5", "fir_k3_e2", "fir_k3_e4"]
+
+
+def _dense_space():
+    from nasctl.nas.space import SearchSpace
+
+    return SearchSpace.from_dict({"name": "dense", "stem_channels": 8,
+                                  "stages": [{"layers": 2, "stride": 1, "widths": [8, 16]},
+                                             {"layers": 2, "stride": 2, "widths": [16, 24]}],
+                                  "blocks": DENSE + ["skip"], "head_channels": 16})
+
+
+def test_dense_family_nests_in_one_block():
+    """conv_k3/k5 and fir_k3_e2/e4 share one family block per layer: the plain conv's filters are
+    the first filters (kernel centre) of the fused block's expansion conv, so both train the same
+    weights; every variant still extracts exactly and costs what its specs say."""
+    from nasctl.nas.space import BLOCKS
+
+    assert len({BLOCKS[t].family for t in DENSE}) == 1
+    torch.manual_seed(0)
+    space = _dense_space()
+    net = Supernet(space, 1, 10, [0.3], [0.4])
+    rng = np.random.default_rng(0)
+    _warm_bn(net, 1, 8, rng)
+    layer = net.choices[1]
+    assert len(layer) == 1
+    block = next(iter(layer.values()))
+    # stored at the union of all variants: 5x5 kernel, out = max(cin * 4, cout) = max(64, 16)
+    assert tuple(block.conv.weight.shape) == (64, 16, 5, 5)
+    x = torch.rand(4, 1, 8, 8)
+    for first in DENSE:
+        g = space.parse(f"{first}_c16-{first}_c16-fir_k3_e4_c24-conv_k3_c24")
+        sub = net.extract(g).eval()
+        net.set_active(g)
+        with torch.no_grad():
+            assert (sub(x) - net(x)).abs().max().item() <= 1e-5
+        assert sum(p.numel() for p in sub.parameters()) == space.cost(g, 1, 8, 10)[0]
+        k = 5 if first == "conv_k5" else 3
+        off = (5 - k) // 2
+        w = sub.blocks[1].conv.weight  # 16 -> 16 (conv) or 16 -> 32 / 64 (fir expansion)
+        assert torch.equal(w, block.conv.weight[: w.shape[0], :16, off: off + k, off: off + k].detach())

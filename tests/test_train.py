@@ -66,12 +66,15 @@ def test_run_folder_is_complete(tiny_run):
     assert not list(run.glob(".*.tmp")), "no temporary files left behind"
 
 
-def test_training_learns_something(tmp_path):
-    """A few epochs on 512 images: both ends of the space beat chance (10 %) clearly."""
-    cfg = TrainConfig(limit_train=512, epochs=4, eval_size=200, eval_steps=5, attack_steps=3,
+@pytest.mark.parametrize("space, ends", [("digits-ir", ("largest", "smallest")), ("digits", ("largest",))])
+def test_training_learns_something(tmp_path, space, ends):
+    """A few epochs on 512 images: the space's ends beat chance (10 %) clearly. Not the smallest
+    digits subnet: it is the 1.4 K-parameter conv(8) -> conv/2(16), which needs far longer inside the
+    supernet (about 68 % clean after the default 60 epochs, BENCHMARKS.md)."""
+    cfg = TrainConfig(space=space, limit_train=512, epochs=4, eval_size=200, eval_steps=5, attack_steps=3,
                       sampling="sandwich", run_root=str(tmp_path))
     _, history = train_supernet(cfg)
-    for label in ("largest", "smallest"):
+    for label in ends:
         assert history[-1].val[label]["clean_acc"] > 40.0, history[-1].val
 
 

@@ -45,6 +45,8 @@ def register_block(token: str, **kwargs: int) -> Callable[[type["Block"]], type[
     def deco(cls: type["Block"]) -> type["Block"]:
         if token in BLOCKS:
             raise ValueError(f"block token {token!r} registered twice")
+        if token.split("_")[0] in ("stem", "head"):
+            raise ValueError(f"block token {token!r}: 'stem_' and 'head_' are the genome's own tokens")
         BLOCKS[token] = BlockType(token, cls, tuple(sorted(kwargs.items())))
         return cls
 
@@ -52,20 +54,31 @@ def register_block(token: str, **kwargs: int) -> Callable[[type["Block"]], type[
 
 
 def family_block(tokens: list[str], cin: int, cout: int, stride: int) -> "Block":
-    """One block holding the weights of every token of a family (same class) at the largest
-    kernel and expansion among them: smaller kernels use the centre of the largest kernel and
-    smaller expansions the first hidden channels (Once-for-All's elastic kernel/expansion), so all
-    variants train the same weights instead of splitting the few training steps between them."""
+    """One block holding the weights of every token of a family (same class and family name).
+
+    Each named layer is stored at the largest shape any variant gives it (:func:`union_specs`):
+    smaller kernels use the centre of the largest kernel, narrower layers the first channels
+    (Once-for-All's elastic kernel/expansion), so all variants train the same weights instead of
+    splitting the few training steps between them. Variants nest by layer name: a plain
+    ``conv_k3`` is the first ``cout`` filters of a ``fir_k3``'s expansion conv."""
     types = [BLOCKS[t] for t in tokens]
-    if len({t.family for t in types}) != 1:
+    if len({t.family for t in types}) != 1 or len({t.cls for t in types}) != 1:
         raise ValueError(f"tokens {tokens} are not one family")
-    merged: dict[str, int] = {}
-    for t in types:
-        for k, v in t.hparams:
-            merged[k] = max(merged.get(k, v), v)
-    block = types[0].cls(cin, cout, stride, token=types[0].token, **merged)
+    block = types[0].cls(cin, cout, stride, token=types[0].token, variants=tuple(tokens),
+                         **dict(types[0].hparams))
     block.set_active(cin, cout, types[0].token)
     return block
+
+
+def _spec_max(a: Spec, b: Spec) -> Spec:
+    """The smallest spec that holds both ``a`` and ``b`` (same layer of two variants)."""
+    if isinstance(a, BNSpec) and isinstance(b, BNSpec):
+        return BNSpec(max(a.ch, b.ch))
+    if (isinstance(a, ConvSpec) and isinstance(b, ConvSpec) and a.stride == b.stride
+            and a.depthwise == b.depthwise and a.kernel % 2 == b.kernel % 2):
+        return ConvSpec(max(a.in_ch, b.in_ch), max(a.out_ch, b.out_ch), max(a.kernel, b.kernel), a.stride,
+                        a.depthwise)
+    raise ValueError(f"layer specs {a} and {b} cannot share weights")
 
 
 class Block(nn.Module):
@@ -75,14 +88,27 @@ class Block(nn.Module):
     ``forward``. Layers named in the specs become attributes.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, token: str, **hparams):
+    def __init__(self, cin: int, cout: int, stride: int, token: str, variants: tuple[str, ...] = (),
+                 **hparams):
+        """``variants``: registered tokens of this family whose weights this block must also hold
+        (the supernet's family block); empty for a block of one type."""
         super().__init__()
         self.token = token
         self.stride = stride
         self.hparams = hparams
-        for name, spec, _ in self.specs(cin, cout):
+        for name, spec in self.union_specs(variants, cin, cout).items():
             setattr(self, name, spec.build())
+        self.hparams = hparams
         self.in_ch, self.out_ch = cin, cout
+
+    def union_specs(self, variants: tuple[str, ...], cin: int, cout: int) -> dict[str, Spec]:
+        """Each layer name of this block or of any of ``variants`` with the largest shape it takes."""
+        merged: dict[str, Spec] = {name: spec for name, spec, _ in self.specs(cin, cout)}
+        for token in variants:
+            self.hparams = dict(BLOCKS[token].hparams)
+            for name, spec, _ in self.specs(cin, cout):
+                merged[name] = _spec_max(merged[name], spec) if name in merged else spec
+        return merged
 
     # --- to be implemented -------------------------------------------------------------------
     def specs(self, cin: int, cout: int) -> list[tuple[str, Spec, bool]]:
@@ -170,6 +196,38 @@ class InvertedResidual(Block):
             y = F.relu6(self.bn1(self.pw(y)))
         y = F.relu6(self.bn2(self.dw(y)))
         y = self.bn3(self.pwl(y))
+        return x + y if self.residual else y
+
+
+@register_block("conv_k3", kernel=3, expand=0)
+@register_block("conv_k5", kernel=5, expand=0)
+@register_block("fir_k3_e2", kernel=3, expand=2)
+@register_block("fir_k3_e4", kernel=3, expand=4)
+class DenseConv(Block):
+    """Dense kxk convolution blocks, the int8-friendly ones (no depthwise convs):
+
+    * ``conv_k*`` (``expand=0``): kxk conv -> BN -> ReLU, the layer of a plain CNN;
+    * ``fir_k*_e*``: fused inverted residual (EfficientNetV2's Fused-MBConv, MCUNet): kxk dense
+      expansion conv to ``cin * expand`` channels -> BN -> ReLU, then 1x1 linear projection -> BN.
+
+    Both add the input when the stride is 1 and the widths match. They nest: the plain conv is the
+    first ``cout`` filters of the fused block's expansion conv (same layer name, ``conv``/``bn1``),
+    so in the supernet one set of weights trains both.
+    """
+
+    def specs(self, cin, cout):
+        k, e = self.hparams["kernel"], self.hparams["expand"]
+        hid = cout if e == 0 else cin * e
+        out: list[tuple[str, Spec, bool]] = [("conv", _conv(cin, hid, k, self.stride), False),
+                                             ("bn1", BNSpec(hid), False)]
+        if e != 0:
+            out += [("proj", _conv(hid, cout), False), ("bn2", BNSpec(cout), False)]
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv(x)))
+        if self.hparams["expand"] != 0:
+            y = self.bn2(self.proj(y))
         return x + y if self.residual else y
 
 

@@ -53,6 +53,23 @@ class BNSpec:
         return SlimBatchNorm2d(self)
 
 
+@dataclass(frozen=True)
+class LinearSpec:
+    """A fully connected layer with bias (the classifier)."""
+
+    in_features: int
+    out_features: int
+
+    def params(self) -> int:
+        return self.in_features * self.out_features + self.out_features
+
+    def macs(self, out_hw: int = 1) -> int:
+        return self.in_features * self.out_features
+
+    def build(self) -> "SlimLinear":
+        return SlimLinear(self)
+
+
 def out_size(size: int, stride: int) -> int:
     """Spatial size after a 'same'-padded conv with this stride."""
     return (size + stride - 1) // stride
@@ -143,8 +160,34 @@ class SlimBatchNorm2d(nn.BatchNorm2d):
         return bn.train(self.training)
 
 
+class SlimLinear(nn.Module):
+    """Linear layer holding its largest weight; runs on the first ``active.in_features`` inputs."""
+
+    def __init__(self, spec: LinearSpec):
+        super().__init__()
+        self.max_spec = spec
+        self.active = spec
+        ref = nn.Linear(spec.in_features, spec.out_features)  # PyTorch's default initialisation
+        self.weight, self.bias = ref.weight, ref.bias
+
+    def set_active(self, spec: LinearSpec) -> None:
+        if spec.in_features > self.max_spec.in_features or spec.out_features != self.max_spec.out_features:
+            raise ValueError(f"active linear {spec} does not fit in {self.max_spec}")
+        self.active = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight[:, : self.active.in_features], self.bias)
+
+    def to_static(self) -> nn.Linear:
+        a = self.active
+        fc = nn.Linear(a.in_features, a.out_features, device=self.weight.device, dtype=self.weight.dtype)
+        fc.weight.data.copy_(self.weight.detach()[:, : a.in_features])
+        fc.bias.data.copy_(self.bias.detach())
+        return fc.train(self.training)
+
+
 Spec = ConvSpec | BNSpec
-SLIM_TYPES = (SlimConv2d, SlimBatchNorm2d)
+SLIM_TYPES = (SlimConv2d, SlimBatchNorm2d, SlimLinear)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="folder of a torchvision data set (downloaded there when online)")
     g.add_argument("--space", help="search space: a built-in name (digits, tam) or a YAML file")
     g.add_argument("--width-mult", type=float, help="width multiplier on every channel choice (default 1.0)")
-    g.add_argument("--epochs", type=int, help="training epochs (default 30)")
+    g.add_argument("--epochs", type=int, help="training epochs (default 60)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float, help="initial SGD learning rate (cosine schedule)")
     g.add_argument("--attack", choices=TRAIN_ATTACKS, help="training attack (default pgd)")

@@ -1,0 +1,71 @@
+"""bench/bench_baselines.py: the hand-designed CNNs are genomes of the digits space with the right
+sizes and layers, and the script trains, evaluates and compares them with a run's front."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def bench(load_bench):
+    return load_bench("bench_baselines")
+
+
+def test_baselines_are_the_issue_nets_built_by_the_space(bench, digits):
+    """Each baseline, built by the space, has the issue's parameter count minus one bias per conv
+    output channel (the space's convs are bias-free: BatchNorm follows), and the issue's layers."""
+    for label, (issue_params, genome) in bench.BASELINES.items():
+        model = bench.build(genome, digits)
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        params = sum(p.numel() for p in model.parameters())
+        assert params + sum(c.out_channels for c in convs) == issue_params, label
+        widths = [int(w.split(")")[0]) for w in label.split("(")[1:]]
+        assert [c.out_channels for c in convs] == widths, label
+        assert [c.kernel_size for c in convs] == [(3, 3)] * len(convs)
+        assert [c.stride for c in convs] == [(1, 1), (2, 2), (1, 1)][: len(convs)]
+        assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == len(convs)
+        linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(linear) == 1 and linear[0].in_features == widths[-1]
+
+
+def test_bench_runs_and_compares_with_a_front(bench, tmp_path, capsys):
+    """One epoch on tiny data: the numbers are written, re-read, and put beside a front whose members
+    carry fine-tuned numbers (used) or only inherited ones."""
+    front = [
+        {"genome": "a", "params": 1_400, "final_clean_acc": 10.0, "final_adv_acc": 5.0,
+         "finetuned_clean_acc": 100.0, "finetuned_adv_acc": 100.0},
+        {"genome": "b", "params": 5_000, "final_clean_acc": 0.0, "final_adv_acc": 0.0},
+        {"genome": "c", "params": 20_000, "final_clean_acc": 100.0, "final_adv_acc": 100.0},
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pareto.json").write_text(json.dumps({"front": front}))
+    out = tmp_path / "baselines.json"
+    labels = list(bench.BASELINES)[:2]
+    bench.main(["--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--run", str(run),
+                "--out", str(out), "--only", *labels])
+    doc = json.loads(out.read_text())
+    assert doc["recipe"]["epochs"] == 1 and doc["recipe"]["lr"] == 0.05 and doc["test_images"] == 64
+    rows = doc["baselines"]
+    assert [r["label"] for r in rows] == labels
+    for r in rows:
+        assert 0 <= r["adv_acc"] <= r["clean_acc"] <= 100 and r["test_images"] == 64
+        assert r["attack"]["steps"] == 20 and r["attack"]["restarts"] == 3
+    small, mid = (r["comparison"] for r in rows)
+    assert small["nearest"]["genome"] == "a" and small["nearest"]["weights"] == "fine-tuned"
+    assert small["beaten_by"]["genome"] == "a"  # 1,400 <= 1,466 params and 100 / 100 %
+    assert mid["nearest"]["genome"] == "b" and mid["nearest"]["weights"] == "inherited"
+    assert mid["best_within_params"]["genome"] == "a"  # b (5,000 <= 5,226) scores 0 / 0
+    assert mid["beaten_by"]["genome"] == "a"  # a smaller member that is better counts too
+    printed = capsys.readouterr().out
+    assert "2 / 2" in printed and "`a`" in printed
+    # a member with more parameters, or below either accuracy, does not count
+    base = {"params": 1_442, "issue_params": 1_466, "clean_acc": 98.0, "adv_acc": 60.0}
+    near_miss = [{"genome": "x", "params": 1_400, "final_clean_acc": 99.0, "final_adv_acc": 59.9},
+                 {"genome": "y", "params": 1_500, "final_clean_acc": 99.0, "final_adv_acc": 70.0}]
+    c = bench.compare(base, near_miss)
+    assert c["beaten_by"] is None and c["best_within_params"]["genome"] == "x"
+    assert c["nearest"]["genome"] == "x"
