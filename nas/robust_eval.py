@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,3 +118,130 @@ def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, e
             log.info("AutoAttack is not installed (pip install pyautoattack): reporting PGD only")
     out["robust_acc"] = min(a["acc"] for a in out["attacks"].values())
     return out
+
+
+# --- nasctl eval: which subnets, with which weights ------------------------------------------------
+@dataclass
+class EvalConfig:
+    """``nasctl eval``: the subnets to evaluate and the strong protocol's settings."""
+
+    run: str | None = None  # search run folder
+    pick: str = "knee"  # knee | all | INDEX | GENOME of the run's front
+    checkpoint: str | None = None  # a supernet (with arch) or a fine-tuned subnet.pt
+    arch: list[str] | None = None  # genome strings, with a supernet checkpoint
+    steps: int = 50  # PGD-50
+    restarts: int = 5  # x 5 random restarts
+    eps: float | None = None  # None: the training eps
+    n_images: int | None = None  # None: the whole test split
+    data_dir: str | None = None
+    seed: int = 0
+    run_root: str = "runs"
+    name: str = ""
+
+    def validate(self) -> None:
+        self.protocol().validate()
+        if not self.run and not self.checkpoint:
+            raise NasctlError("say which subnet: --run RUN [--pick knee|all|INDEX|GENOME], --checkpoint "
+                              "subnet.pt, or --checkpoint SUPERNET --arch GENOME")
+
+    def protocol(self) -> StrongEvalConfig:
+        return StrongEvalConfig(steps=self.steps, restarts=self.restarts, n_images=self.n_images,
+                                seed=self.seed, eps=self.eps)
+
+
+@dataclass
+class _Target:
+    genome: str
+    model: torch.nn.Module  # ready: eval mode, its own (or recalibrated) BN statistics
+    weights: str  # "fine-tuned" | "inherited"
+    checkpoint: str
+    eps: float
+    dataset: dict[str, Any]
+    train_config: dict[str, Any]
+
+
+class _Data:
+    """The test data of the checkpoints being evaluated, loaded once (their split comes from the
+    training seed)."""
+
+    def __init__(self, data_dir: str | None):
+        self.data_dir, self.splits = data_dir, None
+
+    def __call__(self, dataset: dict[str, Any], train_config: dict[str, Any]):
+        from .data import load_dataset
+
+        if self.splits is None:
+            self.splits = load_dataset(dataset["name"], self.data_dir, seed=int(train_config.get("seed", 0)),
+                                       val_size=train_config.get("val_size"))
+        return self.splits
+
+
+def _targets(cfg: EvalConfig, data: _Data) -> list[_Target]:
+    """Every subnet ``cfg`` names, with the weights a user would deploy: a front member's fine-tuned
+    checkpoint when the search trained it, else its inherited weights (BN recalibrated)."""
+    from .checkpoint import FORMAT, load_supernet, read_checkpoint
+    from .evaluate import CandidateEvaluator
+    from .select import pick_from_run, read_front
+    from .subnet_ckpt import SUBNET_FORMAT, subnet_from_checkpoint
+
+    def fine_tuned(path: str) -> _Target:
+        sub = subnet_from_checkpoint(read_checkpoint(path, formats=(SUBNET_FORMAT,)))
+        return _Target(sub.genome, sub.model, "fine-tuned", sub.path, sub.eps, sub.dataset, sub.train_config)
+
+    if cfg.checkpoint and not cfg.run:
+        if read_checkpoint(cfg.checkpoint, formats=(FORMAT, SUBNET_FORMAT))["format"] == SUBNET_FORMAT:
+            return [fine_tuned(cfg.checkpoint)]
+        if not cfg.arch:
+            raise NasctlError(f"checkpoint {cfg.checkpoint!r} is a supernet: say which subnet with "
+                              f"--arch GENOME")
+        wanted: list[tuple[str, str | None]] = [(a, None) for a in cfg.arch]
+        supernet_path = cfg.checkpoint
+    else:
+        run_dir, doc = read_front(cfg.run)
+        picks = ([pick_from_run(run_dir, i) for i in range(len(doc["front"]))] if cfg.pick == "all"
+                 else [pick_from_run(run_dir, cfg.pick)])
+        wanted = ([(a, None) for a in cfg.arch] if cfg.arch
+                  else [(p.genome, p.finetuned_checkpoint) for p in picks])
+        supernet_path = cfg.checkpoint or picks[0].checkpoint
+        data.data_dir = data.data_dir or doc.get("data_dir")
+    loaded = load_supernet(supernet_path)
+    out, evaluator = [], None
+    for arch, finetuned in wanted:
+        genome = loaded.space.parse(arch)
+        if finetuned:
+            out.append(fine_tuned(finetuned))
+            continue
+        if evaluator is None:
+            evaluator = CandidateEvaluator(loaded.supernet, data(loaded.dataset, loaded.config), loaded.eps,
+                                           seed=cfg.seed)
+        out.append(_Target(genome.encode(), evaluator.subnet(genome), "inherited", loaded.path, loaded.eps,
+                           loaded.dataset, loaded.config))
+    return out
+
+
+def evaluate_subnets(cfg: EvalConfig, on_result=None) -> Path:
+    """``nasctl eval``: the strong protocol on each chosen subnet, into ``runs/eval/<stamp>/eval.json``.
+
+    ``on_result(result)`` is called after each subnet (the CLI prints a line). Returns the JSON's path.
+    """
+    from nasctl.core import atomic_write_json
+
+    from .runs import make_run_dir, write_run_config
+
+    cfg.validate()
+    data = _Data(cfg.data_dir)
+    targets = _targets(cfg, data)
+    test = data(targets[0].dataset, targets[0].train_config).test
+    out_dir = make_run_dir(cfg.run_root, "eval", cfg.name)
+    chosen = [{"genome": t.genome, "weights": t.weights, "checkpoint": t.checkpoint} for t in targets]
+    write_run_config(out_dir, "eval", cfg, {"subnets": chosen})
+    results = []
+    for t in targets:
+        eps = cfg.eps if cfg.eps is not None else t.eps
+        r = strong_evaluation(t.model, t.genome, test, eps, t.dataset, cfg.protocol())
+        r.update(weights=t.weights, checkpoint=t.checkpoint)
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+    atomic_write_json(out_dir / "eval.json", {"results": results})
+    return out_dir / "eval.json"

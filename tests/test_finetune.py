@@ -142,3 +142,15 @@ def test_spread_picks_cover_the_size_range_with_the_knee():
     assert 5 in spread_picks(front, knee=5, k=3)
     assert spread_picks(front, knee=0, k=0) == []
     assert spread_picks(front[:2], knee=0, k=5) == [0, 1]
+
+
+def test_eval_of_a_run_uses_the_finetuned_weights_and_takes_a_config(tuned_run, tmp_path, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"run: {tuned_run}\npick: all\nsteps: 2\nrestarts: 1\nn_images: 40\n")
+    assert main(["eval", "--config", str(cfg), "--run-root", str(tmp_path)]) == 0
+    results = json.loads(next((tmp_path / "eval").glob("*/eval.json")).read_text())["results"]
+    doc = json.loads((tuned_run / "pareto.json").read_text())
+    assert [r["genome"] for r in results] == [e["genome"] for e in doc["front"]]
+    for r, e in zip(results, doc["front"]):
+        assert r["weights"] == ("fine-tuned" if "finetuned_checkpoint" in e else "inherited")
+    assert "fine-tuned weights" in capsys.readouterr().out
