@@ -203,7 +203,9 @@ def search_stage(run: Path | None) -> str:
 def search_trial(work: Path, ref: dict, rng: random.Random) -> dict:
     root = work / "runs"
     point, ready = search_point(rng, root)
-    delay = rng.uniform(0.0, 1.0)
+    # candidates are archived every few milliseconds: a long delay would carry a 'generations' kill past
+    # the last one
+    delay = rng.uniform(0.0, 0.05 if point.startswith("generations") else 1.0)
     killed = kill_when([*SEARCH, "--run-root", str(root)], work, ready, delay)
     run = only(root / "search", "*")
     stage = f"{point} +{delay:.2f} s: " + (search_stage(run) if killed else "finished before the kill")
