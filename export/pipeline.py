@@ -322,10 +322,22 @@ def _write_report(ctx: ExportContext) -> None:
     report["robustness"] = ctx.robustness
     report["artifacts"] = _artifacts(ctx.out_dir)
     report["failed_checks"] = [k for k, c in ctx.checks.items() if not c.passed]
-    # what this export wrote, so a later export into the same folder replaces exactly these
-    report["files"] = sorted({n for n in OWN_FILES if (ctx.out_dir / n).is_file()} | {"report.json"})
+    # what this export writes or may still write, recorded before any of it exists: a later export into
+    # the same folder replaces exactly these, also after a kill between a file's rename and this report
+    present = {n for n in OWN_FILES if (ctx.out_dir / n).is_file()}
+    report["files"] = sorted(present | _planned_files(ctx))
     atomic_write_json(ctx.out_dir / "report.json", report)
     atomic_write_json(ctx.out_dir / "metadata.json", ctx.metadata)
+
+
+# the files each step writes (steps not named here write none)
+STEP_FILES = {"onnx": (ONNX_FILE,), "tflite_float32": (FLOAT_FILE, CONVERTER_LOG),
+              "tflite_int8": (INT8_FILE,)}
+
+
+def _planned_files(ctx: ExportContext) -> set[str]:
+    own = {"config.json", "report.json", "metadata.json"}
+    return own | {f for step in ctx.target.plan(ctx.cfg.int8) for f in STEP_FILES.get(step, ())}
 
 
 def export(

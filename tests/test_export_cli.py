@@ -350,3 +350,18 @@ def test_onnx2tf_failure_names_the_op_and_the_log(tmp_path):
     assert "LpPool" in log.read_text()  # the converter's own output went to the log
     assert (tmp_path / "model.onnx").is_file() and not (tmp_path / FLOAT_FILE).exists()
     assert not list(tmp_path.glob(".tflite-scratch-*"))  # scratch removed
+
+
+def test_export_killed_after_a_file_before_its_report_can_be_run_again(run_dir, tmp_path):
+    """SIGKILL between model.onnx's rename and the report update: the report written at the start
+    already lists the file, so the same export into the same folder replaces it."""
+    from nasctl.export import pipeline
+
+    out = tmp_path / "out"
+    cfg = pipeline.ExportConfig(run=str(run_dir), target="onnx", out=str(out), threads=1)
+    ctx = pipeline._setup(cfg, None)
+    pipeline._write_report(ctx)  # the state an export leaves right before its first step
+    (out / "model.onnx").write_bytes(b"the killed export's half-verified model")
+    assert "model.onnx" in json.loads((out / "report.json").read_text())["files"]
+    assert cli("--run", str(run_dir), "--target", "onnx", "--out", str(out), "--threads", "1") == 0
+    assert (out / "model.onnx").read_bytes() != b"the killed export's half-verified model"
