@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nasctl.nas import supernet as supernet_module
 from nasctl.nas.data import load_dataset
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.space import blocks as block_registry
-from nasctl.nas import supernet as supernet_module
 from nasctl.nas.supernet import Supernet
 
 IR = ["ir_k3_e3", "ir_k3_e6", "ir_k5_e3", "ir_k5_e6"]
@@ -102,6 +102,8 @@ def run(groups: list[list[str]], mode: str, epochs: int, seed: int = 0) -> dict:
         built = mixed if mode in ("per layer", "groups, one stem") else grouped
         net = Supernet(built, info.in_channels, info.num_classes, info.mean, info.std)
         net.space = mixed if mode == "per layer" else grouped
+        if mode == "groups, one stem":  # every group through the one stem and head
+            net.sub_of_group = [0] * len(grouped.groups)
         opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)
         gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
         for _ in range(epochs):
@@ -141,22 +143,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--sets", nargs="*", default=None, help="labels to run (default: all)")
     ap.add_argument("--out", default="bench/results/block_mixing.json")
+    ap.add_argument("--add", action="store_true", help="keep the other rows already in --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    res = {}
+    res = json.loads(Path(args.out).read_text())["results"] if args.add and Path(args.out).exists() else {}
     for label, (groups, mode) in SETS.items():
         if args.sets and label not in args.sets:
             continue
         t0 = time.perf_counter()
         runs = [run(groups, mode, args.epochs, seed) for seed in args.seeds]
         acc = float(np.mean([r["last_epoch_train_acc"] for r in runs]))
-        per_group = {k: float(np.mean([r["per_group"].get(k, np.nan) for r in runs])) for k in runs[0]["per_group"]}
+        per_group = {k: float(np.mean([r["per_group"].get(k, np.nan) for r in runs]))
+                     for k in runs[0]["per_group"]}
         res[label] = {"groups": groups, "mode": mode, "last_epoch_train_acc": acc, "per_group": per_group,
                       "per_seed": runs, "seconds": time.perf_counter() - t0}
         per = "  ".join(f"{k}: {v:.1f}" for k, v in per_group.items()) if len(groups) > 1 else ""
         print(f"{label:<44} {acc:5.1f} %  {per}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"epochs": args.epochs, "seeds": args.seeds, "results": res}, indent=2))
+    doc = {"epochs": args.epochs, "seeds": args.seeds, "results": {k: res[k] for k in SETS if k in res}}
+    Path(args.out).write_text(json.dumps(doc, indent=2))
     return res
 
 
