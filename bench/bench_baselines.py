@@ -89,7 +89,8 @@ def compare(baseline: dict[str, Any], front: list[dict[str, Any]]) -> dict[str, 
     beats = [m for m in within
              if m["clean_acc"] >= baseline["clean_acc"] and m["adv_acc"] >= baseline["adv_acc"]]
     best = max(within, key=lambda m: (m["adv_acc"], m["clean_acc"]), default=None)
-    return {"nearest": member(near), "best_within_params": best, "beaten_by": beats[0] if beats else None}
+    top = max(beats, key=lambda m: (m["adv_acc"], m["clean_acc"]), default=None)
+    return {"nearest": member(near), "best_within_params": best, "beaten_by": top}
 
 
 def read_front(run: str | Path) -> list[dict[str, Any]]:
@@ -103,15 +104,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = "| baseline | params | clean % | PGD-20x3 % |"
     rule = "| --- | ---: | ---: | ---: |"
     if compared:
-        head += " nearest front member | params | clean % | PGD % | weights |"
-        rule += " --- | ---: | ---: | ---: | --- |"
+        head += " nearest front member | params | clean % | PGD % | weights | best member beating it |"
+        rule += " --- | ---: | ---: | ---: | --- | --- |"
     lines = [head, rule]
     for r in rows:
         line = f"| {r['label']} | {r['params']:,} | {r['clean_acc']:.1f} | {r['adv_acc']:.1f} |"
         if compared:
             n = r["comparison"]["nearest"]
+            b = r["comparison"]["beaten_by"]
+            won = (f"{b['params']:,} params, {b['clean_acc']:.1f} / {b['adv_acc']:.1f} ({b['weights']})"
+                   if b else "none")
             line += (f" `{n['genome']}` | {n['params']:,} | {n['clean_acc']:.1f} | {n['adv_acc']:.1f} | "
-                     f"{n['weights']} |")
+                     f"{n['weights']} | {won} |")
         lines.append(line)
     if compared:
         won = sum(1 for r in rows if r["comparison"]["beaten_by"])

@@ -102,6 +102,8 @@ def run(groups: list[list[str]], mode: str, epochs: int, seed: int = 0) -> dict:
         built = mixed if mode in ("per layer", "groups, one stem") else grouped
         net = Supernet(built, info.in_channels, info.num_classes, info.mean, info.std)
         net.space = mixed if mode == "per layer" else grouped
+        if mode == "groups, one stem":  # every group through the one stem and head
+            net.sub_of_group = [0] * len(grouped.groups)
         opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)
         gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
         for _ in range(epochs):
@@ -141,9 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--sets", nargs="*", default=None, help="labels to run (default: all)")
     ap.add_argument("--out", default="bench/results/block_mixing.json")
+    ap.add_argument("--add", action="store_true", help="keep the other rows already in --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    res = {}
+    res = json.loads(Path(args.out).read_text())["results"] if args.add and Path(args.out).exists() else {}
     for label, (groups, mode) in SETS.items():
         if args.sets and label not in args.sets:
             continue
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         per = "  ".join(f"{k}: {v:.1f}" for k, v in per_group.items()) if len(groups) > 1 else ""
         print(f"{label:<44} {acc:5.1f} %  {per}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    doc = {"epochs": args.epochs, "seeds": args.seeds, "results": res}
+    doc = {"epochs": args.epochs, "seeds": args.seeds, "results": {k: res[k] for k in SETS if k in res}}
     Path(args.out).write_text(json.dumps(doc, indent=2))
     return res
 

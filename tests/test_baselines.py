@@ -69,3 +69,40 @@ def test_bench_runs_and_compares_with_a_front(bench, tmp_path, capsys):
     c = bench.compare(base, near_miss)
     assert c["beaten_by"] is None and c["best_within_params"]["genome"] == "x"
     assert c["nearest"]["genome"] == "x"
+
+
+def test_finetune_front_bench_annotates_a_copy(load_bench, tmp_path, digits):
+    """bench_finetune_front.py trains the chosen front members from their inherited weights and writes
+    finetuned_* fields into a copy of pareto.json; the run's own file is left as it was."""
+    import hashlib
+
+    from nasctl.nas.train import TrainConfig, train_supernet
+
+    ckpt, _ = train_supernet(TrainConfig(limit_train=256, epochs=1, eval_size=40, eval_steps=2,
+                                         attack_steps=2, run_root=str(tmp_path / "sn")))
+    genomes = ["stem_c8-skip-skip-conv_k3_c16-skip-skip", "stem_c8-skip-skip-conv_k3_c16-conv_k3_c16-skip",
+               "stem_c32-skip-skip-conv_k3_c64-skip-skip"]
+    from nasctl.nas.space import load_space
+
+    space = load_space("digits")
+    front = [{"genome": g, "params": space.cost(space.parse(g), 1, 8, 10)[0], "final_clean_acc": 50.0,
+              "final_adv_acc": 10.0 + i} for i, g in enumerate(genomes)]
+    run = tmp_path / "run"
+    run.mkdir()
+    pareto = run / "pareto.json"
+    pareto.write_text(json.dumps({"supernet": str(ckpt), "dataset": "digits", "seed": 0, "eps": 0.1,
+                                  "front": front}))
+    before = hashlib.sha256(pareto.read_bytes()).hexdigest()
+    out = tmp_path / "ft"
+    load_bench("bench_finetune_front").main([str(run), "--out", str(out), "--epochs", "1",
+                                              "--per-baseline", "1"])
+    assert hashlib.sha256(pareto.read_bytes()).hexdigest() == before
+    doc = json.loads((out / "pareto.json").read_text())
+    tuned = {e["genome"]: e for e in doc["front"] if "finetuned_adv_acc" in e}
+    # per baseline the member with the best inherited PGD within its size: 1,442 -> the first,
+    # 5,226 and 14,538 -> the second (3,778 params), 19,658 -> the third (19,562)
+    assert set(tuned) == set(genomes)
+    for e in tuned.values():
+        assert 0 <= e["finetuned_adv_acc"] <= e["finetuned_clean_acc"] <= 100
+        assert e["finetuned_from"] == "inherited"
+    assert doc["finetune_recipe"]["epochs"] == 1 and doc["finetune_recipe"]["lr"] == 0.05

@@ -136,3 +136,34 @@ def test_dense_family_nests_in_one_block():
         off = (5 - k) // 2
         w = sub.blocks[1].conv.weight  # 16 -> 16 (conv) or 16 -> 32 / 64 (fir expansion)
         assert torch.equal(w, block.conv.weight[: w.shape[0], :16, off: off + k, off: off + k].detach())
+
+
+def test_sub_supernets_share_stem_and_head_only_across_shared_weights():
+    """Block groups that share a weight family (conv_k3 inside fir_k3) share one stem and head; a
+    group of unrelated blocks (ir) gets its own, and its subnets run through it."""
+    from nasctl.nas.space import SearchSpace
+    from nasctl.nas.supernet import sub_supernets
+
+    digits = load_space("digits")
+    assert sub_supernets(digits) == [0, 0]
+    net = Supernet(digits, 1, 10, [0.3], [0.4])
+    assert hasattr(net, "stem") and not hasattr(net, "stems")
+    d = {**digits.to_dict(), "blocks": ["conv_k3", "ir_k3_e3", "fir_k3_e2", "skip"],
+         "block_groups": [["conv_k3"], ["ir_k3_e3"], ["fir_k3_e2"]]}
+    space = SearchSpace.from_dict(d)
+    assert sub_supernets(space) == [0, 1, 0]
+    torch.manual_seed(0)
+    net = Supernet(space, 1, 10, [0.3], [0.4]).eval()
+    assert len(net.stems) == len(net.heads) == 2
+    x = torch.rand(2, 1, 8, 8)
+    ir = space.parse("stem_c8-ir_k3_e3_c8-skip-ir_k3_e3_c16-skip-skip")
+    net.set_active(ir)
+    assert net.active_stem() is net.stems[1] and net.active_head() is net.heads[1]
+    with torch.no_grad():
+        assert torch.allclose(net.extract(ir).eval()(x), net(x), atol=1e-5)
+        conv = space.parse("stem_c8-conv_k3_c8-skip-conv_k3_c16-skip-skip")
+        before = net.extract(conv).eval()(x)
+        net.stems[1].conv.weight.add_(1.0)  # the ir group's stem: conv paths do not use it
+        assert torch.equal(net.extract(conv).eval()(x), before)
+        net.stems[0].conv.weight.add_(1.0)
+        assert not torch.allclose(net.extract(conv).eval()(x), before)
