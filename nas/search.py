@@ -54,8 +54,8 @@ class SearchConfig:
     final_restarts: int = 3
     # fine-tune stage: K front members spread over log(params), the knee among them, each trained on its
     # own (the supernet's recipe) and scored with the final attack; 0 turns it off
-    finetune_members: int = 3
-    finetune_epochs: int = 10
+    finetune_members: int = 6
+    finetune_epochs: int = 40
     seed: int = 0
     device: str = "auto"
     run_root: str = "runs"

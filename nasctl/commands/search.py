@@ -37,9 +37,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--val-size", type=int, help="validation images per candidate (default 200)")
     g.add_argument("--finetune-members", type=int,
                    help="front members fine-tuned at the end, spread over size, the knee among them "
-                   "(default 3; 0: none)")
+                   "(default 6; 0: none)")
     g.add_argument("--finetune-epochs", type=int,
-                   help="adversarial fine-tuning epochs per member (default 10)")
+                   help="adversarial fine-tuning epochs per member (default 40)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
     add_config_flags(p)
