@@ -119,7 +119,7 @@ class FinetuneConfig:
     run: str | None = None  # search run folder; None: the newest under run_root/search
     pick: str = "knee"  # knee | INDEX | GENOME of that run's front
     from_scratch: bool = False  # re-initialise instead of starting from the inherited weights
-    epochs: int = 15  # inherited weights need little; from scratch, give it the supernet's 30+
+    epochs: int = 40  # the baselines' recipe (bench/bench_baselines.py), as in the search's fine-tune stage
     lr: float = 0.05  # half the supernet's: the weights are already trained
     batch_size: int = 64
     attack_steps: int = 7  # PGD-7 with step eps/4, as in the supernet's training

@@ -20,7 +20,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--from-scratch", action="store_true", default=None,
                    help="re-initialise the weights instead of starting from the inherited ones")
     g = p.add_argument_group("recipe (the supernet's: PGD-7 adversarial training, step eps/4, SGD cosine)")
-    g.add_argument("--epochs", type=int, help="training epochs (default 15)")
+    g.add_argument("--epochs", type=int, help="training epochs (default 40)")
     g.add_argument("--lr", type=float, help="initial learning rate (default 0.05)")
     g.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
