@@ -76,7 +76,9 @@ class ExportConfig:
     robust_images: int = 200  # test images attacked in the robustness step; 0 skips it
     pgd_steps: int = 20  # PGD-20 for the transfer and fake-quant attacks
     square_queries: int = 300  # Square attack budget per image (official evaluation: 10,000)
-    recalib_batches: int = 8  # BatchNorm recalibration: 8 batches of 64 training images
+    # BatchNorm recalibration of inherited weights; None: the run's own setting (pareto.json
+    # 'bn_calibration'), so the exported statistics are those the front was scored with; else 4 x 64
+    recalib_batches: int | None = None
     recalib_batch_size: int = 64
     data_dir: str | None = None  # None: as recorded by the run / checkpoint
     seed: int | None = (
@@ -102,7 +104,7 @@ class ExportConfig:
                 f"{' or '.join(_int8_targets())}"
             )
         for name in ("calib_size", "check_images", "recalib_batches", "recalib_batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ExportError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ExportError(f"--threads must be >= 1, got {self.threads}")
@@ -275,7 +277,9 @@ def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
         provenance.update(
             {"run": pick.run_dir, "front_index": pick.index, "knee": pick.is_knee, "front_entry": pick.entry}
         )
-    resolved = dict(asdict(cfg), seed=seed, data_seed=data_seed, data_dir=data_dir, eps=eps)
+    bn_calibration = _bn_calibration(cfg, pick, seed)
+    resolved = dict(asdict(cfg), seed=seed, data_seed=data_seed, data_dir=data_dir, eps=eps,
+                    bn_calibration=bn_calibration.to_dict())
     write_run_config(
         out_dir, "export", cfg, extra={"genome": source.genome, "source": provenance, "resolved": resolved}
     )
@@ -296,6 +300,7 @@ def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     ctx = ExportContext(cfg, target, out_dir, source, splits, seed, eps, metadata)
+    ctx.bn_calibration = bn_calibration
     ctx.report = {
         "format": REPORT_FORMAT,
         "status": "running",
@@ -313,6 +318,16 @@ def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
         "error": None,
     }
     return ctx
+
+
+def _bn_calibration(cfg: ExportConfig, pick: RunPick | None, seed: int):
+    """The search run's own BN calibration (recorded in pareto.json) unless the config says otherwise."""
+    from nasctl.nas.supernet import BNCalibration
+
+    run = (pick.bn_calibration if pick else None) or {}
+    return BNCalibration(batches=int(_first(cfg.recalib_batches, run.get("batches"), BNCalibration.batches)),
+                         batch_size=int(_first(run.get("batch_size"), cfg.recalib_batch_size)),
+                         seed=int(_first(run.get("seed"), seed)))
 
 
 def _write_report(ctx: ExportContext) -> None:

@@ -19,26 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nasctl.nas.data import TensorSplit
-from nasctl.nas.supernet import recalibrate_bn
+from nasctl.nas.supernet import BNCalibration, recalibrate_bn
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 log = logging.getLogger(__name__)
 
 
-def recalibrate(
-    model: nn.Module, train: TensorSplit, seed: int, n_batches: int = 8, batch_size: int = 64
-) -> int:
-    """Recompute ``model``'s BatchNorm running statistics on ``n_batches`` shuffled training batches.
-
-    The order comes from ``torch.Generator().manual_seed(seed)``: same seed, same statistics.
-    Returns the number of images seen; leaves the model in eval mode.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    batches = (
-        x for i, (x, _) in zip(range(n_batches), train.batches(batch_size, shuffle=True, generator=gen))
-    )
-    return recalibrate_bn(model, batches)
+def recalibrate(model: nn.Module, train: TensorSplit, calibration: BNCalibration) -> int:
+    """Recompute ``model``'s BatchNorm running statistics with the search's one setting
+    (:class:`BNCalibration`): same setting, same images, same statistics as the front's score.
+    Returns the number of images seen; leaves the model in eval mode."""
+    return recalibrate_bn(model, calibration.images(train))
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

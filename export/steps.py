@@ -63,6 +63,7 @@ class ExportContext:
     seed: int  # the export's own random choices (recalibration batches, calibration set, attacks)
     eps: float  # robustness radius
     metadata: dict[str, Any]
+    bn_calibration: Any = None  # nasctl.nas.supernet.BNCalibration for inherited weights
     float_model: torch.nn.Module | None = None  # recalibrated, BN unfolded: the reference
     folded: torch.nn.Module | None = None
     x_check: np.ndarray | None = None
@@ -90,7 +91,7 @@ def _step_prepare(ctx: ExportContext) -> StepRecord:
     model = src.model.eval()
     seen = 0
     if src.needs_bn_recalibration:
-        seen = recalibrate(model, ctx.splits.train, ctx.seed, cfg.recalib_batches, cfg.recalib_batch_size)
+        seen = recalibrate(model, ctx.splits.train, ctx.bn_calibration)
     ctx.float_model = model.eval()
     ctx.x_check = ctx.splits.val.subset(cfg.check_images).numpy_images()
     if len(ctx.x_check) == 0:

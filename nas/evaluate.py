@@ -19,7 +19,7 @@ import torch
 from .attacks import PGD, evaluate
 from .data import DataSplits, TensorSplit
 from .space import Genome
-from .supernet import Supernet, recalibrate_bn
+from .supernet import BNCalibration, Supernet, recalibrate_bn
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,8 @@ class CandidateEvaluator:
         self.supernet, self.data, self.eps, self.s, self.seed = supernet, data, eps, settings, seed
         self.device = torch.device(device)
         self.supernet.to(self.device).eval()
-        gen = torch.Generator().manual_seed(seed)
-        batches = data.train.batches(settings.calib_batch_size, shuffle=True, generator=gen, drop_last=True)
-        self.calib = [x for _, (x, _) in zip(range(settings.calib_batches), batches)]
+        self.calibration = BNCalibration(settings.calib_batches, settings.calib_batch_size, seed)
+        self.calib = self.calibration.images(data.train)
         self.val: TensorSplit = data.val.subset(min(settings.val_size, len(data.val)))
         self.attack = PGD(eps=eps, steps=settings.pgd_steps)
 

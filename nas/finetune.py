@@ -203,13 +203,12 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     return out_dir / "result.json"
 
 
-def _recalibrate_for_training(model: nn.Module, data: DataSplits, seed: int) -> None:
-    """Inherited BatchNorm statistics are a mixture over every path: start training from the subnet's own."""
-    from .supernet import recalibrate_bn
+def _recalibrate_for_training(model: nn.Module, data: DataSplits, seed: int, batches: int = 4) -> None:
+    """Inherited BatchNorm statistics are a mixture over every path: start from the subnet's own,
+    computed exactly as the search computed them when it scored the subnet (one BNCalibration)."""
+    from .supernet import BNCalibration, prepare_subnet
 
-    gen = torch.Generator().manual_seed(seed)
-    batches = (x for _, (x, _) in zip(range(8), data.train.batches(64, shuffle=True, generator=gen)))
-    recalibrate_bn(model, batches)
+    prepare_subnet(model, data.train, BNCalibration(batches=batches, seed=seed))
 
 
 def spread_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:

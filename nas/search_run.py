@@ -202,6 +202,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             "val_images": len(evaluator.val), "final_attack": front[0]["final_attack"] if front else None,
             "final_images": front[0]["final_images"] if front else None,
             "reference_point": HV_REFERENCE, "scale": state.scale,
+            "bn_calibration": evaluator.calibration.to_dict(),  # export prepares the subnet the same way
             "seconds": time.perf_counter() - t0}
     write_outputs(run_dir, loaded.space, meta, list(archive.records.values()), front, history)
     if not front:
@@ -237,7 +238,7 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
                      f"{rec['params']:,}", cfg.finetune_epochs)
             sub.mkdir(parents=True, exist_ok=True)
             model = loaded.supernet.extract(Genome.decode(rec["genome"]))
-            _recalibrate_for_training(model, data, cfg.seed)
+            _recalibrate_for_training(model, data, cfg.seed, cfg.calib_batches)
             source = {"run": ".", "front_index": i, "knee": i == knee,
                       "supernet": _portable(loaded.path, run_dir), "weights": "inherited"}
             result = train_and_save(model, rec["genome"], loaded, data, fcfg, eps, sub, source, device)

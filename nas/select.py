@@ -36,6 +36,7 @@ class RunPick:
     seed: int | None = None
     eps: float | None = None  # the search's threat model
     finetuned_checkpoint: str | None = None  # the member trained on its own by the fine-tune stage
+    bn_calibration: dict[str, Any] | None = None  # how the search recalibrated BN (export does the same)
 
 
 def latest_run(run_root: str | os.PathLike = "runs") -> Path:
@@ -167,6 +168,7 @@ def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
         seed=doc.get("seed"),
         eps=doc.get("eps"),
         finetuned_checkpoint=_finetuned(run_dir, entry),
+        bn_calibration=doc.get("bn_calibration"),
     )
 
 

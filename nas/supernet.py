@@ -9,6 +9,7 @@ Normalisation lives inside both, so models take raw pixels in [0, 1] and attacks
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -256,3 +257,31 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
         m.momentum = mom
     model.eval()
     return seen
+
+
+@dataclass(frozen=True)
+class BNCalibration:
+    """The one setting every subnet's BatchNorm statistics are recalibrated with: the search scores a
+    candidate, the fine-tune stage starts from it, training checks its paths and export prepares it
+    with the same images, so an exported model's statistics are the ones its front score was measured
+    with. The batches are the first ``batches`` of the train split shuffled by ``seed``."""
+
+    batches: int = 4  # 256 training images: enough for stable statistics of tiny nets, cheap per candidate
+    batch_size: int = 64
+    seed: int = 0
+
+    def images(self, train) -> list[torch.Tensor]:
+        """The calibration images of ``train`` (a TensorSplit), in order."""
+        gen = torch.Generator().manual_seed(self.seed)
+        stream = train.batches(self.batch_size, shuffle=True, generator=gen, drop_last=True)
+        return [x for _, (x, _) in zip(range(self.batches), stream)]
+
+    def to_dict(self) -> dict:
+        return {"batches": self.batches, "batch_size": self.batch_size, "seed": self.seed, "split": "train"}
+
+
+def prepare_subnet(model: nn.Module, train, calibration: BNCalibration,
+                   device: torch.device | str = "cpu") -> nn.Module:
+    """Recalibrate an extracted subnet's BatchNorm statistics with ``calibration``; eval mode."""
+    recalibrate_bn(model, calibration.images(train), device)
+    return model

@@ -34,7 +34,7 @@ from .data import DataSplits, load_dataset
 from .errors import NasctlError, RunInterrupted
 from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
 from .space import Genome, SearchSpace, load_space
-from .supernet import Supernet, recalibrate_bn
+from .supernet import BNCalibration, Supernet, prepare_subnet
 
 log = logging.getLogger(__name__)
 
@@ -323,9 +323,7 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         for label, g in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
             sub = self.supernet.extract(g)
-            calib = torch.Generator().manual_seed(self.cfg.seed)
-            recalibrate_bn(sub, (x for x, _ in self.data.train.batches(
-                64, shuffle=True, generator=calib, drop_last=False)), self.device)
+            prepare_subnet(sub, self.data.train, BNCalibration(seed=self.cfg.seed), self.device)
             r = evaluate(sub, val.batches(256), self.eval_attack, self.device, gen)
             out[label] = {"clean_acc": r.clean_acc, "adv_acc": r.adv_acc}
         self.supernet.train()

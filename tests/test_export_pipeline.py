@@ -30,7 +30,7 @@ from nasctl.export.targets import missing_modules
 from nasctl.nas.checkpoint import FORMAT
 from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset
 from nasctl.nas.space import BLOCKS, SKIP, Genome, SearchSpace
-from nasctl.nas.supernet import Supernet
+from nasctl.nas.supernet import BNCalibration, Supernet
 
 from nasctl.core import atomic_torch_save
 
@@ -191,7 +191,7 @@ def exports(tmp_path_factory) -> list[Exported]:
                 )
                 rc, stdout = (0 if result.ok else 1), ""
             model = load_source(ckpt, genome.encode()).model
-            recalibrate(model, splits.train, SEED)
+            recalibrate(model, splits.train, BNCalibration(seed=SEED))  # as the export does
             done.append(Exported(genome.encode(), out, ckpt, splits, model.eval(), i == 0, stdout, rc))
         yield done
     finally:

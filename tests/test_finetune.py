@@ -154,3 +154,32 @@ def test_eval_of_a_run_uses_the_finetuned_weights_and_takes_a_config(tuned_run, 
     for r, e in zip(results, doc["front"]):
         assert r["weights"] == ("fine-tuned" if "finetuned_checkpoint" in e else "inherited")
     assert "fine-tuned weights" in capsys.readouterr().out
+
+
+def test_export_prepares_inherited_weights_exactly_as_the_search_scored_them(tuned_run, tmp_path):
+    """One BN calibration: the exported model's BatchNorm statistics are the evaluator's, so the front's
+    inherited score is the exported model's."""
+    from nasctl.export import pipeline
+    from nasctl.export.steps import STEPS
+    from nasctl.nas.checkpoint import load_supernet
+    from nasctl.nas.evaluate import CandidateEvaluator, EvalSettings
+    from nasctl.nas.select import run_supernet
+
+    run = tmp_path / "r"
+    shutil.copytree(tuned_run, run)
+    doc = json.loads((run / "pareto.json").read_text())
+    assert doc["bn_calibration"]["batches"] == 1  # the run's calib_batches
+    i = 0
+    for k in [k for k in doc["front"][i] if k.startswith("finetuned_")]:  # export its inherited weights
+        del doc["front"][i][k]
+    (run / "pareto.json").write_text(json.dumps(doc))
+    cfg = pipeline.ExportConfig(run=str(run), pick=str(i), target="onnx", out=str(tmp_path / "e"))
+    ctx = pipeline._setup(cfg, None)
+    STEPS["prepare"](ctx)
+    loaded = load_supernet(run_supernet(run, doc))
+    ev = CandidateEvaluator(loaded.supernet, load_dataset("digits", seed=0), loaded.eps,
+                            EvalSettings(calib_batches=1), seed=0)
+    ours = ev.subnet(loaded.space.parse(doc["front"][i]["genome"])).state_dict()
+    exported = ctx.float_model.state_dict()
+    stats = [k for k in ours if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(ours[k], exported[k]) for k in stats)
