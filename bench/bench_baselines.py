@@ -10,7 +10,7 @@ they are points of the space. Each is trained with the project's trainer for sta
 (:func:`nasctl.nas.finetune.adversarial_train`: PGD-7 with step eps/4, SGD lr 0.05 momentum 0.9
 Nesterov, weight decay 5e-4, cosine, 40 epochs, batch 64) on ``load_dataset("digits", seed=0)``'s
 1,200 training images, and evaluated on the 397 test images with the search's final attack
-(:func:`nasctl.nas.evaluate.test_accuracy`: PGD-20, step eps/8, 3 restarts).
+(:func:`nasctl.nas.candidates.test_accuracy`: PGD-20, step eps/8, 3 restarts).
 
 Their parameter counts are those of the issue minus the conv biases (1,442 vs 1,466 etc.): the
 space's convs have none, since a bias in front of BatchNorm is redundant.
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nasctl.nas.candidates import test_accuracy
 from nasctl.nas.data import DataSplits, load_dataset
-from nasctl.nas.evaluate import test_accuracy
 from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train
 from nasctl.nas.space import load_space
 from nasctl.nas.supernet import build_subnet

@@ -3,7 +3,7 @@ adversarial training, the NSGA-II search and its reports.
 
 Modules, one job each: ``data`` (data sets and splits), ``space`` (blocks, genomes, spaces, costs),
 ``supernet`` (slim supernet, ``extract``, BN recalibration), ``attacks`` (FGSM family, PGD, TRADES),
-``train`` (``nasctl train``), ``checkpoint`` (atomic, self-describing checkpoints), ``evaluate``
+``train`` (``nasctl train``), ``checkpoint`` (atomic, self-describing checkpoints), ``candidates``
 (candidate accuracy), ``objectives``, ``search`` (pymoo problem and driver), ``search_run`` (a whole
 ``nasctl search`` run), ``report`` (front, plots, layer statistics), ``select`` (picking subnets
 from a run), ``robust_eval`` (``nasctl eval``), ``finetune`` (stand-alone subnet training),

@@ -147,7 +147,7 @@ def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg:
                    on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Fine-tune (or train from scratch) ``model``, evaluate it with the final attack, and write
     ``subnet.pt`` then ``result.json`` into ``out_dir`` (the result last: its presence means done)."""
-    from .evaluate import test_accuracy
+    from .candidates import test_accuracy
     from .subnet_ckpt import save_subnet
 
     if cfg.from_scratch:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .attacks import PGD, evaluate
+from .candidates import genome_seed
 from .data import TensorSplit
 from .errors import NasctlError
-from .evaluate import genome_seed
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,8 @@ class _Data:
 def _targets(cfg: EvalConfig, data: _Data) -> list[_Target]:
     """Every subnet ``cfg`` names, with the weights a user would deploy: a front member's fine-tuned
     checkpoint when the search trained it, else its inherited weights (BN recalibrated)."""
+    from .candidates import CandidateEvaluator
     from .checkpoint import FORMAT, load_supernet, read_checkpoint
-    from .evaluate import CandidateEvaluator
     from .select import pick_from_run, read_front
     from .subnet_ckpt import SUBNET_FORMAT, subnet_from_checkpoint
 

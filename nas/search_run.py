@@ -17,10 +17,10 @@ from typing import Any
 from nasctl.core import atomic_write_json, resolve_device, sha256_file
 
 from . import train as train_mod
+from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
 from .data import load_dataset
 from .errors import NasctlError, RunInterrupted
-from .evaluate import CandidateEvaluator, EvalSettings, final_evaluation
 from .objectives import parse_objectives
 from .report import write_outputs
 from .runs import build_config, discard_if_unused, make_run_dir, run_lock, write_run_config

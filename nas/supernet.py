@@ -203,10 +203,17 @@ class Supernet(nn.Module):
         return self.active_head()(x)
 
     def extract(self, genome: Genome) -> Subnet:
-        """A static copy of one subnet with its weights (and BatchNorm statistics) sliced out."""
+        """A static copy of one subnet with its weights (and BatchNorm statistics) sliced out.
+
+        The supernet's active path is left as it was: extracting is a read, not a switch."""
+        previous = self.active
         self.set_active(genome)
-        parts = copy.deepcopy(nn.ModuleList([self.normalize, self.active_stem(), *self.active_blocks(),
-                                             self.active_head()]))
+        try:
+            parts = copy.deepcopy(nn.ModuleList([self.normalize, self.active_stem(), *self.active_blocks(),
+                                                 self.active_head()]))
+        finally:
+            if previous is not None:
+                self.set_active(previous)
         for block in parts[2:]:
             block.drop_inactive()
         to_static(parts)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from nasctl.nas.candidates import test_accuracy as final_attack_accuracy
 from nasctl.nas.data import load_dataset
-from nasctl.nas.evaluate import test_accuracy as final_attack_accuracy
 from nasctl.nas.finetune import reset_weights, spread_picks
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.search_run import resume_search, search
@@ -161,8 +161,8 @@ def test_export_prepares_inherited_weights_exactly_as_the_search_scored_them(tun
     inherited score is the exported model's."""
     from nasctl.export import pipeline
     from nasctl.export.steps import STEPS
+    from nasctl.nas.candidates import CandidateEvaluator, EvalSettings
     from nasctl.nas.checkpoint import load_supernet
-    from nasctl.nas.evaluate import CandidateEvaluator, EvalSettings
     from nasctl.nas.select import run_supernet
 
     run = tmp_path / "r"

@@ -167,3 +167,21 @@ def test_sub_supernets_share_stem_and_head_only_across_shared_weights():
         assert torch.equal(net.extract(conv).eval()(x), before)
         net.stems[0].conv.weight.add_(1.0)
         assert not torch.allclose(net.extract(conv).eval()(x), before)
+
+
+def test_extract_leaves_the_active_path_alone():
+    space = load_space("digits")
+    net = Supernet(space, 1, 10, [0.4], [0.3])
+    rng = np.random.default_rng(3)
+    a, b = space.sample(rng), space.sample(rng)
+    net.set_active(a)
+    net.extract(b)
+    assert net.active == a
+
+
+def test_package_names_are_the_functions_they_list():
+    import nasctl.nas as nas
+    import nasctl.nas.candidates  # noqa: F401 (a submodule import must not rebind the name)
+    from nasctl.nas.attacks import evaluate
+
+    assert nas.evaluate is evaluate and callable(nas.evaluate)
