@@ -327,3 +327,21 @@ def test_plots_leave_the_users_matplotlib_backend_alone(finished_run, tmp_path):
         assert (tmp_path / "hv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         matplotlib.use(before)
+
+
+GOLDEN = Path(__file__).parent / "data" / "golden_front.json"
+
+
+def test_front_matches_the_recorded_one(finished_run):
+    """A refactor must not change results: the short search of this module (same supernet recipe,
+    same seed) must give exactly the front recorded in tests/data/golden_front.json. When a change is
+    meant to alter results, regenerate it with NASCTL_UPDATE_GOLDEN=1 and say why in the commit."""
+    doc = json.loads((finished_run / "pareto.json").read_text())
+    got = {"front": [{k: r[k] for k in ("genome", "params", "clean_acc", "adv_acc", "final_clean_acc",
+                                         "final_adv_acc")} for r in doc["front"]],
+           "knee": doc["knee"], "evaluations": doc["evaluations"],
+           "hypervolume": [round(g["hypervolume"], 12) for g in
+                           json.loads((finished_run / "history.json").read_text())["generations"]]}
+    if os.environ.get("NASCTL_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+    assert got == json.loads(GOLDEN.read_text())
