@@ -42,42 +42,80 @@ def pick_subnets(run: Path, n: int) -> list[dict]:
     return spread(front, (n + 1) // 2) + spread(rest, n // 2)
 
 
-def main() -> None:
+def bootstrap_tau(x: list[float], y: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of Kendall's tau over resampled (x, y) pairs."""
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(x), np.asarray(y)
+    taus = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(x), len(x))
+        t = kendalltau(x[i], y[i]).statistic
+        if np.isfinite(t):
+            taus.append(t)
+    return float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))
+
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
-    ap.add_argument("--n", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=None, help="default: the supernet's epochs")
+    ap.add_argument("--n", type=int, default=24)
+    ap.add_argument("--mode", choices=("finetune", "scratch"), default="finetune",
+                    help="finetune: from the inherited weights, as the search's fine-tune stage ships them "
+                    "(default); scratch: re-initialised")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="default: the fine-tune stage's epochs (finetune) or the supernet's (scratch)")
     ap.add_argument("--out", default="bench/results/ranking.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    from nasctl.nas.finetune import FinetuneConfig
+    from nasctl.nas.supernet import BNCalibration, prepare_subnet
+
     run = Path(args.run)
     doc = json.loads((run / "pareto.json").read_text())
     loaded = load_supernet(run_supernet(run, doc))
     eps = loaded.eps
     data = load_dataset(loaded.dataset["name"], seed=int(loaded.config.get("seed", 0)))
-    epochs = args.epochs or int(loaded.config["epochs"])
+    ft = FinetuneConfig()
+    stage_epochs = int((doc.get("finetune") or {}).get("epochs") or ft.epochs)
+    epochs = args.epochs or (stage_epochs if args.mode == "finetune" else int(loaded.config["epochs"]))
     val = data.val.subset(doc["val_images"])
     rows = []
     for rec in pick_subnets(run, args.n):
         t0 = time.perf_counter()
-        model = reset_weights(loaded.supernet.extract(loaded.space.parse(rec["genome"])), seed=0)
-        adversarial_train(model, data, SubnetTrainConfig(epochs=epochs, eps=eps))
+        model = loaded.supernet.extract(loaded.space.parse(rec["genome"]))
+        if args.mode == "scratch":
+            reset_weights(model, seed=0)
+        else:
+            calib = doc.get("bn_calibration") or {}  # the search's own BN setting, as its fine-tune stage
+            prepare_subnet(model, data.train, BNCalibration(int(calib.get("batches", 4)),
+                                                            seed=int(calib.get("seed", doc.get("seed", 0)))))
+        lr = ft.lr if args.mode == "finetune" else SubnetTrainConfig.lr
+        adversarial_train(model, data, SubnetTrainConfig(epochs=epochs, eps=eps, lr=lr))
         clean, adv = robust_accuracy(model, val, eps, steps=20)
         rows.append({"genome": rec["genome"], "params": rec["params"], "inherited_clean": rec["clean_acc"],
-                     "inherited_adv": rec["adv_acc"], "standalone_clean": clean, "standalone_adv": adv,
+                     "inherited_adv": rec["adv_acc"], "trained_clean": clean, "trained_adv": adv,
                      "seconds": time.perf_counter() - t0})
-        print(f"{rec['params']:>7,}  inherited {rec['clean_acc']:5.1f}/{rec['adv_acc']:5.1f}  stand-alone "
+        print(f"{rec['params']:>7,}  search score {rec['clean_acc']:5.1f}/{rec['adv_acc']:5.1f}  {args.mode} "
               f"{clean:5.1f}/{adv:5.1f}  {rec['genome']}", flush=True)
-    tau_adv = kendalltau([r["inherited_adv"] for r in rows], [r["standalone_adv"] for r in rows])
-    tau_clean = kendalltau([r["inherited_clean"] for r in rows], [r["standalone_clean"] for r in rows])
-    res = {"run": str(run), "epochs": epochs, "eps": eps, "n": len(rows),
+    score = [r["inherited_adv"] for r in rows]
+    truth = [r["trained_adv"] for r in rows]
+    tau_adv = kendalltau(score, truth)
+    tau_params = kendalltau([r["params"] for r in rows], truth)
+    tau_clean = kendalltau([r["inherited_clean"] for r in rows], [r["trained_clean"] for r in rows])
+    lo, hi = bootstrap_tau(score, truth)
+    plo, phi = bootstrap_tau([r["params"] for r in rows], truth)
+    res = {"run": str(run), "mode": args.mode, "epochs": epochs, "eps": eps, "n": len(rows),
            "kendall_tau_adv": float(tau_adv.statistic), "p_adv": float(tau_adv.pvalue),
+           "kendall_tau_adv_ci95": [lo, hi],
+           "kendall_tau_params": float(tau_params.statistic), "kendall_tau_params_ci95": [plo, phi],
            "kendall_tau_clean": float(tau_clean.statistic), "p_clean": float(tau_clean.pvalue), "rows": rows}
-    print(f"Kendall tau (adv, inherited vs stand-alone): {res['kendall_tau_adv']:.3f} "
-          f"(p={res['p_adv']:.3g}); "
-          f"clean: {res['kendall_tau_clean']:.3f} (p={res['p_clean']:.3g}); n={len(rows)}")
+    print(f"Kendall tau, search score (inherited val PGD) vs {args.mode} val PGD-20: "
+          f"{res['kendall_tau_adv']:.3f} (95 % CI {lo:.2f} .. {hi:.2f}, p={res['p_adv']:.3g}); "
+          f"parameter count alone: {res['kendall_tau_params']:.3f} ({plo:.2f} .. {phi:.2f}); "
+          f"clean: {res['kendall_tau_clean']:.3f}; n={len(rows)}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(f"written {args.out}", file=sys.stderr)
+    return res
 
 
 if __name__ == "__main__":
