@@ -11,7 +11,6 @@ reported against it, which tells how much room a better search algorithm could s
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -23,11 +22,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", help="search run folders (config.json + archive.jsonl)")
     args = ap.parse_args(argv)
+    from nasctl.nas.archive import Archive
     from nasctl.nas.checkpoint import load_supernet
-    from nasctl.nas.objectives import parse_objectives
+    from nasctl.nas.front import hypervolume, nondominated
+    from nasctl.nas.objectives import SIZE_OBJECTIVES, parse_objectives
     from nasctl.nas.search_run import _sizes_fn, config_from_run
-
-    search = importlib.import_module("nasctl.nas.search")  # nasctl.nas.search is also a function name
 
     cfgs = [config_from_run(json.loads((Path(r) / "config.json").read_text())) for r in args.runs]
     keys = {(c.supernet, c.seed, c.objectives) for c in cfgs}
@@ -35,23 +34,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"runs differ in (supernet, seed, objectives): {sorted(keys)}; pass runs of one setting")
     cfg = cfgs[0]
     loaded = load_supernet(cfg.supernet)
-    state = search.SearchState(loaded.space, parse_objectives(cfg.objectives), lambda g: {},
-                               _sizes_fn(loaded.space, loaded.dataset), search.Archive(Path("/nonexistent")),
-                               cfg, search.SearchCallbacks())
+    objectives, limits = parse_objectives(cfg.objectives), cfg.constraints()
+    largest = _sizes_fn(loaded.space, loaded.dataset)(loaded.space.largest())
+    scale = {k: float(largest[k]) for k in SIZE_OBJECTIVES}  # as the search scales sizes
     union: dict[str, dict] = {}
     rows = []
     for run, c in zip(args.runs, cfgs):
         # repair=False: read only, a running search's half-written last line is skipped, not cut off
-        recs = list(search.Archive(Path(run) / "archive.jsonl", repair=False).records.values())
+        recs = list(Archive(Path(run) / "archive.jsonl", repair=False).records.values())
         for r in recs:
             old = union.setdefault(r["genome"], r)
             if (old["clean_acc"], old["adv_acc"]) != (r["clean_acc"], r["adv_acc"]):
                 sys.exit(f"{r['genome']} scored differently in two runs: not one evaluator setting")
-        hv = search.hypervolume(state, search.nondominated(state, recs))
+        hv = hypervolume(nondominated(recs, objectives, scale, limits), objectives, scale)
         rows.append({"run": run, "algorithm": c.algorithm, "generations": c.generations,
                      "evaluations": len(recs), "hypervolume": hv})
-    union_front = search.nondominated(state, list(union.values()))
-    best = search.hypervolume(state, union_front)
+    union_front = nondominated(list(union.values()), objectives, scale, limits)
+    best = hypervolume(union_front, objectives, scale)
     for r in rows:
         print(f"{r['algorithm']:>6} {r['evaluations']:4d} evals  HV {r['hypervolume']:.4f}  "
               f"{100 * r['hypervolume'] / best:5.1f} % of the union  {r['run']}")

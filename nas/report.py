@@ -17,20 +17,9 @@ import numpy as np
 
 from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+from .front import knee_index
 from .objectives import OBJECTIVES
 from .space import SKIP, Genome, SearchSpace
-
-
-def knee_index(front: list[dict[str, Any]], objectives: tuple[str, ...]) -> int:
-    """The front member closest (Euclidean) to the ideal point after scaling each objective to [0, 1]
-    over the front -- the balanced choice that ``nasctl export`` takes by default."""
-    if not front:
-        raise ValueError("empty front")
-    F = np.array([[(-r[o] if OBJECTIVES[o].maximize else r[o]) for o in objectives] for r in front],
-                 dtype=float)
-    lo, hi = F.min(0), F.max(0)
-    Z = (F - lo) / np.where(hi > lo, hi - lo, 1.0)
-    return int(np.argmin(np.linalg.norm(Z, axis=1)))
 
 
 def layer_stats(space: SearchSpace,

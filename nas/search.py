@@ -11,9 +11,7 @@ algorithm state.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,13 +19,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import front as front_mod
+from .archive import Archive
 from .errors import NasctlError
-from .objectives import DEFAULT_OBJECTIVES, OBJECTIVES, SIZE_OBJECTIVES, minimised, parse_objectives
+from .front import HV_REFERENCE
+from .objectives import DEFAULT_OBJECTIVES, SIZE_OBJECTIVES, minimised, parse_objectives
 from .space import Genome, SearchSpace
 
 log = logging.getLogger(__name__)
 
-HV_REFERENCE = 1.1  # in every minimised objective (errors in [0,1], sizes relative to the largest subnet)
 
 
 @dataclass
@@ -114,68 +114,6 @@ class SearchCallbacks:
 
     def on_generation(self, stats: GenerationStats, total: int) -> None: ...
     def on_evaluation(self, record: dict[str, Any]) -> None: ...
-
-
-# --- the archive ----------------------------------------------------------------------------
-class Archive:
-    """Append-only JSON-lines record of every evaluated candidate; the search's cache and its resume."""
-
-    def __init__(self, path: Path, repair: bool = True):
-        """``repair=False`` reads without cutting a half-written last line off the file: for tools that
-        read other runs' archives, which may still be growing."""
-        self.path = path
-        self.records: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            self._load(repair)
-
-    # a record needs these to be scored; anything else it carries is extra
-    REQUIRED = ("genome", "clean_acc", "adv_acc", "params", "generation")
-
-    def _load(self, repair: bool) -> None:
-        """Read every complete record. A crash can leave only one kind of damage -- a half-written
-        last line (no newline) -- and only that is cut off (with ``repair``). A bad line anywhere else
-        is somebody's edit or a disk error: it stays on disk untouched, is skipped with a warning that
-        names its line number, and its candidate is simply evaluated again."""
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        tail = lines.pop()  # after the last newline: b"" for a complete file, else a half-written line
-        for number, raw in enumerate(lines, 1):
-            problem = None
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                problem = f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})"
-            else:
-                missing = ([k for k in self.REQUIRED if k not in rec] if isinstance(rec, dict)
-                           else ["a JSON object"])
-                if missing:
-                    problem = f"missing {', '.join(missing)}"
-                elif not isinstance(rec["genome"], str):
-                    problem = "its genome is not a string"
-            if problem:
-                log.warning("archive %s line %d is not a valid record (%s): skipped and left as it is; its "
-                            "candidate will be evaluated again", self.path, number, problem)
-                continue
-            self.records[rec["genome"]] = rec
-        if tail:
-            log.warning("archive %s: %s a half-written last line (a crash during a write)", self.path,
-                        "dropping" if repair else "ignoring")
-            if repair:
-                with open(self.path, "r+b") as f:
-                    f.truncate(len(data) - len(tail))
-
-    def __contains__(self, genome: str) -> bool:
-        return genome in self.records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def add(self, rec: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.records[rec["genome"]] = rec
 
 
 # --- pymoo problem --------------------------------------------------------------------------
@@ -299,37 +237,17 @@ def _make_nsga2(space: SearchSpace, pop_size: int, mutation_genes: float = 2.0):
                  eliminate_duplicates=dup)
 
 
-# --- front analysis helpers -----------------------------------------------------------------
+# --- front analysis (pure functions in .front, with this run's objectives, scale and constraints) ---
 def nondominated(state: SearchState, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
-    feas = [r for r in recs if state.feasible(r)]
-    if not feas:
-        return []
-    F = np.array([state.F(r) for r in feas])
-    idx = NonDominatedSorting().do(F, only_non_dominated_front=True)
-    return [feas[i] for i in sorted(idx, key=lambda i: (feas[i]["params"], feas[i]["genome"]))]
+    return front_mod.nondominated(recs, state.objectives, state.scale, state.cfg.constraints())
 
 
 def hypervolume(state: SearchState, front: list[dict[str, Any]]) -> float:
-    from pymoo.indicators.hv import HV
-
-    if not front:
-        return 0.0
-    F = np.array([state.F(r) for r in front])
-    return float(HV(ref_point=np.full(F.shape[1], HV_REFERENCE))(F))
+    return front_mod.hypervolume(front, state.objectives, state.scale)
 
 
 def best_values(state: SearchState, recs: list[dict[str, Any]]) -> dict[str, float]:
-    """Best raw value of each objective over the feasible candidates (empty while none is feasible)."""
-    feas = [r for r in recs if state.feasible(r)]
-    if not feas:
-        return {}
-    out = {}
-    for o in state.objectives:
-        vals = [r[o] for r in feas]
-        out[o] = max(vals) if OBJECTIVES[o].maximize else min(vals)
-    return out
+    return front_mod.best_values(recs, state.objectives, state.cfg.constraints())
 
 
 # --- the driver -----------------------------------------------------------------------------

@@ -17,14 +17,16 @@ from typing import Any
 from nasctl.core import atomic_write_json, resolve_device, sha256_file
 
 from . import train as train_mod
+from .archive import Archive
 from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
 from .data import load_dataset
 from .errors import NasctlError, RunInterrupted
+from .front import HV_REFERENCE
 from .objectives import parse_objectives
 from .report import write_outputs
 from .runs import build_config, discard_if_unused, make_run_dir, run_lock, write_run_config
-from .search import HV_REFERENCE, Archive, SearchCallbacks, SearchConfig, SearchState, run_generations
+from .search import SearchCallbacks, SearchConfig, SearchState, run_generations
 from .space import Genome, GenomeError
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
@@ -221,7 +223,7 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
     import zlib
 
     from .finetune import FinetuneConfig, _recalibrate_for_training, spread_picks, train_and_save
-    from .report import knee_index
+    from .front import knee_index
 
     knee = knee_index(front, parse_objectives(cfg.objectives))
     fcfg = FinetuneConfig(epochs=cfg.finetune_epochs, final_steps=cfg.final_steps,

@@ -205,7 +205,7 @@ def test_mutation_genes_sets_how_far_offspring_move():
 def test_half_written_archive_line_is_dropped(finished_run, tmp_path):
     import shutil
 
-    from nasctl.nas.search import Archive
+    from nasctl.nas.archive import Archive
 
     copy = tmp_path / "a.jsonl"
     shutil.copy(finished_run / "archive.jsonl", copy)
