@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from nasctl.core import did_you_mean
+
 from . import front as front_mod
 from .archive import Archive
 from .errors import NasctlError
@@ -63,8 +65,10 @@ class SearchConfig:
 
     def validate(self) -> None:
         parse_objectives(self.objectives)
-        if self.algorithm not in ("nsga2", "random"):
-            raise NasctlError(f"unknown --algorithm {self.algorithm!r}: choose nsga2 or random")
+        if self.algorithm not in ALGORITHMS:
+            hint = did_you_mean(self.algorithm, ALGORITHMS)
+            raise NasctlError(f"unknown --algorithm {self.algorithm!r}{hint} (choose "
+                              f"{' or '.join(ALGORITHMS)})")
         if self.pop_size < 2 or self.generations < 1:
             raise NasctlError(f"--pop-size must be >= 2 and --generations >= 1 (got {self.pop_size}, "
                               f"{self.generations})")
@@ -258,6 +262,47 @@ class SearchResult:
     evaluations: int = 0
 
 
+def _run_nsga2(state: SearchState, cfg: SearchConfig, end_generation: Callable[[int], None]) -> None:
+    """pymoo's NSGA-II through ask/tell: one generation per ask, evaluated by the problem."""
+    algo = _make_nsga2(state.space, cfg.pop_size, cfg.mutation_genes)
+    problem = _make_problem(state)
+    algo.setup(problem, termination=("n_gen", cfg.generations), seed=cfg.seed, verbose=False)
+    gen = 0
+    while algo.has_next():
+        gen += 1
+        state.generation = gen
+        pop = algo.ask()
+        algo.evaluator.eval(problem, pop)
+        algo.tell(infills=pop)
+        end_generation(state.generation)
+
+
+def _run_random(state: SearchState, cfg: SearchConfig, end_generation: Callable[[int], None]) -> None:
+    """The baseline at the same budget: ``pop_size`` new distinct random subnets per generation."""
+    rng = np.random.default_rng(cfg.seed)
+    seen: set[str] = set()
+    for gen in range(1, cfg.generations + 1):
+        state.generation = gen
+        batch = []
+        for _ in range(100 * cfg.pop_size):
+            if len(batch) == cfg.pop_size:
+                break
+            g = state.space.sample(rng)
+            if g.encode() not in seen:
+                seen.add(g.encode())
+                batch.append(g)
+        for g in batch:
+            state.record(g)
+        end_generation(gen)
+
+
+# search algorithms by --algorithm name: each runs cfg.generations generations through the state and
+# calls end_generation(gen) after each; a new one is a function and a line here
+ALGORITHMS: dict[str, Callable[[SearchState, SearchConfig, Callable[[int], None]], None]] = {
+    "nsga2": _run_nsga2, "random": _run_random,
+}
+
+
 def run_generations(state: SearchState, cfg: SearchConfig, history_path: Path | None = None) -> SearchResult:
     """Run NSGA-II (or the random baseline) for ``cfg.generations`` generations of ``cfg.pop_size``."""
     history: list[GenerationStats] = []
@@ -280,33 +325,6 @@ def run_generations(state: SearchState, cfg: SearchConfig, history_path: Path | 
                                              "generations": [asdict(h) for h in history]})
         state.cb.on_generation(st, cfg.generations)
 
-    if cfg.algorithm == "nsga2":
-        algo = _make_nsga2(state.space, cfg.pop_size, cfg.mutation_genes)
-        problem = _make_problem(state)
-        algo.setup(problem, termination=("n_gen", cfg.generations), seed=cfg.seed, verbose=False)
-        gen = 0
-        while algo.has_next():
-            gen += 1
-            state.generation = gen
-            pop = algo.ask()
-            algo.evaluator.eval(problem, pop)
-            algo.tell(infills=pop)
-            end_generation(state.generation)
-    else:
-        rng = np.random.default_rng(cfg.seed)
-        seen: set[str] = set()
-        for gen in range(1, cfg.generations + 1):
-            state.generation = gen
-            batch = []
-            for _ in range(100 * cfg.pop_size):
-                if len(batch) == cfg.pop_size:
-                    break
-                g = state.space.sample(rng)
-                if g.encode() not in seen:
-                    seen.add(g.encode())
-                    batch.append(g)
-            for g in batch:
-                state.record(g)
-            end_generation(gen)
+    ALGORITHMS[cfg.algorithm](state, cfg, end_generation)
     front = nondominated(state, list(state.archive.records.values()))
     return SearchResult(front, history, len(state.archive))
