@@ -132,14 +132,12 @@ class FinetuneConfig:
     name: str = ""
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "attack_steps", "final_steps", "final_restarts"):
-            if getattr(self, name) < 1:
-                raise NasctlError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        from .runs import check_at_least_one, check_eps
+
+        check_at_least_one(self, ("epochs", "batch_size", "attack_steps", "final_steps", "final_restarts"))
         if not self.lr > 0:
             raise NasctlError(f"--lr must be > 0, got {self.lr}")
-        if self.eps is not None and not 0 < self.eps <= 1:
-            raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got "
-                              f"{self.eps}")
+        check_eps(self.eps)
 
 
 def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg: FinetuneConfig, eps: float,
@@ -193,7 +191,9 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
             write_run_config(out_dir, "finetune", cfg, {"genome": genome.encode(), "source": source,
                                                         "eps": eps})
             model = loaded.supernet.extract(genome)
-            _recalibrate_for_training(model, data, cfg.seed)
+            calib = pick.bn_calibration or {}
+            _recalibrate_for_training(model, data, int(calib.get("seed", cfg.seed)),
+                                      int(calib.get("batches", 4)))
             train_and_save(model, genome.encode(), loaded, data, cfg, eps, out_dir, source, device, on_epoch)
     except NasctlError:
         discard_if_unused(out_dir)

@@ -36,13 +36,10 @@ class StrongEvalConfig:
     eps: float | None = None  # L-inf radius on [0, 1] pixels; None: the supernet's training eps
 
     def validate(self) -> None:
-        for name in ("steps", "restarts", "n_images"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise NasctlError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.eps is not None and not 0 < self.eps <= 1:
-            raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got "
-                              f"{self.eps}")
+        from .runs import check_at_least_one, check_eps
+
+        check_at_least_one(self, ("steps", "restarts", "n_images"))
+        check_eps(self.eps)
 
 
 def _art_pgd_acc(model: torch.nn.Module, split: TensorSplit, eps: float, steps: int, shape, classes: int,
@@ -93,8 +90,7 @@ def _autoattack_acc(model: torch.nn.Module, split: TensorSplit, eps: float, seed
 def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, eps: float,
                       info: dict[str, Any], cfg: StrongEvalConfig) -> dict[str, Any]:
     """Clean accuracy and robust accuracy under every available attack, in percent."""
-    if cfg.steps < 1 or cfg.restarts < 1:
-        raise NasctlError(f"--steps and --restarts must be >= 1 (got {cfg.steps}, {cfg.restarts})")
+    cfg.validate()
     model.eval()
     if cfg.n_images:
         split = split.subset(cfg.n_images)

@@ -162,3 +162,20 @@ def discard_if_unused(run_dir: str | Path) -> bool:
         d.rmdir()
     run_dir.rmdir()
     return True
+
+
+def check_at_least_one(cfg: Any, names: dict[str, str] | tuple[str, ...]) -> None:
+    """Every count setting in ``names`` (None means "not set") is >= 1; ``names`` may map each to a
+    few words saying what it counts, for the message."""
+    what = names if isinstance(names, dict) else dict.fromkeys(names, "")
+    for name, words in what.items():
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            label = f" ({words})" if words else ""
+            raise NasctlError(f"--{name.replace('_', '-')}{label} must be >= 1, got {value}")
+
+
+def check_eps(eps: float | None, hint: str = "") -> None:
+    """An L-inf radius on [0, 1] pixels must be in (0, 1] (None: the caller's default)."""
+    if eps is not None and not 0 < eps <= 1:
+        raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got {eps}{hint}")

@@ -26,6 +26,7 @@ from .archive import Archive
 from .errors import NasctlError
 from .front import HV_REFERENCE
 from .objectives import DEFAULT_OBJECTIVES, SIZE_OBJECTIVES, minimised, parse_objectives
+from .runs import check_at_least_one, check_eps
 from .space import Genome, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -78,17 +79,12 @@ class SearchConfig:
         if self.max_latency_ms is not None:
             raise NasctlError("--max-latency-ms needs a latency source (nasctl profile), which this version "
                               "does not have yet: constrain size with --max-params instead")
-        if self.eps is not None and not 0 < self.eps <= 1:
-            raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got "
-                              f"{self.eps} (leave it out to use the supernet's training eps)")
-        at_least_one = {"val_size": "validation images per candidate", "pgd_steps": "search-time PGD steps",
-                        "calib_batches": "BatchNorm calibration batches", "final_steps": "final PGD steps",
-                        "final_restarts": "final PGD restarts", "epochs": "supernet training epochs",
-                        "max_params": "the parameter budget"}
-        for name, what in at_least_one.items():
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise NasctlError(f"--{name.replace('_', '-')} ({what}) must be >= 1, got {value}")
+        check_eps(self.eps, " (leave it out to use the supernet's training eps)")
+        check_at_least_one(self, {
+            "val_size": "validation images per candidate", "pgd_steps": "search-time PGD steps",
+            "calib_batches": "BatchNorm calibration batches", "final_steps": "final PGD steps",
+            "final_restarts": "final PGD restarts", "epochs": "supernet training epochs",
+            "max_params": "the parameter budget"})
         if self.finetune_members < 0 or self.finetune_epochs < 1:
             raise NasctlError(f"--finetune-members must be >= 0 (0: no fine-tune stage) and "
                               f"--finetune-epochs >= 1 (got {self.finetune_members}, {self.finetune_epochs})")
