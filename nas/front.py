@@ -20,9 +20,11 @@ Record = Mapping[str, Any]
 
 
 def feasible(rec: Record, constraints: Mapping[str, float] | None = None) -> bool:
-    """Whether ``rec`` meets ``constraints`` (``max_params``, ``min_clean_acc``; others are ignored)."""
+    """Whether ``rec`` meets ``constraints`` (``max_params``, ``max_latency_ms``, ``min_clean_acc``)."""
     c = constraints or {}
     if c.get("max_params") is not None and rec["params"] > c["max_params"]:
+        return False
+    if c.get("max_latency_ms") is not None and rec["latency_ms"] > c["max_latency_ms"]:
         return False
     if c.get("min_clean_acc") is not None and rec["clean_acc"] < c["min_clean_acc"]:
         return False

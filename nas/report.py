@@ -140,11 +140,19 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
         "| fine-tuned clean % | fine-tuned PGD % |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    lat = meta.get("latency")
+    if lat:
+        lines[-2] = lines[-2].replace("| MACs |", "| MACs | latency ms |")
+        lines[-1] = lines[-1].replace("|---:|---:|---:|", "|---:|---:|---:|---:|", 1)
+        lines[2:2] = [f"- latency_ms: {lat['source']} (LiteRT {lat['precision']}, "
+                      f"{lat['threads']} thread(s), "
+                      f"{lat['runtime_version']}, device {lat['device_fingerprint']})"]
     for i, r in enumerate(front):
         ft = (f"{r['finetuned_clean_acc']:.1f} | {r['finetuned_adv_acc']:.1f}" if "finetuned_adv_acc" in r
               else " | ")
+        ms = f" {r['latency_ms']:.4g} |" if lat else ""
         lines.append(f"| {i}{'*' if i == knee else ''} | `{r['genome']}` | {r['params']:,} | "
-                     f"{r['int8_bytes'] / 1024:.1f} | {r['macs']:,} | "
+                     f"{r['int8_bytes'] / 1024:.1f} | {r['macs']:,} |{ms} "
                      f"{r['clean_acc']:.1f} | {r['adv_acc']:.1f} | "
                      f"{r.get('final_clean_acc', float('nan')):.1f} | "
                      f"{r.get('final_adv_acc', float('nan')):.1f} | {ft} |")
@@ -169,7 +177,8 @@ def write_outputs(run_dir: Path, space: SearchSpace, meta: dict[str, Any], archi
     atomic_write_json(run_dir / "pareto.json", {**meta, "knee": knee, "front": front})
     atomic_write_text(run_dir / "layer_stats.csv", layer_stats_csv(space, front))
     if front:
-        plot_projections(run_dir / "front_projections.png", archive, front, objs)
+        shown = objs + (("latency_ms",) if meta.get("latency") and "latency_ms" not in objs else ())
+        plot_projections(run_dir / "front_projections.png", archive, front, shown)
         plot_layer_heatmap(run_dir / "layer_heatmap.png", space, front)
     if history:
         plot_hypervolume(run_dir / "hypervolume.png", history, f"{meta['algorithm']}, seed {meta['seed']}")

@@ -25,7 +25,7 @@ from . import front as front_mod
 from .archive import Archive
 from .errors import NasctlError
 from .front import HV_REFERENCE
-from .objectives import DEFAULT_OBJECTIVES, SIZE_OBJECTIVES, minimised, parse_objectives
+from .objectives import COST_OBJECTIVES, DEFAULT_OBJECTIVES, minimised, parse_objectives
 from .runs import check_at_least_one, check_eps
 from .space import Genome, SearchSpace
 
@@ -48,6 +48,13 @@ class SearchConfig:
     mutation_genes: float = 2.0  # expected genes redrawn per offspring (pymoo's default: 1); see _make_nsga2
     max_params: int | None = None  # constraint
     max_latency_ms: float | None = None  # constraint (needs a latency source)
+    # where latency_ms comes from: lut:host (the host's calibrated lookup table, nasctl profile --build-lut)
+    # or measure:host (every candidate converted and timed); None: no latency (objective and constraint
+    # refused)
+    latency_source: str | None = None
+    latency_precision: str = "int8"  # int8 | float32 TFLite, as exported
+    latency_threads: int = 1
+    store: str | None = None  # measurement store (default: the user's cache directory)
     min_clean_acc: float | None = None  # constraint, percent
     eps: float | None = None  # None: the eps the supernet was trained with
     pgd_steps: int = 10  # search-time proxy attack
@@ -76,9 +83,19 @@ class SearchConfig:
         if not self.mutation_genes > 0:
             raise NasctlError(f"--mutation-genes must be > 0 (got {self.mutation_genes}): it is the expected "
                               f"number of genes redrawn per offspring; 2 is the default")
-        if self.max_latency_ms is not None:
-            raise NasctlError("--max-latency-ms needs a latency source (nasctl profile), which this version "
-                              "does not have yet: constrain size with --max-params instead")
+        wants = [w for w, on in (("objective latency_ms", "latency_ms" in parse_objectives(self.objectives)),
+                                 ("--max-latency-ms", self.max_latency_ms is not None)) if on]
+        if wants and not self.latency_source:
+            raise NasctlError(f"{' and '.join(wants)} need(s) a latency source: add --latency-source "
+                              f"lut:host (build the table first: nasctl profile --build-lut --space SPACE "
+                              f"--device host "
+                              f"--int8) or --latency-source measure:host")
+        if self.latency_source:
+            from nasctl.profiling.source import parse_latency_source
+
+            parse_latency_source(self.latency_source, self.latency_precision, self.latency_threads)
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise NasctlError(f"--max-latency-ms must be > 0, got {self.max_latency_ms}")
         check_eps(self.eps, " (leave it out to use the supernet's training eps)")
         check_at_least_one(self, {
             "val_size": "validation images per candidate", "pgd_steps": "search-time PGD steps",
@@ -153,9 +170,10 @@ class SearchState:
         self.space, self.objectives, self.evaluate_fn, self.sizes = space, objectives, evaluate_fn, sizes
         self.archive, self.cfg, self.cb = archive, cfg, callbacks
         largest = sizes(space.largest())
-        self.scale = {k: float(largest[k]) for k in SIZE_OBJECTIVES}
+        self.scale = {k: float(largest[k]) for k in COST_OBJECTIVES if k in largest}
         self.generation = 0
-        self.constraints = [c for c in ("max_params", "min_clean_acc") if getattr(cfg, c) is not None]
+        self.constraints = [c for c in ("max_params", "min_clean_acc", "max_latency_ms")
+                            if getattr(cfg, c) is not None]
 
     def record(self, genome: Genome) -> dict[str, Any]:
         key = genome.encode()
@@ -176,6 +194,8 @@ class SearchState:
             g.append((rec["params"] - self.cfg.max_params) / self.scale["params"])
         if self.cfg.min_clean_acc is not None:
             g.append((self.cfg.min_clean_acc - rec["clean_acc"]) / 100.0)
+        if self.cfg.max_latency_ms is not None:
+            g.append((rec["latency_ms"] - self.cfg.max_latency_ms) / self.scale["latency_ms"])
         return g
 
     def feasible(self, rec: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ these stages after a crash or Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -60,13 +61,33 @@ def _expected_space(cfg: SearchConfig):
     return train_mod.resolve_space(tcfg)
 
 
-def _sizes_fn(space, info: dict[str, Any]):
-    def sizes(g: Genome) -> dict[str, int]:
+def _sizes_fn(space, info: dict[str, Any], latency=None):
+    def sizes(g: Genome) -> dict[str, Any]:
         args = (g, info["in_channels"], info["resolution"])
         params, macs = space.cost(*args, info["num_classes"])
-        return {"params": params, "macs": macs, "int8_bytes": space.int8_bytes(*args, info["num_classes"])}
+        out: dict[str, Any] = {"params": params, "macs": macs,
+                               "int8_bytes": space.int8_bytes(*args, info["num_classes"])}
+        if latency is not None:
+            out["latency_ms"] = latency(g)
+        return out
 
     return sizes
+
+
+def _latency_source(cfg: SearchConfig, loaded: LoadedSupernet):
+    """The run's latency source (None without --latency-source), bound to its space and input shape."""
+    if not cfg.latency_source:
+        return None
+    from nasctl.profiling.source import open_latency_source
+    from nasctl.profiling.store import MeasurementStore
+
+    from .data import DatasetInfo
+
+    fields = {f.name for f in dataclasses.fields(DatasetInfo)}
+    d = {k: v for k, v in loaded.dataset.items() if k in fields}
+    info = DatasetInfo(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+    return open_latency_source(cfg.latency_source, MeasurementStore(cfg.store).open(), loaded.space, info,
+                               cfg.latency_precision, cfg.latency_threads)
 
 
 def _recorded_space(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
@@ -181,8 +202,11 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
     evaluator = CandidateEvaluator(loaded.supernet, data, eps, settings, seed=cfg.seed, device=device)
     if len(archive):
         log.info("archive.jsonl holds %d evaluated subnets: they are reused, not re-evaluated", len(archive))
-    state = SearchState(loaded.space, objectives, evaluator.accuracy, _sizes_fn(loaded.space, loaded.dataset),
-                        archive, cfg, callbacks)
+    latency = _latency_source(cfg, loaded)
+    if latency is not None:
+        log.info("latency_ms from %s", latency.spec.describe())
+    state = SearchState(loaded.space, objectives, evaluator.accuracy,
+                        _sizes_fn(loaded.space, loaded.dataset, latency), archive, cfg, callbacks)
     result = run_generations(state, cfg, run_dir / "history.json")
 
     front = []
@@ -204,6 +228,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             "val_images": len(evaluator.val), "final_attack": front[0]["final_attack"] if front else None,
             "final_images": front[0]["final_images"] if front else None,
             "reference_point": HV_REFERENCE, "scale": state.scale,
+            "latency": latency.provenance if latency is not None else None,
             "bn_calibration": evaluator.calibration.to_dict(),  # export prepares the subnet the same way
             "seconds": time.perf_counter() - t0}
     write_outputs(run_dir, loaded.space, meta, list(archive.records.values()), front, history)

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("nasctl.commands.finetune",
                  "adversarially fine-tune (or train from scratch) a chosen subnet of a search run"),
     "export": ("nasctl.commands.export", "export a subnet to verified ONNX / TFLite float32 / int8"),
+    "profile": ("nasctl.commands.profile",
+                "latency of a model file, a device's lookup table, or a genome's predicted latency"),
 }
 
 

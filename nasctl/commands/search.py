@@ -30,7 +30,15 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--mutation-genes", type=float,
                    help="NSGA-II: expected genes redrawn per offspring (default 2)")
     g.add_argument("--max-params", type=int, help="constraint: at most this many parameters")
-    g.add_argument("--max-latency-ms", type=float, help="constraint: latency budget (needs a latency source)")
+    g.add_argument("--max-latency-ms", type=float, help="constraint: latency budget (needs --latency-source)")
+    g.add_argument("--latency-source", metavar="KIND:DEVICE",
+                   help="where latency_ms comes from: lut:host (the host's calibrated lookup table, built by "
+                   "nasctl profile --build-lut) or measure:host (convert and time every candidate)")
+    g.add_argument("--latency-precision", choices=("int8", "float32"),
+                   help="TFLite precision whose latency counts (default int8, what nasctl export ships)")
+    g.add_argument("--latency-threads", type=int, help="threads the latency is measured with (default 1)")
+    g.add_argument("--store", metavar="FILE",
+                   help="measurement store (default ~/.cache/nasctl/measurements.sqlite)")
     g.add_argument("--min-clean-acc", type=float, help="constraint: clean validation accuracy, percent")
     g.add_argument("--eps", type=float, help="L-inf budget (default: the supernet's training eps)")
     g.add_argument("--pgd-steps", type=int, help="search-time PGD steps (default 10)")
@@ -58,7 +66,8 @@ def _progress():
         def on_generation(self, st, total):
             if self.bar is None:
                 self.bar = tqdm(total=total, desc="search", unit="gen", file=sys.stderr, dynamic_ncols=True)
-            best = " ".join(f"{k}={v:.1f}" if OBJECTIVES[k].maximize else f"{k}={v:,.0f}"
+            best = " ".join(f"{k}={v:.1f}" if OBJECTIVES[k].maximize else
+                            (f"{k}={v:.3g}" if k == "latency_ms" else f"{k}={v:,.0f}")
                             for k, v in st.best.items()) or "none meets the constraints yet"
             # refresh=False: drawn by update() together with the new count, not a generation early
             self.bar.set_postfix_str(f"evals={st.evaluations} HV={st.hypervolume:.4f} best: {best}",

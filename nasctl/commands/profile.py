@@ -1,0 +1,173 @@
+"""``nasctl profile``: time a model file, build a device's latency lookup table, or predict a genome."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text + ". Three modes: MODEL times a file; "
+        "--build-lut measures a space's lookup table and calibrates its predictor; --arch "
+        "predicts (and with --measure, measures) one genome. Every number is stored.",
+    )
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL", help="a .tflite, .onnx or .pt (subnet checkpoint) file"
+    )
+    p.add_argument(
+        "--backend", help="litert (.tflite), onnxruntime (.onnx) or torch (.pt); default: by file type"
+    )
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs, at least (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.5,
+        help="keep timing until this much time has passed (default 0.5)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument(
+        "--store", metavar="FILE", help="measurement store (default ~/.cache/nasctl/measurements.sqlite)"
+    )
+    t = p.add_argument_group("lookup tables")
+    t.add_argument(
+        "--build-lut",
+        action="store_true",
+        help="measure every block of --space at every position "
+        "and width, then calibrate the whole-model predictor",
+    )
+    t.add_argument("--arch", metavar="GENOME", help="predict this genome's latency from the device's table")
+    t.add_argument(
+        "--measure", action="store_true", help="with --arch: also convert and time the whole model"
+    )
+    t.add_argument("--space", help="digits, tam or a YAML file")
+    t.add_argument(
+        "--dataset",
+        help="input shape of the models (default: digits for digits spaces, cifar10 "
+        "otherwise; no data is loaded)",
+    )
+    t.add_argument("--device", default="host", help="host (default)")
+    t.add_argument("--int8", action="store_true", help="full-int8 TFLite (default float32)")
+    t.add_argument(
+        "--calibration-subnets",
+        type=int,
+        default=20,
+        help="whole subnets measured to calibrate the predictor (default 20)",
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nasctl.nas.errors import NasctlError
+    from nasctl.profiling.backends import ProfileSettings
+    from nasctl.profiling.store import MeasurementStore
+
+    modes = [
+        m for m, on in (("MODEL", args.model), ("--build-lut", args.build_lut), ("--arch", args.arch)) if on
+    ]
+    if len(modes) != 1:
+        raise NasctlError(
+            "give exactly one of MODEL, --build-lut or --arch (got "
+            f"{' and '.join(modes) if modes else 'none'}); see nasctl profile --help"
+        )
+    settings = ProfileSettings(
+        threads=args.threads, runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds
+    )
+    with MeasurementStore(args.store) as store:
+        if args.model:
+            return _profile_file(args, settings, store)
+        from nasctl.profiling.tasks import check_device, resolve_space
+
+        check_device(args.device)
+        if not args.space:
+            raise NasctlError(f"{modes[0]} needs --space (digits, tam or a YAML file)")
+        space, info = resolve_space(args.space, args.dataset)
+        precision = "int8" if args.int8 else "float32"
+        if args.build_lut:
+            return _build_lut(args, space, info, store, precision)
+        return _predict(args, space, info, store, precision)
+
+
+def _profile_file(args, settings, store) -> int:
+    from nasctl.profiling.tasks import profile_file
+
+    r = profile_file(args.model, args.backend, settings, store)
+    if args.json:
+        print(json.dumps({**r.to_dict(), "file_bytes": r.model_bytes}))
+        return 0
+    print(
+        f"{r.model_path}: {r.backend} ({r.runtime_version}), {r.threads} thread(s), {r.device} "
+        f"{r.device_fingerprint}"
+    )
+    print(
+        f"  latency ms: p50 {r.p50_ms:.4g}  mean {r.mean_ms:.4g}  p90 {r.p90_ms:.4g}  std {r.std_ms:.3g}  "
+        f"min {r.min_ms:.4g}  ({r.n_runs} runs after {r.n_warmup} warm-up)"
+    )
+    drift = f"  drift {r.drift:.1%}" if r.drift is not None else ""
+    print(f"  file {r.model_bytes / 1024:.1f} KB  peak memory {r.peak_memory_bytes / 2**20:.1f} MB{drift}")
+    if "drift_warning" in r.extra:
+        print(f"  warning: {r.extra['drift_warning']}", file=sys.stderr)
+    return 0
+
+
+def _build_lut(args, space, info, store, precision) -> int:
+    from tqdm import tqdm
+
+    from nasctl.profiling.tasks import build_lut
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage, done, total):
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(
+                total=total, desc=stage, file=sys.stderr, dynamic_ncols=True, leave=False
+            )
+        bar.update(done - bar.n)
+
+    try:
+        facts = build_lut(
+            space, info, store, precision, args.threads, args.calibration_subnets, args.seed, progress
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if args.json:
+        print(json.dumps(facts))
+        return 0
+    cal = facts["calibration"]
+    print(
+        f"lookup table of space {space.name!r} at {info.resolution}x{info.resolution}, LiteRT {precision}, "
+        f"{args.threads} thread(s): {facts['entries']} layers ({facts['measured_now']} measured now, "
+        f"{facts['table_seconds']:.0f} s)"
+    )
+    print(
+        f"  predictor: {cal['slope']:.4f} x sum + {cal['intercept']:.4g} ms, fitted on {cal['n']} whole "
+        f"subnets "
+        f"({facts['calibration_seconds']:.0f} s): {cal['within_10pct']:.0%} within +-10 %, MAPE "
+        f"{cal['mape_pct']:.1f} % (in sample)"
+    )
+    if facts.get("max_drift") is not None:
+        print(f"  reference drift during the build: {facts['max_drift']:.1%}")
+    print(f"  store: {facts['store']}")
+    return 0
+
+
+def _predict(args, space, info, store, precision) -> int:
+    from nasctl.profiling.tasks import predict_arch
+
+    out = predict_arch(space, info, args.arch, store, precision, args.threads, args.measure)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    line = f"{out['genome']}: predicted {out['predicted_ms']:.4g} ms"
+    if out["measured_ms"] is not None:
+        line += f", measured {out['measured_ms']:.4g} ms ({out['error_pct']:+.1f} %)"
+    print(line + f"  [host LiteRT {precision}, {args.threads} thread(s)]")
+    return 0

@@ -1,0 +1,119 @@
+"""Latency sources for the search's ``latency_ms`` objective: ``lut:DEVICE`` (the device's lookup
+table, calibrated) and ``measure:DEVICE`` (convert and time every candidate, cached by genome).
+
+The spec is a string so it travels in a run's ``config.json``; :func:`open_latency_source` turns it
+into a callable ``genome -> ms`` bound to one store, space and input shape. Android devices
+(``adb:SERIAL``) plug in through :data:`DEVICE_KINDS` once registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nasctl.nas.data import DatasetInfo
+from nasctl.nas.space import Genome, SearchSpace
+
+from nasctl.core import did_you_mean
+
+from .backends import ProfileSettings
+from .errors import ProfilingError
+from .lut import LUT_SETTINGS, host_scope, load_table, measure_genomes
+from .store import MeasurementStore
+
+SOURCE_KINDS = ("lut", "measure")
+PRECISIONS = ("int8", "float32")
+
+
+@dataclass(frozen=True)
+class LatencySourceSpec:
+    kind: str  # lut | measure
+    device: str  # host (phones: adb serials, once the Android backend is installed)
+    precision: str = "int8"
+    threads: int = 1
+
+    def describe(self) -> str:
+        how = "lookup table, calibrated" if self.kind == "lut" else "measured whole model"
+        return f"{self.kind}:{self.device} ({how}; LiteRT {self.precision}, {self.threads} thread(s))"
+
+
+def parse_latency_source(text: str, precision: str = "int8", threads: int = 1) -> LatencySourceSpec:
+    """``lut:host`` / ``measure:host`` -> spec; one clear line for anything else."""
+    kind, sep, device = (text or "").partition(":")
+    if not sep or kind not in SOURCE_KINDS or not device:
+        hint = did_you_mean(kind, SOURCE_KINDS) if kind and kind not in SOURCE_KINDS else ""
+        raise ProfilingError(
+            f"--latency-source {text!r} is not KIND:DEVICE{hint}: use lut:host (the host's lookup "
+            f"table; build it with nasctl profile --build-lut) or measure:host (time every "
+            f"candidate)"
+        )
+    if device != "host":
+        raise ProfilingError(
+            f"--latency-source {text!r}: unknown device {device!r}; this machine's tables and "
+            f"measurements are under 'host' (Android phones: adb:SERIAL with nasctl bench)"
+        )
+    if precision not in PRECISIONS:
+        raise ProfilingError(f"--latency-precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if threads < 1:
+        raise ProfilingError(f"--latency-threads must be at least 1, got {threads}")
+    return LatencySourceSpec(kind, device, precision, threads)
+
+
+class LatencySource:
+    """``genome -> latency in ms`` for one space on one device; ``provenance`` says where numbers
+    come from."""
+
+    def __init__(
+        self, spec: LatencySourceSpec, store: MeasurementStore, space: SearchSpace, info: DatasetInfo
+    ):
+        self.spec, self.store, self.space, self.info = spec, store, space, info
+        self.scope = host_scope(spec.precision, spec.threads)
+        self.settings: ProfileSettings = ProfileSettings(
+            **{**LUT_SETTINGS.to_dict(), "threads": spec.threads}
+        )
+        self._fn: Callable[[Genome], float]
+        if spec.kind == "lut":
+            table = load_table(store, space, info, self.scope)
+            if not table.fit:
+                raise ProfilingError(
+                    f"the lookup table for space {space.name!r} on {self.scope.describe()} is not "
+                    f"calibrated: run nasctl profile --build-lut again (it calibrates last)"
+                )
+            self.table = table
+            self._fn = table.predict_ms
+        else:
+            self._fn = self._measure
+
+    def _measure(self, genome: Genome) -> float:
+        return measure_genomes(
+            self.space, self.info, [genome], self.store, self.spec.precision, self.settings
+        )[0].p50_ms
+
+    def __call__(self, genome: Genome) -> float:
+        return float(self._fn(genome))
+
+    @property
+    def provenance(self) -> dict:
+        out = {
+            "source": f"{self.spec.kind}:{self.spec.device}",
+            "precision": self.spec.precision,
+            "threads": self.spec.threads,
+            "backend": self.scope[1],
+            "runtime_version": self.scope[2],
+            "device_fingerprint": self.scope[0],
+            "store": str(self.store.path),
+        }
+        if self.spec.kind == "lut":
+            out["calibration"] = {k: v for k, v in (self.table.fit or {}).items() if k != "genomes"}
+        return out
+
+
+def open_latency_source(
+    text: str,
+    store: MeasurementStore,
+    space: SearchSpace,
+    info: DatasetInfo,
+    precision: str = "int8",
+    threads: int = 1,
+) -> LatencySource:
+    return LatencySource(parse_latency_source(text, precision, threads), store, space, info)

@@ -1,0 +1,278 @@
+"""The measurement store: one SQLite file of latency results, keyed by device fingerprint, backend,
+runtime version, precision, threads and a model or block key.
+
+Why SQLite: several processes (a search and a ``nasctl profile`` beside it, one worker per phone)
+append to it at once. WAL journaling plus a busy timeout lets them wait for each other instead of
+failing; every write is one transaction, so a killed process leaves either its row or nothing.
+Rows are never updated or deleted: a newer measurement of the same key is added, and lookups take
+the newest. Default location: ``$XDG_CACHE_HOME/nasctl/measurements.sqlite`` (``~/.cache``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import ProfilingError
+from .result import LatencyResult
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_fingerprint TEXT NOT NULL,
+    device TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    runtime_version TEXT NOT NULL,
+    precision TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    p50_ms REAL NOT NULL,
+    result TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS measurements_lookup
+    ON measurements (device_fingerprint, backend, runtime_version, precision, threads, kind, key);
+CREATE TABLE IF NOT EXISTS calibrations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_fingerprint TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    runtime_version TEXT NOT NULL,
+    precision TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    space TEXT NOT NULL,
+    fit TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+def default_store_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nasctl" / "measurements.sqlite"
+
+
+class Scope(tuple):
+    """(device fingerprint, backend, runtime version, precision, threads): what makes two numbers
+    comparable. A table measured under one scope never answers for another."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls, device_fingerprint: str, backend: str, runtime_version: str, precision: str, threads: int
+    ):
+        return super().__new__(cls, (device_fingerprint, backend, runtime_version, precision, int(threads)))
+
+    @classmethod
+    def of(cls, result: LatencyResult, precision: str) -> "Scope":
+        return cls(
+            result.device_fingerprint, result.backend, result.runtime_version, precision, result.threads
+        )
+
+    def describe(self) -> str:
+        fp, backend, version, precision, threads = self
+        return f"{backend} ({version}), {precision}, {threads} thread(s), device {fp}"
+
+
+class MeasurementStore:
+    """Append-only latency store; open it with :func:`open_store` or as a context manager."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_store_path()
+        self._conn: sqlite3.Connection | None = None
+
+    # --- opening ---------------------------------------------------------------------------
+    def open(self) -> "MeasurementStore":
+        if self.path.is_dir():
+            raise ProfilingError(f"store {str(self.path)!r} is a folder: pass a file path to --store")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ProfilingError(
+                f"cannot create the store's folder {str(self.path.parent)!r}: {e.strerror}; "
+                f"pass another --store"
+            ) from e
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "measurements" not in tables:
+                conn.close()
+                raise ProfilingError(
+                    f"store {str(self.path)!r} is an SQLite file of another program (tables: "
+                    f"{', '.join(sorted(tables))}); it was left untouched: pass another --store"
+                )
+            with _transaction(conn):
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(stmt)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            version = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        except sqlite3.DatabaseError as e:
+            raise self._error(e, "open") from e
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise ProfilingError(
+                f"store {str(self.path)!r} was written by a newer nasctl (schema {version}): "
+                f"upgrade nasctl or pass another --store"
+            )
+        self._conn = conn
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "MeasurementStore":
+        return self.open() if self._conn is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.open()
+        assert self._conn is not None
+        return self._conn
+
+    def _error(self, e: sqlite3.Error, what: str) -> ProfilingError:
+        text = str(e)
+        if "locked" in text or "busy" in text:
+            return ProfilingError(
+                f"store {str(self.path)!r} is locked by another process (waited "
+                f"{BUSY_TIMEOUT_S:.0f} s to {what}): let it finish, or pass another --store"
+            )
+        if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+            return ProfilingError(
+                f"store {str(self.path)!r} is not a nasctl measurement store (SQLite says: "
+                f"{text}); it was left untouched: pass another --store or move that file away"
+            )
+        return ProfilingError(f"store {str(self.path)!r}: cannot {what} ({text}); pass another --store")
+
+    # --- writing -----------------------------------------------------------------------------
+    def add(self, kind: str, key: str, result: LatencyResult, precision: str) -> None:
+        """Append one measurement (one transaction)."""
+        self.add_many(kind, [(key, result)], precision)
+
+    def add_many(self, kind: str, rows: list[tuple[str, LatencyResult]], precision: str) -> None:
+        now = time.time()
+        values = [
+            (
+                r.device_fingerprint,
+                r.device,
+                r.backend,
+                r.runtime_version,
+                precision,
+                r.threads,
+                kind,
+                key,
+                r.p50_ms,
+                json.dumps(r.to_dict()),
+                now,
+            )
+            for key, r in rows
+        ]
+        try:
+            with _transaction(self.conn):
+                self.conn.executemany(
+                    "INSERT INTO measurements (device_fingerprint, device, backend, runtime_version, "
+                    "precision, "
+                    "threads, kind, key, p50_ms, result, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    values,
+                )
+        except sqlite3.Error as e:
+            raise self._error(e, "write") from e
+
+    def add_calibration(self, scope: Scope, space: str, fit: dict[str, Any]) -> None:
+        try:
+            with _transaction(self.conn):
+                self.conn.execute(
+                    "INSERT INTO calibrations (device_fingerprint, backend, runtime_version, precision,"
+                    " threads, space, fit, created) VALUES (?,?,?,?,?,?,?,?)",
+                    (*scope, space, json.dumps(fit), time.time()),
+                )
+        except sqlite3.Error as e:
+            raise self._error(e, "write") from e
+
+    # --- reading -----------------------------------------------------------------------------
+    def latest(self, scope: Scope, kind: str, keys: list[str] | None = None) -> dict[str, LatencyResult]:
+        """The newest result per key of ``kind`` under ``scope`` (all keys, or just ``keys``)."""
+        sql = (
+            "SELECT key, result FROM measurements WHERE device_fingerprint=? AND backend=? AND "
+            "runtime_version=? AND precision=? AND threads=? AND kind=? ORDER BY id"
+        )
+        try:
+            rows = self.conn.execute(sql, (*scope, kind)).fetchall()
+        except sqlite3.Error as e:
+            raise self._error(e, "read") from e
+        wanted = None if keys is None else set(keys)
+        out: dict[str, LatencyResult] = {}
+        for key, text in rows:
+            if wanted is None or key in wanted:
+                out[key] = LatencyResult.from_dict(json.loads(text))
+        return out
+
+    def latest_calibration(self, scope: Scope, space: str) -> dict[str, Any] | None:
+        try:
+            row = self.conn.execute(
+                "SELECT fit FROM calibrations WHERE device_fingerprint=? AND backend=? AND "
+                "runtime_version=? AND precision=? AND threads=? AND space=? ORDER BY id DESC "
+                "LIMIT 1",
+                (*scope, space),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e, "read") from e
+        return json.loads(row[0]) if row else None
+
+    def scopes(self, kind: str | None = None) -> list[tuple[Scope, str, int]]:
+        """(scope, device name, rows) for every scope that has measurements (of ``kind``)."""
+        sql = (
+            "SELECT device_fingerprint, backend, runtime_version, precision, threads, MAX(device), COUNT(*) "
+            "FROM measurements "
+            + ("WHERE kind=? " if kind else "")
+            + "GROUP BY device_fingerprint, backend, runtime_version, precision, threads"
+        )
+        try:
+            rows = self.conn.execute(sql, (kind,) if kind else ()).fetchall()
+        except sqlite3.Error as e:
+            raise self._error(e, "read") from e
+        return [(Scope(*r[:5]), r[5], int(r[6])) for r in rows]
+
+    def count(self) -> int:
+        try:
+            return int(self.conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0])
+        except sqlite3.Error as e:
+            raise self._error(e, "read") from e
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front (waiting up to the busy timeout)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def open_store(path: str | os.PathLike | None = None) -> MeasurementStore:
+    """Open (creating if needed) the store at ``path`` (default: the user's cache directory)."""
+    return MeasurementStore(path).open()

@@ -1,0 +1,134 @@
+"""The three things ``nasctl profile`` does, as library calls: time a model file, build a device's
+lookup table (measure + calibrate), and predict (and optionally measure) one genome's latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nasctl.nas.data import DatasetInfo, dataset_info
+from nasctl.nas.space import SearchSpace, load_space
+
+from nasctl.core import sha256_file
+
+from .backends import ProfileSettings, measure
+from .errors import ProfilingError
+from .lut import LUT_SETTINGS, build_table, calibrate, host_scope, load_table, measure_genomes
+from .result import LatencyResult
+from .store import MeasurementStore
+
+DEVICES = ("host",)
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ProfilingError(
+            f"unknown --device {device!r}: this machine is 'host' (Android phones: adb:SERIAL, "
+            f"with the Android backend)"
+        )
+    return device
+
+
+def resolve_space(space: str, dataset: str | None) -> tuple[SearchSpace, DatasetInfo]:
+    """A space and the input shape its models take: ``--dataset``, or the space's natural one (digits
+    spaces: the 8x8 digits; others: 32x32 CIFAR-10). Only the shape is used: no data is loaded."""
+    try:
+        sp = load_space(space)
+    except ValueError as e:
+        raise ProfilingError(str(e)) from e
+    name = dataset or ("digits" if sp.name.startswith("digits") else "cifar10")
+    return sp, dataset_info(name)
+
+
+def profile_file(
+    path: str,
+    backend: str | None,
+    settings: ProfileSettings,
+    store: MeasurementStore | None,
+    precision: str | None = None,
+) -> LatencyResult:
+    """Time one model file and append the result to the store (keyed by the file's SHA-256)."""
+    result = measure([path], backend, settings)[0]
+    if store is not None:
+        prec = precision or ("int8" if "int8" in path.rsplit("/", 1)[-1] else "float32")
+        store.add("model", sha256_file(path), result, prec)
+    return result
+
+
+def build_lut(
+    space: SearchSpace,
+    info: DatasetInfo,
+    store: MeasurementStore,
+    precision: str,
+    threads: int = 1,
+    calibration_subnets: int = 20,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Measure the lookup table (what the store lacks), then fit the predictor on seeded whole models."""
+    t0 = time.perf_counter()
+    settings = ProfileSettings(**{**LUT_SETTINGS.to_dict(), "threads": threads})
+    table, facts = build_table(
+        space,
+        info,
+        store,
+        precision,
+        settings,
+        progress=(lambda d, n: progress("layers", d, n)) if progress else None,
+    )
+    t1 = time.perf_counter()
+    if progress:
+        progress("calibration", 0, calibration_subnets)
+    fit = calibrate(table, store, calibration_subnets, seed, settings)
+    if progress:
+        progress("calibration", calibration_subnets, calibration_subnets)
+    return {
+        **facts,
+        "space": space.name,
+        "precision": precision,
+        "threads": threads,
+        "store": str(store.path),
+        "calibration": {k: v for k, v in fit.items() if k != "genomes"},
+        "table_seconds": t1 - t0,
+        "calibration_seconds": time.perf_counter() - t1,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def predict_arch(
+    space: SearchSpace,
+    info: DatasetInfo,
+    genome_text: str,
+    store: MeasurementStore,
+    precision: str,
+    threads: int = 1,
+    measure_too: bool = False,
+) -> dict[str, Any]:
+    """The table's prediction for a genome and, with ``measure_too``, the whole model measured."""
+    from nasctl.nas.space import GenomeError
+
+    try:
+        genome = space.parse(genome_text)
+    except (GenomeError, ValueError) as e:
+        raise ProfilingError(f"--arch {genome_text!r} is not a genome of space {space.name!r}: {e}") from e
+    scope = host_scope(precision, threads)
+    table = load_table(store, space, info, scope)
+    out: dict[str, Any] = {
+        "genome": genome.encode(),
+        "space": space.name,
+        "precision": precision,
+        "threads": threads,
+        "device": "host",
+        "device_fingerprint": scope[0],
+        "predicted_ms": table.predict_ms(genome),
+        "layers_sum_ms": table.raw_ms(genome),
+        "calibrated": bool(table.fit),
+        "measured_ms": None,
+    }
+    if measure_too:
+        settings = ProfileSettings(**{**LUT_SETTINGS.to_dict(), "threads": threads})
+        r = measure_genomes(space, info, [genome], store, precision, settings, use_cache=False)[0]
+        out["measured_ms"] = r.p50_ms
+        out["error_pct"] = 100.0 * (out["predicted_ms"] - r.p50_ms) / r.p50_ms
+    return out
