@@ -158,7 +158,7 @@ class LatencyTable:
         if missing:
             raise ProfilingError(
                 f"the lookup table lacks {len(missing)} of this subnet's layers (e.g. {missing[0]}): "
-                f"{build_hint(self.space, self.scope)}"
+                f"{build_hint(self.space, self.scope, self.info)}"
             )
         return float(sum(self.entries[k] for k in keys))
 
@@ -170,10 +170,16 @@ class LatencyTable:
         return float(self.fit["slope"] * raw + self.fit["intercept"])
 
 
-def build_hint(space: SearchSpace, scope: Scope) -> str:
+def build_hint(space: SearchSpace, scope: Scope, info: DatasetInfo | None = None) -> str:
+    """The command that builds the missing table (a space from a file is named by its file)."""
+    from nasctl.nas.space import builtin_spaces, load_space
+
+    builtin = space.name in builtin_spaces() and load_space(space.name).to_dict() == space.to_dict()
+    where = space.name if builtin else f"YOUR_SPACE.yaml (the file of space {space.name!r})"
     int8 = " --int8" if scope[3] == "int8" else ""
     threads = f" --threads {scope[4]}" if scope[4] != 1 else ""
-    return f"build it with: nasctl profile --build-lut --space {space.name} --device host{int8}{threads}"
+    data = f" --dataset {info.name}" if info is not None else ""
+    return f"build it with: nasctl profile --build-lut --space {where}{data} --device host{int8}{threads}"
 
 
 def load_table(
@@ -195,7 +201,7 @@ def load_table(
         )
         raise ProfilingError(
             f"the store {str(store.path)!r} has {what} for space {space.name!r} on "
-            f"{scope.describe()}: {build_hint(space, scope)}"
+            f"{scope.describe()}: {build_hint(space, scope, info)}"
         )
     return LatencyTable(scope, space, info, entries, store.latest_calibration(scope, space_id(space, info)))
 

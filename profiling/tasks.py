@@ -31,14 +31,19 @@ def check_device(device: str) -> str:
 
 
 def resolve_space(space: str, dataset: str | None) -> tuple[SearchSpace, DatasetInfo]:
-    """A space and the input shape its models take: ``--dataset``, or the space's natural one (digits
-    spaces: the 8x8 digits; others: 32x32 CIFAR-10). Only the shape is used: no data is loaded."""
+    """A space and the input shape its models take: ``--dataset``, or the built-in space's own (digits
+    spaces: the 8x8 digits; tam: 32x32 CIFAR-10). A YAML space names no input, so it needs ``--dataset``.
+    Only the shape is used: no data is loaded."""
     try:
         sp = load_space(space)
     except ValueError as e:
         raise ProfilingError(str(e)) from e
-    name = dataset or ("digits" if sp.name.startswith("digits") else "cifar10")
-    return sp, dataset_info(name)
+    if dataset is None:
+        if space.endswith((".yaml", ".yml")):
+            raise ProfilingError(f"--space {space!r} is a space file, which says nothing about the input: add "
+                                 f"--dataset (the data set its supernet trains on, e.g. digits or cifar10)")
+        dataset = "digits" if sp.name.startswith("digits") else "cifar10"
+    return sp, dataset_info(dataset)
 
 
 def profile_file(

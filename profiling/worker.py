@@ -146,7 +146,10 @@ def run_job(job: dict[str, Any], emit) -> None:
     threads = int(job["threads"])
     args = (int(job["runs"]), int(job["warmup"]), float(job["min_seconds"]), int(job["max_runs"]))
     ref_path, every = job.get("reference"), max(1, int(job.get("reference_every") or 1))
-    ref_runner = cls(ref_path, threads) if ref_path else None
+    try:
+        ref_runner = cls(ref_path, threads) if ref_path else None
+    except Exception:  # noqa: BLE001 -- a reference that does not load is reported as its model's error
+        ref_runner = None
     ref_medians: list[float] = []
 
     def time_reference():
