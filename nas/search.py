@@ -289,7 +289,8 @@ def _run_nsga2(state: SearchState, cfg: SearchConfig, end_generation: Callable[[
         state.generation = gen
         pop = algo.ask()
         if pop is None or len(pop) == 0:  # every distinct subnet of a small space is already evaluated
-            log.warning("generation %d: no new distinct subnet is left to try (the space has only a few): the "
+            log.warning("generation %d: no new distinct subnet is left to try (the space has only a few): "
+                        "the "
                         "search stops here with every subnet evaluated", gen)
             break
         algo.evaluator.eval(problem, pop)

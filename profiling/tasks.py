@@ -40,7 +40,8 @@ def resolve_space(space: str, dataset: str | None) -> tuple[SearchSpace, Dataset
         raise ProfilingError(str(e)) from e
     if dataset is None:
         if space.endswith((".yaml", ".yml")):
-            raise ProfilingError(f"--space {space!r} is a space file, which says nothing about the input: add "
+            raise ProfilingError(f"--space {space!r} is a space file, which says nothing about the input: "
+                                 f"add "
                                  f"--dataset (the data set its supernet trains on, e.g. digits or cifar10)")
         dataset = "digits" if sp.name.startswith("digits") else "cifar10"
     return sp, dataset_info(dataset)

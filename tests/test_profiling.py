@@ -13,13 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nasctl.cli import main
 from nasctl.nas.data import dataset_info
 from nasctl.nas.space import load_space
-from nasctl.profiling import (MeasurementStore, ProfileSettings, ProfilingError, Scope, genome_entries, measure,
-                              sample_genomes, space_entries)
+from nasctl.profiling import (
+    MeasurementStore,
+    ProfileSettings,
+    ProfilingError,
+    Scope,
+    genome_entries,
+    measure,
+    sample_genomes,
+    space_entries,
+)
 from nasctl.profiling.result import LatencyResult, summarize
 from torch import nn
+
+from nasctl.cli import main
 
 TINY_SPACE = textwrap.dedent("""\
     # three searchable layers at 8x8 and 4x4: skips, two blocks, width choices and a stride; 50 subnets
@@ -55,8 +64,9 @@ def onnx_model(tmp_path_factory) -> Path:
     from nasctl.export.onnx import export_onnx
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(model, torch.rand(1, 1, 8, 8), path)
     return path
@@ -81,12 +91,16 @@ def test_summary_statistics_against_numpy():
     t = [1.0, 2.0, 3.0, 4.0, 100.0]
     s = summarize(t)
     assert s["mean_ms"] == pytest.approx(22.0) and s["p50_ms"] == 3.0 and s["min_ms"] == 1.0
-    assert s["p90_ms"] == pytest.approx(np.percentile(t, 90)) and s["std_ms"] == pytest.approx(np.std(t, ddof=1))
+    assert s["p90_ms"] == pytest.approx(np.percentile(t, 90)) and s["std_ms"] == pytest.approx(
+        np.std(t, ddof=1)
+    )
     with pytest.raises(ValueError):
         summarize([])
 
 
-@pytest.mark.parametrize("space_name,dataset", [("tam", "cifar10"), ("digits", "digits"), ("digits-ir", "digits")])
+@pytest.mark.parametrize(
+    "space_name,dataset", [("tam", "cifar10"), ("digits", "digits"), ("digits-ir", "digits")]
+)
 def test_every_subnet_is_covered_by_the_table(space_name, dataset):
     space, info = load_space(space_name), dataset_info(dataset)
     keys = {e.key for e in space_entries(space, info)}
@@ -131,15 +145,29 @@ def test_onnxruntime_profile_json_and_store(onnx_model, tmp_path, capsys):
     rc, out, err = run_cli(["profile", onnx_model, "--json", "--store", store, *QUICK], capsys)
     assert rc == 0, err
     r = json.loads(out)
-    for k in ("mean_ms", "p50_ms", "p90_ms", "std_ms", "n_runs", "n_warmup", "threads", "backend",
-              "runtime_version", "device", "peak_memory_bytes", "file_bytes"):
+    for k in (
+        "mean_ms",
+        "p50_ms",
+        "p90_ms",
+        "std_ms",
+        "n_runs",
+        "n_warmup",
+        "threads",
+        "backend",
+        "runtime_version",
+        "device",
+        "peak_memory_bytes",
+        "file_bytes",
+    ):
         assert k in r, k
     assert r["backend"] == "onnxruntime" and r["n_runs"] >= 20 and r["n_warmup"] == 2
     assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] and r["file_bytes"] == onnx_model.stat().st_size
     assert 10 * 2**20 < r["peak_memory_bytes"] < 2**30  # the worker's own memory, not the CLI's torch
     assert r["extra"]["input_shape"] == [1, 1, 8, 8] and r["affinity"]
     with MeasurementStore(store) as s:
-        rows = s.latest(Scope(r["device_fingerprint"], "onnxruntime", r["runtime_version"], "float32", 1), "model")
+        rows = s.latest(
+            Scope(r["device_fingerprint"], "onnxruntime", r["runtime_version"], "float32", 1), "model"
+        )
     from nasctl.core import sha256_file
 
     assert list(rows) == [sha256_file(onnx_model)] and rows[sha256_file(onnx_model)].p50_ms == r["p50_ms"]
@@ -164,20 +192,27 @@ def test_litert_times_float_and_int8_files(tmp_path):
 
     info = dataset_info("digits")
     e = LutEntry("block", "conv_k3", 8, 16, 1, 8)
-    files = {p: convert_modules([ToConvert("m", lambda: e.build(info), e.input_shape)], tmp_path / p, p)["m"]
-             for p in ("float32", "int8")}
-    res = {p: measure([f], None, ProfileSettings(runs=20, warmup=2, min_seconds=0))[0] for p, f in files.items()}
+    files = {
+        p: convert_modules([ToConvert("m", lambda: e.build(info), e.input_shape)], tmp_path / p, p)["m"]
+        for p in ("float32", "int8")
+    }
+    res = {
+        p: measure([f], None, ProfileSettings(runs=20, warmup=2, min_seconds=0))[0] for p, f in files.items()
+    }
     assert res["int8"].extra["input_dtype"] == "int8" and res["float32"].extra["input_dtype"] == "float32"
     assert all(r.backend == "litert" and r.p50_ms > 0 for r in res.values())
     assert res["int8"].extra["input_shape"] == [1, 8, 8, 8]  # NHWC after onnx2tf
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "unknown-backend", "wrong-backend", "threads0",
-                                  "suffix"])
+@pytest.mark.parametrize(
+    "case", ["missing", "empty", "corrupt", "unknown-backend", "wrong-backend", "threads0", "suffix"]
+)
 def test_bad_model_input_is_one_line(case, onnx_model, tmp_path, capsys):
     store = tmp_path / "s.sqlite"
     with MeasurementStore(store) as s:
-        s.add("model", "earlier", LatencyResult(1, 1, 1, 0, 1, 5, 1, 1, "litert", "v", "host", "fp"), "float32")
+        s.add(
+            "model", "earlier", LatencyResult(1, 1, 1, 0, 1, 5, 1, 1, "litert", "v", "host", "fp"), "float32"
+        )
     bad = tmp_path / "bad.tflite"
     args, needle = {
         "missing": ([tmp_path / "nope.tflite"], "does not exist"),
@@ -215,14 +250,24 @@ def test_a_locked_store_is_one_line_and_loses_nothing(onnx_model, tmp_path, caps
 
     path = tmp_path / "s.sqlite"
     with MeasurementStore(path) as s:
-        s.add("model", "earlier", LatencyResult(1, 1, 1, 0, 1, 5, 1, 1, "litert", "v", "host", "fp"), "float32")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        s.add(
+            "model", "earlier", LatencyResult(1, 1, 1, 0, 1, 5, 1, 1, "litert", "v", "host", "fp"), "float32"
+        )
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sqlite3, sys, time
         c = sqlite3.connect({str(path)!r}, isolation_level=None)
         c.execute("BEGIN EXCLUSIVE")
         print("locked", flush=True)
         time.sleep(30)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.5)
@@ -271,8 +316,24 @@ def test_build_lut_measures_calibrates_and_resumes(tiny, capsys):
         assert len(table.entries) == 14 and all(v > 0 for v in table.entries.values()) and table.fit
         n_rows = s.count()
     # a second build measures nothing again (the table is there); it only re-calibrates
-    rc, out, err = run_cli(["profile", "--build-lut", "--space", tiny["root"] / "tiny.yaml", "--device", "host",
-                            "--dataset", "digits", "--calibration-subnets", "2", "--store", tiny["store"], "--json"], capsys)
+    rc, out, err = run_cli(
+        [
+            "profile",
+            "--build-lut",
+            "--space",
+            tiny["root"] / "tiny.yaml",
+            "--device",
+            "host",
+            "--dataset",
+            "digits",
+            "--calibration-subnets",
+            "2",
+            "--store",
+            tiny["store"],
+            "--json",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     again = json.loads(out)
     assert again["measured_now"] == 0 and again["calibration"]["n"] == 2
@@ -283,18 +344,23 @@ def test_build_lut_measures_calibrates_and_resumes(tiny, capsys):
 def test_predict_and_measure_a_genome(tiny, capsys):
     g = "conv_k3_c16-fir_k3_e2_c8-conv_k3_c16"
     space = ["--space", tiny["root"] / "tiny.yaml", "--dataset", "digits"]
-    rc, out, err = run_cli(["profile", "--arch", g, *space, "--measure", "--json", "--store", tiny["store"]], capsys)
+    rc, out, err = run_cli(
+        ["profile", "--arch", g, *space, "--measure", "--json", "--store", tiny["store"]], capsys
+    )
     assert rc == 0, err
     r = json.loads(out)
     assert r["genome"] == g and r["predicted_ms"] > 0 and r["measured_ms"] > 0
     # microsecond models sit in timer noise: the table must still be the right order of magnitude
     assert 0.5 < r["predicted_ms"] / r["measured_ms"] < 2.0
-    rc, _, err = run_cli(["profile", "--arch", "conv_k3_c99-skip-conv_k3_c16", *space, "--store", tiny["store"]], capsys)
+    rc, _, err = run_cli(
+        ["profile", "--arch", "conv_k3_c99-skip-conv_k3_c16", *space, "--store", tiny["store"]], capsys
+    )
     assert_one_line(rc, err, "not a genome")
     rc, _, err = run_cli(["profile", "--arch", g, *space, "--int8", "--store", tiny["store"]], capsys)
     assert_one_line(rc, err, "no lookup table", "nasctl profile --build-lut", "--int8")
-    rc, _, err = run_cli(["profile", "--arch", g, "--space", tiny["root"] / "tiny.yaml", "--store", tiny["store"]],
-                         capsys)
+    rc, _, err = run_cli(
+        ["profile", "--arch", g, "--space", tiny["root"] / "tiny.yaml", "--store", tiny["store"]], capsys
+    )
     assert_one_line(rc, err, "add --dataset")
     rc, _, err = run_cli(["profile", "--arch", g, "--space", "tiny-nope", "--store", tiny["store"]], capsys)
     assert_one_line(rc, err, "unknown search space")
@@ -304,18 +370,48 @@ def test_predict_and_measure_a_genome(tiny, capsys):
 def tiny_supernet(tiny):
     from nasctl.nas.train import TrainConfig, train_supernet
 
-    cfg = TrainConfig(space=str(tiny["root"] / "tiny.yaml"), limit_train=128, epochs=1, eval_size=20,
-                      eval_steps=1, attack_steps=1, run_root=str(tiny["root"] / "runs"))
+    cfg = TrainConfig(
+        space=str(tiny["root"] / "tiny.yaml"),
+        limit_train=128,
+        epochs=1,
+        eval_size=20,
+        eval_steps=1,
+        attack_steps=1,
+        run_root=str(tiny["root"] / "runs"),
+    )
     return train_supernet(cfg)[0]
 
 
 def test_search_with_latency_as_the_fourth_objective(tiny, tiny_supernet, capsys):
     quick = tiny["root"] / "quick.yaml"
     quick.write_text("final_steps: 1\nfinal_restarts: 1\ncalib_batches: 1\n")
-    args = ["search", "--config", quick, "--supernet", tiny_supernet, "--objectives", "clean_acc,adv_acc,params,latency_ms",
-            "--latency-source", "lut:host", "--latency-precision", "float32", "--store", tiny["store"],
-            "--pop-size", "4", "--generations", "2", "--val-size", "30", "--pgd-steps", "1",
-            "--finetune-members", "0", "--run-root", tiny["root"] / "search"]
+    args = [
+        "search",
+        "--config",
+        quick,
+        "--supernet",
+        tiny_supernet,
+        "--objectives",
+        "clean_acc,adv_acc,params,latency_ms",
+        "--latency-source",
+        "lut:host",
+        "--latency-precision",
+        "float32",
+        "--store",
+        tiny["store"],
+        "--pop-size",
+        "4",
+        "--generations",
+        "2",
+        "--val-size",
+        "30",
+        "--pgd-steps",
+        "1",
+        "--finetune-members",
+        "0",
+        "--run-root",
+        tiny["root"] / "search",
+    ]
     rc, out, err = run_cli(args, capsys)
     assert rc == 0, err
     pareto = next((tiny["root"] / "search").rglob("pareto.json"))
@@ -343,15 +439,42 @@ def test_search_with_latency_as_the_fourth_objective(tiny, tiny_supernet, capsys
 
 
 def test_latency_without_a_source_or_table_is_one_line(tiny, tiny_supernet, tmp_path, capsys):
-    base = ["search", "--supernet", tiny_supernet, "--run-root", tmp_path, "--pop-size", "2", "--generations", "1"]
+    base = [
+        "search",
+        "--supernet",
+        tiny_supernet,
+        "--run-root",
+        tmp_path,
+        "--pop-size",
+        "2",
+        "--generations",
+        "1",
+    ]
     rc, _, err = run_cli(base + ["--objectives", "clean_acc,latency_ms"], capsys)
     assert_one_line(rc, err, "latency source", "nasctl profile --build-lut")
     rc, _, err = run_cli(base + ["--max-latency-ms", "1"], capsys)
     assert_one_line(rc, err, "--max-latency-ms", "--latency-source")
-    rc, _, err = run_cli(base + ["--objectives", "clean_acc,latency_ms", "--latency-source", "lutt:host"], capsys)
+    rc, _, err = run_cli(
+        base + ["--objectives", "clean_acc,latency_ms", "--latency-source", "lutt:host"], capsys
+    )
     assert_one_line(rc, err, "KIND:DEVICE")
-    rc, _, err = run_cli(base + ["--objectives", "clean_acc,latency_ms", "--latency-source", "lut:host",
-                                 "--store", tmp_path / "empty.sqlite"], capsys)
-    assert_one_line(rc, err, "no lookup table", "nasctl profile --build-lut --space YOUR_SPACE.yaml (the file of "
-                    "space 'tiny') --dataset digits --device host --int8")
+    rc, _, err = run_cli(
+        base
+        + [
+            "--objectives",
+            "clean_acc,latency_ms",
+            "--latency-source",
+            "lut:host",
+            "--store",
+            tmp_path / "empty.sqlite",
+        ],
+        capsys,
+    )
+    assert_one_line(
+        rc,
+        err,
+        "no lookup table",
+        "nasctl profile --build-lut --space YOUR_SPACE.yaml (the file of "
+        "space 'tiny') --dataset digits --device host --int8",
+    )
     assert not list(Path(tmp_path).rglob("pareto.json"))
