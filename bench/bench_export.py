@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,38 +52,19 @@ def pick_genomes(args) -> tuple[str, list[str]]:
     return args.checkpoint, [space.smallest().encode(), mid.encode(), space.largest().encode()]
 
 
-def latency_ms(run_once, n_runs: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        run_once()
-    times = []
-    for _ in range(n_runs):
-        t0 = time.perf_counter_ns()
-        run_once()
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    times.sort()
-    return {
-        "p50_ms": statistics.median(times),
-        "p90_ms": times[int(0.9 * (len(times) - 1))],
-        "mean_ms": statistics.fmean(times),
-        "n_runs": n_runs,
-        "warmup_runs": warmup,
-        "threads": 1,
-    }
-
-
 def measure_latency(out_dir: Path, n_runs: int, warmup: int) -> dict:
-    from nasctl.export.runtimes import OnnxRunner, TFLiteRunner
+    """The exported files timed by the profiler (``nasctl profile``'s code: a fresh worker process per
+    backend, warm-up, single-invocation timing, one thread), not by a loop of this script's own."""
+    from nasctl.profiling import ProfileSettings, measure
 
+    settings = ProfileSettings(threads=1, runs=n_runs, warmup=warmup, min_seconds=0)
+    files = {"onnxruntime": out_dir / "model.onnx", "litert_float32": out_dir / "model_float32.tflite",
+             "litert_int8": out_dir / "model_int8.tflite"}
     res = {}
-    onnx = OnnxRunner(out_dir / "model.onnx", threads=1)
-    x = np.random.default_rng(0).random(onnx.input_shape, dtype=np.float32)
-    res["onnxruntime"] = latency_ms(lambda: onnx.run_one(x), n_runs, warmup)
-    for name in ("model_float32.tflite", "model_int8.tflite"):
-        tfl = TFLiteRunner(out_dir / name, threads=1)
-        xi = np.zeros(tfl.input_shape, tfl.input_dtype)
-        res["litert_" + name.split("_")[1].split(".")[0]] = latency_ms(
-            lambda t=tfl, v=xi: t.invoke(v), n_runs, warmup
-        )
+    for key, path in files.items():
+        r = measure([path], None, settings)[0]
+        res[key] = {"p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "mean_ms": r.mean_ms, "n_runs": r.n_runs,
+                    "warmup_runs": r.n_warmup, "threads": r.threads, "peak_memory_bytes": r.peak_memory_bytes}
     return res
 
 

@@ -478,3 +478,16 @@ def test_latency_without_a_source_or_table_is_one_line(tiny, tiny_supernet, tmp_
         "space 'tiny') --dataset digits --device host --int8",
     )
     assert not list(Path(tmp_path).rglob("pareto.json"))
+
+
+def test_measure_source_times_whole_models_once(tiny):
+    from nasctl.profiling import open_latency_source
+
+    space = tiny["space"]
+    genomes = [space.parse("conv_k3_c8-skip-fir_k3_e2_c16"), space.parse("fir_k3_e2_c16-conv_k3_c16-conv_k3_c16")]
+    with MeasurementStore(tiny["store"]) as s:
+        src = open_latency_source("measure:host", s, space, tiny["info"], precision="float32")
+        first = [src(g) for g in genomes]
+        n = s.count()
+        assert [src(g) for g in genomes] == first and s.count() == n  # cached by genome: nothing re-measured
+    assert all(v > 0 for v in first) and src.provenance["source"] == "measure:host"
