@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("nasctl.commands.export", "export a subnet to verified ONNX / TFLite float32 / int8"),
     "profile": ("nasctl.commands.profile",
                 "latency of a model file, a device's lookup table, or a genome's predicted latency"),
+    "devices": ("nasctl.commands.devices", "list the Android phones adb sees, with their fingerprint"),
+    "bench": ("nasctl.commands.bench", "benchmark .tflite models on Android phones (TFLite benchmark_model)"),
 }
 
 
