@@ -233,19 +233,16 @@ def _one_run(
     seconds = time.time() - started
     # both streams: the tool logs to one or the other depending on its version (see parse.py)
     text = "\n".join(t.rstrip("\n") for t in (proc.stdout, proc.stderr) if t.strip()) + "\n"
-    if proc.returncode != 0:
-        known = classify(proc.stderr, serial, adb)
-        if known is not None:
-            raise known
-        state = adb.state(serial)
-        if state != READY:
-            raise state_error(serial, state, adb)
+    if proc.returncode != 0 and (known := classify(proc.stderr, serial, adb)) is not None:
+        raise known
     try:
         parsed = parse_benchmark_output(text)
     except BenchmarkOutputError as e:
-        raise BenchmarkOutputError(
-            f"{Path(model).name} on phone {serial!r} (exit {proc.returncode}): {e}"
-        ) from e
+        state = adb.state(serial)  # no result: a phone that went away explains it best
+        if state != READY:
+            raise state_error(serial, state, adb) from e
+        where = f"{Path(model).name} on phone {serial!r} (exit {proc.returncode})"
+        raise BenchmarkOutputError(f"{where}: {e}") from e
     return {
         "parsed": parsed,
         "raw": text,

@@ -164,6 +164,10 @@ if cmd == "shell":
         print(d.get("governor", "schedutil"))
     elif "--graph=" in c:
         time.sleep(d.get("bench_sleep", 0))
+        if d.get("bench_unplugged"):  # the cable is pulled while it runs: no output, then gone
+            with open(os.path.join(cfg["dir"], "count-" + serial.replace(":", "_")), "w") as f:
+                f.write("1000000")
+            sys.exit(255)
         text = open(d["bench_output"]).read()
         (sys.stderr if d.get("bench_stream") == "stderr" else sys.stdout).write(text)
         sys.exit(d.get("bench_rc", 0))
@@ -481,6 +485,7 @@ def test_choose_devices(phones):
         ("offline", [], ["'A' is offline", "adb reconnect"]),
         ("one", ["--device", "XYZ"], ["device 'XYZ' not found", "A (device)"]),
         ("vanishes", [], ["device 'A' not found", "connected: none"]),
+        ("unplugged_during_run", [], ["device 'A' not found", "disconnected"]),
         ("hangs", ["--timeout", "1"], ["did not answer within 1 s", "phone 'A'"]),
         ("bench_fails", [], ["exit 1", "Failed to mmap model", "Inference timings"]),
     ],
@@ -499,6 +504,8 @@ def test_adb_errors_exit_2_with_one_line(phones, model, arm64_binary, capsys, tm
         phones.add("A")
     elif setup == "vanishes":
         phones.add("A", fail_after=8)  # listed, answers getprop, takes the binary, then is unplugged
+    elif setup == "unplugged_during_run":
+        phones.add("A", fail_after=100, bench_unplugged=True)
     elif setup == "hangs":
         phones.add("A", bench_sleep=5)
     elif setup == "bench_fails":
@@ -510,7 +517,7 @@ def test_adb_errors_exit_2_with_one_line(phones, model, arm64_binary, capsys, tm
     line = one_error_line(err)
     for text in expected:
         assert text in line, line
-    if setup in ("vanishes", "hangs", "bench_fails"):  # it got as far as the phone: cleanup ran anyway
+    if setup in ("vanishes", "unplugged_during_run", "hangs", "bench_fails"):  # reached the phone: cleaned up
         rm = [c for c in phones.shell_commands("A") if c.startswith("rm -rf /data/local/tmp/nasctl/")]
         assert len(rm) == 1
         mkdir = [c for c in phones.shell_commands("A") if c.startswith("mkdir -p")]
@@ -549,6 +556,8 @@ def test_bad_binary_or_model_exit_2(phones, model, tmp_path, capsys):
     assert not [c for c in phones.calls("A") if c[2] == "push" or "mkdir" in " ".join(c)]
     rc, _, err = cli(["bench", str(model), "--repeats", "0"], capsys)
     assert rc == 2 and "--repeats must be at least 1" in one_error_line(err)
+    rc, _, err = cli(["bench", str(model), "--device", "A", "--all"], capsys)
+    assert rc == 2 and "not both" in one_error_line(err)
 
 
 # --- whole runs ---------------------------------------------------------------------------------

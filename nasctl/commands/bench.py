@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         binary=args.benchmark_binary,
         out_dir=args.out,
     )
+    if args.device and args.all:
+        raise ProfilingError("give --device SERIAL (repeatable) or --all, not both")
     models = [str(check_tflite(m)) for m in args.models]
     keys = {m: sha256_file(m) for m in models}
     adb = Adb(args.adb)
