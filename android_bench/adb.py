@@ -145,6 +145,7 @@ class Adb:
     def push(
         self, serial: str, local: str | os.PathLike, remote: str, timeout_s: float | None = None
     ) -> None:
+        """``adb -s serial push local remote`` (adb creates the remote folders)."""
         self.run(["push", str(local), remote], serial, timeout_s)
 
 

@@ -34,11 +34,13 @@ ELF_MACHINES = {
 
 
 def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/nasctl/benchmark_model`` (``~/.cache`` by default), one folder per ABI."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nasctl" / "benchmark_model"
 
 
 def cache_path(abi: str) -> Path:
+    """Where nasctl looks for the ``benchmark_model`` of one Android ABI."""
     return cache_dir() / abi / "benchmark_model"
 
 

@@ -279,7 +279,7 @@ def summarize_runs(
     else:
         std_ms = stats["std_ms"]
     mins = [p["inference_min_us"] for p in parsed if p["inference_min_us"] is not None]
-    drift = abs(avgs_us[-1] / avgs_us[0] - 1.0) if len(avgs_us) > 1 and avgs_us[0] > 0 else None
+    drift = float(abs(avgs_us[-1] / avgs_us[0] - 1.0)) if len(avgs_us) > 1 and avgs_us[0] > 0 else None
     peak_mb = max((p["peak_memory_mb"] or p["overall_memory_mb"] or 0.0) for p in parsed)
 
     def median_of(key: str, scale: float = 1.0) -> float | None:

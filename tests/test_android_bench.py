@@ -639,3 +639,20 @@ def test_measure_through_the_profiling_backend(phones, model, arm64_binary, tmp_
     (r,) = measure([model], "adb", ProfileSettings(threads=1, runs=10, warmup=1))
     assert r.backend == "adb" and r.device == "A" and r.p50_ms == pytest.approx(1.88574)
     assert len(r.extra["raw_output"]) == 1
+
+
+# --- a real phone, when one is attached and named ------------------------------------------------
+@pytest.mark.skipif(not os.environ.get("NASCTL_TEST_PHONE"), reason="set NASCTL_TEST_PHONE=SERIAL (real adb)")
+def test_real_phone(tmp_path, capsys):
+    """By hand: NASCTL_TEST_PHONE=SERIAL [NASCTL_TEST_MODEL=model.tflite] with adb and benchmark_model
+    (docs/android.md) set up; the test fake is not used."""
+    serial = os.environ["NASCTL_TEST_PHONE"]
+    rc, out, _ = cli(["devices", "--json"], capsys)
+    (phone,) = [d for d in json.loads(out) if d["serial"] == serial]
+    assert rc == 0 and phone["state"] == "device" and phone["fingerprint"]
+    if os.environ.get("NASCTL_TEST_MODEL"):
+        rc, out, err = cli(["bench", os.environ["NASCTL_TEST_MODEL"], "--device", serial, "--repeats", "2",
+                            "--cooldown", "1", "--store", str(tmp_path / "m.sqlite"), "--json"], capsys)
+        assert rc == 0, err
+        (r,) = json.loads(out)["results"]
+        assert r["p50_ms"] > 0 and len(r["extra"]["raw_output"]) == 2
