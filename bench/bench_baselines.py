@@ -2,6 +2,19 @@
 
     python bench/bench_baselines.py --out bench/results/baselines.json
     python bench/bench_baselines.py --run runs/search/<stamp> --out bench/results/baselines.json
+    python bench/bench_baselines.py --dataset fashion-mnist --run runs/search/<stamp> \
+        --out bench/results/baselines-fashion-mnist.json
+
+Fashion-MNIST (issue 13): five plain conv stacks of the built-in ``mnist`` space (strided early: the
+stem halves 28x28, and every net halves again twice; three widths, 8-16-32 to 16-32-48, and three
+depths, 3, 4 and 6 convs) and a MobileNetV2-style tiny net (stride-2 stem, inverted residuals
+with expansion 1 then 6, a 1x1 head conv), each built by the space code from a genome and trained
+from scratch with the recipe and budget of the search's fine-tune stage (:class:`FinetuneConfig`'s
+lr, batch and PGD-7; ``finetune_epochs`` epochs), on the same data: the run's (``--run``) or the
+recipe file's (``--config``, default ``configs/fashion-mnist-cpu.yaml``) class-balanced
+``train_subset`` of the same seeded split, scored with the final attack (``final_steps`` x
+``final_restarts``) on the same test images (the first ``test_size`` of the official order where the
+config sets it, else all 10,000). The budget a front member must meet is the baseline's own count.
 
 The four plain CNNs of issue 9 (each conv followed by BatchNorm and ReLU, global average pool,
 linear classifier) are written as genomes of the built-in digits space and built by the space's
@@ -34,9 +47,9 @@ from typing import Any
 
 import torch
 from nasctl.nas.candidates import test_accuracy
-from nasctl.nas.data import DataSplits, load_dataset
-from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train
-from nasctl.nas.space import load_space
+from nasctl.nas.data import DataSplits, load_dataset, subset_train
+from nasctl.nas.finetune import FinetuneConfig, SubnetTrainConfig, adversarial_train
+from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import build_subnet
 
 # label -> (parameters in the issue's table, with conv biases; genome in the built-in digits space)
@@ -50,22 +63,84 @@ BASELINES: dict[str, tuple[int, str]] = {
 # the issue's recipe: lr 0.05 (the trainer's default is 0.1), 40 epochs, the rest the trainer's defaults
 RECIPE = SubnetTrainConfig(epochs=40, lr=0.05, eps=0.1)
 
+# MobileNetV2 shrunk to 28x28 and ~24 K params: conv3x3/2(16), then inverted residuals (expansion 1 to 8
+# channels; expansion 6 to 16 and 24 channels, each stage opening with stride 2), a 1x1 head conv to 96,
+# global pool, linear. A one-genome space, so the space's own blocks and builder make it.
+MOBILENETV2_TINY = SearchSpace.from_dict({
+    "name": "mobilenetv2-tiny", "stem_channels": 16, "stem_stride": 2,
+    "stages": [{"layers": 1, "stride": 1, "widths": [8]}, {"layers": 2, "stride": 2, "widths": [16]},
+               {"layers": 2, "stride": 2, "widths": [24]}],
+    "blocks": ["ir_k3_e1", "ir_k3_e6"], "head_channels": 96})
 
-def build(genome: str, data: DataSplits, seed: int = 0) -> torch.nn.Module:
-    """A baseline as a freshly initialised subnet of the built-in digits space."""
+# Fashion-MNIST (issue 13): label -> (space, genome). Plain conv stacks of the 'mnist' space: the stem is
+# conv3x3/2 (28 -> 14), then two more stride-2 convs (7x7, 4x4); 'conv' layers at stride 1 with the
+# width of their input carry the block's identity shortcut, as in the space.
+FASHION_BASELINES: dict[str, tuple[str | SearchSpace, str]] = {
+    "conv/2(8) -> conv/2(16) -> conv/2(32)": (
+        "mnist", "stem_c8-skip-skip-conv_k3_c16-skip-conv_k3_c32-skip"),
+    "conv/2(16) -> conv(16) -> conv/2(24) -> conv/2(32)": (
+        "mnist", "stem_c16-conv_k3_c16-skip-conv_k3_c24-skip-conv_k3_c32-skip"),
+    "conv/2(8) -> conv(8) -> conv/2(16) -> conv(16) -> conv/2(32) -> conv(32)": (
+        "mnist", "stem_c8-conv_k3_c8-skip-conv_k3_c16-conv_k3_c16-conv_k3_c32-conv_k3_c32"),
+    "conv/2(16) -> conv/2(32) -> conv/2(48)": (
+        "mnist", "stem_c16-skip-skip-conv_k3_c32-skip-conv_k3_c48-skip"),
+    "conv/2(16) -> conv(16) -> conv/2(32) -> conv(32) -> conv/2(48) -> conv(48)": (
+        "mnist", "stem_c16-conv_k3_c16-skip-conv_k3_c32-conv_k3_c32-conv_k3_c48-conv_k3_c48"),
+    "MobileNetV2-tiny: conv/2(16) -> IR e1(8) -> IR e6(16)/2 x2 -> IR e6(24)/2 x2 -> 1x1(96)": (
+        MOBILENETV2_TINY, "ir_k3_e1_c8-ir_k3_e6_c16-ir_k3_e6_c16-ir_k3_e6_c24-ir_k3_e6_c24"),
+}
+DEFAULT_CONFIG = {"fashion-mnist": "configs/fashion-mnist-cpu.yaml"}
+
+
+def build(genome: str, data: DataSplits, seed: int = 0,
+          space: str | SearchSpace = "digits") -> torch.nn.Module:
+    """A baseline as a freshly initialised subnet of ``space`` (default: the built-in digits space)."""
     info = data.info
-    return build_subnet(load_space("digits"), genome, info.in_channels, info.num_classes, info.mean, info.std,
-                        seed=seed)
+    space = load_space(space) if isinstance(space, str) else space
+    return build_subnet(space, genome, info.in_channels, info.num_classes, info.mean, info.std, seed=seed)
 
 
-def train_and_evaluate(genome: str, data: DataSplits, cfg: SubnetTrainConfig) -> dict[str, Any]:
-    model = build(genome, data, cfg.seed)
+def train_and_evaluate(genome: str, data: DataSplits, cfg: SubnetTrainConfig,
+                       space: str | SearchSpace = "digits", steps: int = 20,
+                       restarts: int = 3) -> dict[str, Any]:
+    model = build(genome, data, cfg.seed, space)
     stats = adversarial_train(model, data, cfg)
-    final = test_accuracy(model, genome, data.test, cfg.eps, cfg.seed + 1)  # seeded as the search's
+    final = test_accuracy(model, genome, data.test, cfg.eps, cfg.seed + 1, steps, restarts)  # as the search's
     return {"genome": genome, "params": sum(p.numel() for p in model.parameters()),
             "clean_acc": final["clean_acc"], "adv_acc": final["adv_acc"],
             "attack": final["attack"], "test_images": final["images"],
             "train_seconds": stats["seconds"]}
+
+
+def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConfig, dict[str, Any]]:
+    """The data, recipe and attack of the search's fine-tune stage, from the run's config.json (``--run``)
+    or a recipe file (``--config``): same split seed, train subset, epochs, eps and test images."""
+    from nasctl.nas.runs import merge_config
+    from nasctl.nas.search import SearchConfig
+
+    if args.run:
+        from nasctl.nas.search_run import config_from_run
+
+        source = str(Path(args.run) / "config.json")
+        scfg = config_from_run(json.loads(Path(source).read_text()), source)
+    else:
+        source = args.config or DEFAULT_CONFIG[args.dataset]
+        scfg = merge_config(SearchConfig, source)
+    if scfg.dataset != args.dataset:
+        raise SystemExit(f"{source} is a {scfg.dataset} recipe, not {args.dataset}")
+    tcfg = scfg.train_config()
+    data = load_dataset(args.dataset, args.data_dir or scfg.data_dir, seed=tcfg.seed, val_size=tcfg.val_size)
+    data = subset_train(data, tcfg.train_subset, tcfg.seed)  # exactly the supernet's training images
+    test_size = getattr(scfg, "test_size", None)
+    if test_size:
+        data = DataSplits(data.info, data.train, data.val, data.test.subset(test_size))
+    f = FinetuneConfig()
+    eps = scfg.eps if scfg.eps is not None else tcfg.eps if tcfg.eps is not None else data.info.default_eps
+    recipe = SubnetTrainConfig(epochs=args.epochs or scfg.finetune_epochs, batch_size=f.batch_size, lr=f.lr,
+                               attack_steps=f.attack_steps, eps=eps, seed=scfg.seed)
+    meta = {"recipe_source": source, "train_subset": tcfg.train_subset, "split_seed": tcfg.seed,
+            "final_steps": scfg.final_steps, "final_restarts": scfg.final_restarts}
+    return data, recipe, meta
 
 
 def front_numbers(entry: dict[str, Any]) -> tuple[float, float, str]:
@@ -83,8 +158,9 @@ def compare(baseline: dict[str, Any], front: list[dict[str, Any]]) -> dict[str, 
                 "weights": weights}
 
     near = min(front, key=lambda e: (abs(math.log(int(e["params"]) / baseline["params"])), e["params"]))
-    # the issue counts parameters as written there (with conv biases), so the budget is that number
-    budget = baseline["issue_params"]
+    # issue 9 counts the digits baselines' parameters with conv biases, so the budget is that number;
+    # elsewhere it is the baseline's own count
+    budget = baseline.get("issue_params", baseline["params"])
     within = [member(e) for e in front if int(e["params"]) <= budget]
     beats = [m for m in within
              if m["clean_acc"] >= baseline["clean_acc"] and m["adv_acc"] >= baseline["adv_acc"]]
@@ -101,7 +177,8 @@ def read_front(run: str | Path) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the baselines, with the nearest front member beside each when compared."""
     compared = any(r.get("comparison") for r in rows)
-    head = "| baseline | params | clean % | PGD-20x3 % |"
+    attack = rows[0]["attack"] if rows else {"steps": 20, "restarts": 3}
+    head = f"| baseline | params | clean % | PGD-{attack['steps']}x{attack['restarts']} % |"
     rule = "| --- | ---: | ---: | ---: |"
     if compared:
         head += " nearest front member | params | clean % | PGD % | weights | best member beating it |"
@@ -126,40 +203,60 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default=None, help="search run folder whose pareto.json to compare with")
-    ap.add_argument("--epochs", type=int, default=RECIPE.epochs)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dataset", default="digits", choices=("digits", "fashion-mnist"))
+    ap.add_argument("--run", default=None, help="search run folder whose pareto.json to compare with (and, "
+                    "for fashion-mnist, whose config.json gives the recipe)")
+    ap.add_argument("--config", default=None, help="fashion-mnist without --run: the search recipe to match "
+                    "(default configs/fashion-mnist-cpu.yaml)")
+    ap.add_argument("--data-dir", default=None, help="fashion-mnist files (default: Debian's package)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="training epochs (default: digits 40, fashion-mnist the recipe's finetune_epochs)")
+    ap.add_argument("--seed", type=int, default=None, help="digits only (fashion-mnist: the recipe's seed)")
     ap.add_argument("--limit-train", type=int, default=None, help="first N training images (smoke tests)")
     ap.add_argument("--limit-test", type=int, default=None, help="first N test images only (smoke tests)")
     ap.add_argument("--only", nargs="*", default=None, help="labels of the baselines to train (default: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny nets run as fast on one)")
-    ap.add_argument("--out", default="bench/results/baselines.json")
+    ap.add_argument("--out", default=None,
+                    help="default bench/results/baselines.json (digits), baselines-fashion-mnist.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = load_dataset("digits", seed=0)
+    if args.dataset == "digits":
+        data = load_dataset("digits", seed=0)
+        cfg = SubnetTrainConfig(**{**asdict(RECIPE), "epochs": args.epochs or RECIPE.epochs,
+                                   "seed": args.seed or 0})
+        meta: dict[str, Any] = {"split_seed": 0, "final_steps": 20, "final_restarts": 3}
+        baselines = {label: ("digits", genome, issue_params)
+                     for label, (issue_params, genome) in BASELINES.items()}
+    else:
+        data, cfg, meta = fashion_setup(args)
+        baselines = {label: (space, genome, None) for label, (space, genome) in FASHION_BASELINES.items()}
     if args.limit_train or args.limit_test:
         data = DataSplits(data.info, data.train.subset(args.limit_train or len(data.train)), data.val,
                           data.test.subset(args.limit_test or len(data.test)))
-    cfg = SubnetTrainConfig(**{**asdict(RECIPE), "epochs": args.epochs, "seed": args.seed})
     front = read_front(args.run) if args.run else None
     rows = []
-    for label, (issue_params, genome) in BASELINES.items():
+    for label, (space, genome, issue_params) in baselines.items():
         if args.only and label not in args.only:
             continue
         t0 = time.perf_counter()
-        r = {"label": label, "issue_params": issue_params, **train_and_evaluate(genome, data, cfg)}
+        r: dict[str, Any] = {"label": label, **({"issue_params": issue_params} if issue_params else {}),
+                             **train_and_evaluate(genome, data, cfg, space, meta["final_steps"],
+                                                  meta["final_restarts"])}
         if front:
             r["comparison"] = compare(r, front)
         r["seconds"] = time.perf_counter() - t0
         rows.append(r)
         print(f"{label:<46} {r['params']:>7,} params  clean {r['clean_acc']:5.1f}  "
-              f"PGD-20x3 {r['adv_acc']:5.1f}  ({r['train_seconds']:.0f} s)", flush=True)
+              f"PGD-{meta['final_steps']}x{meta['final_restarts']} {r['adv_acc']:5.1f}  "
+              f"({r['train_seconds']:.0f} s)", flush=True)
     print()
     print(table(rows))
-    doc = {"recipe": asdict(cfg), "dataset": "digits", "split_seed": 0, "train_images": len(data.train),
+    doc = {"recipe": asdict(cfg), "dataset": args.dataset, **meta, "train_images": len(data.train),
            "test_images": len(data.test), "run": str(args.run) if args.run else None, "baselines": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2))
+    out = Path(args.out or ("bench/results/baselines.json" if args.dataset == "digits"
+                            else f"bench/results/baselines-{args.dataset}.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
     return doc
 
 

@@ -16,16 +16,22 @@ sees ``test``. Use::
         ...
 
 ``digits`` (scikit-learn's bundled 8x8 set) needs no files. The torchvision sets read the files
-torchvision's own classes read, under ``data_dir``, downloading them if allowed.
+torchvision's own classes read, under ``data_dir``, downloading them if allowed. ``fashion-mnist``
+is read from its four idx files by nasctl's own strict reader: without ``data_dir`` where Debian's
+``dataset-fashion-mnist`` package installs them (``/usr/share/datasets/fashion-mnist/``, in place).
+For CPU budgets, :func:`subset_train` keeps a seeded, class-balanced subset of the training split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import logging
 import math
 import os
 import pickle
+import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +54,7 @@ DEFAULT_DATASET = "digits"
 DEFAULT_VAL_SIZE = 5000
 DIGITS_TEST_SIZE = 397  # ~22 % of 1,797, the split DESIGN.md's reference numbers were measured on
 DIGITS_VAL_SIZE = 200  # leaves 1,200 to train on: 1,400 train+val like the reference split
+TRAIN_SUBSET_STREAM = 1  # --train-subset draws from default_rng([seed, 1]), apart from the val carve-out
 
 
 @dataclass(frozen=True)
@@ -192,9 +199,11 @@ class DataSplits:
 
 
 class DatasetLoader(Protocol):
-    """A registry entry: knows its :class:`DatasetInfo` and loads the splits."""
+    """A registry entry: knows its :class:`DatasetInfo`, the built-in space made for its images, and
+    loads the splits."""
 
     info: DatasetInfo
+    default_space: str
 
     def __call__(
         self, data_dir: str | os.PathLike | None, seed: int, val_size: int | None, download: bool
@@ -217,6 +226,66 @@ def _split(images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray) -> Tenso
     return TensorSplit(images[t].contiguous(), labels[t].contiguous(), t)
 
 
+def _official_splits(info: DatasetInfo, root: Path, train_images: torch.Tensor, train_labels: torch.Tensor,
+                     test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
+                     val_size: int | None) -> DataSplits:
+    """Train / val / test of a set that ships an official train and test split: val is carved from
+    train with the seed (default 5,000 images, 10 % of small train sets), test keeps the file order."""
+    n_train = len(train_labels)
+    v = min(DEFAULT_VAL_SIZE, max(1, n_train // 10)) if val_size is None else val_size
+    val_idx, train_idx = _carve(n_train, v, seed, f"val size for {info.name}")
+    splits = DataSplits(
+        info,
+        _split(train_images, train_labels, train_idx),
+        _split(train_images, train_labels, val_idx),
+        _split(test_images, test_labels, np.arange(len(test_labels))),
+    )
+    log.info("loaded %s from %s: train %d, val %d, test %d", info.name, root, len(splits.train),
+             len(splits.val), len(splits.test))
+    return splits
+
+
+def class_balanced_indices(labels: torch.Tensor, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random row indices of ``labels`` with the classes as equal as the split allows.
+
+    Each class is shuffled by ``rng`` and the classes take turns (every class's first sample, in a
+    random order, then every class's second, ...), so class counts differ by at most one until a class
+    runs out, and the first ``m`` of the indices for ``n`` are those for ``m`` (same generator state).
+    """
+    y = labels.detach().cpu().numpy()
+    perm = rng.permutation(len(y))
+    rank = np.zeros(len(y), dtype=np.int64)  # rank of perm[i] within its class, in the seeded order
+    for c in np.unique(y):
+        at = np.flatnonzero(y[perm] == c)
+        rank[at] = np.arange(len(at))
+    order = np.lexsort((np.arange(len(y)), rank))  # by rank; ties in the seeded (random) order
+    return perm[order[:n]]
+
+
+def subset_train(splits: DataSplits, n: int | None, seed: int) -> DataSplits:
+    """``splits`` with a seeded, class-balanced subset of ``n`` training images (None: unchanged).
+
+    For CPU budgets (``--train-subset``): val and test stay whole. Raises :class:`NasctlError` when
+    ``n`` is not positive or larger than the training split (what is left once val is carved out).
+    """
+    if n is None:
+        return splits
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise NasctlError(f"--train-subset must be a positive number of training images, got {n!r}")
+    have = len(splits.train)
+    if n > have:
+        raise NasctlError(
+            f"--train-subset {n:,} is larger than the {splits.info.name} training split ({have:,} images "
+            f"once the {len(splits.val):,} validation images are carved out): pass at most {have:,}, or "
+            "leave it out to train on all of them"
+        )
+    # a stream of its own: not the val carve-out's permutation, which default_rng(seed) draws
+    rng = np.random.default_rng([seed, TRAIN_SUBSET_STREAM])
+    idx = class_balanced_indices(splits.train.labels, int(n), rng)
+    log.info("training on a class-balanced subset of %d of %d images (seed %d)", n, have, seed)
+    return DataSplits(splits.info, splits.train.subset(idx), splits.val, splits.test)
+
+
 @dataclass(frozen=True)
 class DigitsLoader:
     """scikit-learn's bundled 8x8 digits: 1,797 images, no download, the default for quick runs.
@@ -226,6 +295,7 @@ class DigitsLoader:
     """
 
     info: DatasetInfo
+    default_space: str = "digits"  # 8x8 inputs: the space whose range holds the small hand-designed CNNs
 
     def __call__(
         self,
@@ -274,6 +344,7 @@ class TorchvisionLoader:
     split_arg: Literal["train", "split"]
     layout: Layout
     expected: str
+    default_space: str = "tam"  # TAM-NAS's space for 32x32 inputs
 
     def _open(self, root: Path, train: bool, download: bool) -> Any:
         import torchvision.datasets as tvd
@@ -337,26 +408,8 @@ class TorchvisionLoader:
         test_images, test_labels = self._tensors(test_ds)
         self._check(root, train_images, train_labels)
         self._check(root, test_images, test_labels)
-
-        n_train = len(train_labels)
-        v = min(DEFAULT_VAL_SIZE, max(1, n_train // 10)) if val_size is None else val_size
-        val_idx, train_idx = _carve(n_train, v, seed, f"val size for {name}")
-        test_idx = np.arange(len(test_labels))
-        splits = DataSplits(
-            self.info,
-            _split(train_images, train_labels, train_idx),
-            _split(train_images, train_labels, val_idx),
-            _split(test_images, test_labels, test_idx),
-        )
-        log.info(
-            "loaded %s from %s: train %d, val %d, test %d",
-            name,
-            root,
-            len(splits.train),
-            len(splits.val),
-            len(splits.test),
-        )
-        return splits
+        return _official_splits(self.info, root, train_images, train_labels, test_images, test_labels, seed,
+                                val_size)
 
     def _check(self, root: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Fail with the fix when the files hold something else than this data set."""
@@ -373,6 +426,157 @@ class TorchvisionLoader:
                 f"the {info.name} labels in {root} fall outside 0..{info.num_classes - 1}; "
                 f"replace the files with {self.expected.format(root=root)}"
             )
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+_IDX_UBYTE = 0x08  # the idx type code of unsigned bytes: the only one the MNIST-style files use
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def read_idx(path: Path, ndim: int, fix: str) -> np.ndarray:
+    """One idx file (``.gz`` or not) as a uint8 array of ``ndim`` dimensions, checked strictly.
+
+    The idx format: two zero bytes, the type code (0x08: unsigned byte), the number of dimensions, one
+    big-endian uint32 per dimension, then the values. A file that cannot be decompressed, whose magic
+    number is not that of a ``ndim``-dimensional byte array, or whose size is not exactly header +
+    product of the dimensions (truncated or padded) raises :class:`NasctlError` naming the file and
+    ending with ``fix``.
+    """
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise NasctlError(f"{path} could not be read, it is truncated or corrupted ({type(exc).__name__}: "
+                          f"{_one_line(exc)}); {fix}") from exc
+    header = 4 + 4 * ndim
+    want_magic = (_IDX_UBYTE << 8) | ndim
+    if len(raw) < header:
+        raise NasctlError(f"{path} is {len(raw)} bytes, shorter than its idx header ({header} bytes): it is "
+                          f"truncated; {fix}")
+    magic = struct.unpack(">I", raw[:4])[0]
+    if magic != want_magic:
+        raise NasctlError(f"{path} is not an idx file of {ndim}-dimensional unsigned bytes (magic number "
+                          f"{magic:#010x}, expected {want_magic:#010x}); {fix}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    size = math.prod(dims)
+    if len(raw) - header != size:
+        what = "truncated" if len(raw) - header < size else "longer than its header says"
+        raise NasctlError(f"{path} holds {len(raw) - header:,} bytes of data but its header "
+                          f"({' x '.join(map(str, dims))}) promises {size:,}: the file is {what}; {fix}")
+    return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=header).reshape(dims)
+
+
+@dataclass(frozen=True)
+class IdxLoader:
+    """An MNIST-style set read from its four idx files (``.gz`` or not) by nasctl's own strict reader.
+
+    Where the files are looked for: without ``data_dir``, in ``system_dir``, where a system package
+    installs them (read in place, never copied); with ``data_dir``, flat in it (the layout of the
+    original download and of the package) or in torchvision's ``<data_dir>/<torchvision_folder>/raw/``.
+    When none is there and ``download`` is allowed, torchvision's ``dataset_class`` downloads them
+    (md5-checked) into the torchvision layout. Val is carved from train with the seed, as for the
+    torchvision sets, and test keeps the file order.
+    """
+
+    info: DatasetInfo
+    system_dir: str  # where ``package`` installs the files
+    package: str  # the Debian package that installs them
+    torchvision_folder: str  # <data_dir>/<folder>/raw/, where torchvision keeps them
+    dataset_class: str  # torchvision.datasets class that downloads them
+    source: str  # where the original files are published
+    default_space: str = "mnist"  # 28x28 inputs: a stride-2 stem keeps PGD training within CPU budgets
+
+    def _expected(self, root: str) -> str:
+        return (f"{root}/{{{','.join(f + '.gz' for f in IDX_FILES)}}} (as {self.source} publishes them and "
+                f"Debian's {self.package} installs them; gunzipped files too) or the same files in "
+                f"{Path(root) / self.torchvision_folder / 'raw'}/ (torchvision's layout)")
+
+    def locate(self, root: Path) -> dict[str, Path] | None:
+        """The four files in ``root`` or in torchvision's layout under it (uncompressed preferred)."""
+        for folder in (root, root / self.torchvision_folder / "raw"):
+            found = {}
+            for name in IDX_FILES:
+                for candidate in (folder / name, folder / f"{name}.gz"):
+                    if candidate.is_file():
+                        found[name] = candidate
+                        break
+            if len(found) == len(IDX_FILES):
+                return found
+        return None
+
+    def _download(self, root: Path) -> None:
+        import torchvision.datasets as tvd
+
+        name, expected = self.info.name, self._expected(str(root))
+        try:  # the constructor downloads all four files, then loads the (small) test split
+            getattr(tvd, self.dataset_class)(root=str(root), train=False, download=True)
+        except (URLError, OSError, RuntimeError) as exc:
+            raise NasctlError(
+                f"could not download the {name} data set into {root} (offline?); place the files by hand "
+                f"and rerun: {expected}; or apt-get install {self.package} and leave out --data-dir "
+                f"(torchvision: {_one_line(exc)})"
+            ) from exc
+
+    def __call__(
+        self,
+        data_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        val_size: int | None = None,
+        download: bool = True,
+    ) -> DataSplits:
+        name = self.info.name
+        if data_dir is None:
+            root = Path(self.system_dir)
+            files = self.locate(root)
+            if files is None:
+                raise NasctlError(
+                    f"the {name} data set needs its four idx files: install them with "
+                    f"apt-get install {self.package} (Debian; read in place from {root}/) or pass "
+                    f"--data-dir DIR (it reads {self._expected('DIR')}; downloaded there when online)"
+                )
+            fix = f"reinstall the package: apt-get install --reinstall {self.package}"
+        else:
+            root = Path(data_dir).expanduser()
+            files = self.locate(root)
+            if files is None and download:
+                self._download(root)
+                files = self.locate(root)
+            if files is None:
+                raise NasctlError(
+                    f"the {name} data set was not found in {root}: expected {self._expected(str(root))}; "
+                    f"place the files there, allow the download, or apt-get install {self.package} and "
+                    "leave out --data-dir"
+                )
+            fix = f"replace it with the original file ({self.source}, or Debian's {self.package})"
+        train = self._pair(files, "train", fix)
+        test = self._pair(files, "t10k", fix)
+        return _official_splits(self.info, root, *train, *test, seed, val_size)
+
+    def _pair(self, files: dict[str, Path], prefix: str, fix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [N, 1, H, W] uint8 and labels [N] int64 of one split, checked against each other."""
+        info = self.info
+        images_path, labels_path = files[f"{prefix}-images-idx3-ubyte"], files[f"{prefix}-labels-idx1-ubyte"]
+        images = read_idx(images_path, 3, fix)
+        labels = read_idx(labels_path, 1, fix)
+        if images.shape[1:] != (info.resolution, info.resolution):
+            raise NasctlError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, "
+                              f"{info.name}'s are {info.resolution}x{info.resolution}; {fix}")
+        if len(labels) != len(images):
+            raise NasctlError(f"{labels_path} holds {len(labels):,} labels but {images_path} holds "
+                              f"{len(images):,} images: both must come from the same split; {fix}")
+        if len(labels) and int(labels.max()) >= info.num_classes:
+            raise NasctlError(f"{labels_path} holds label {int(labels.max())}, {info.name} has classes "
+                              f"0..{info.num_classes - 1}; {fix}")
+        return (torch.from_numpy(images).unsqueeze(1).contiguous(),
+                torch.from_numpy(labels.astype(np.int64)))
 
 
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -424,15 +628,15 @@ _LOADERS: tuple[DatasetLoader, ...] = (
         split_arg="train",
         layout="NHW",
         expected="{root}/MNIST/raw/ holding " + _MNIST_FILES + " (the four MNIST .gz files, gunzipped)",
+        default_space="mnist",
     ),
-    TorchvisionLoader(
+    IdxLoader(
         DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), default_eps=0.1),
+        system_dir="/usr/share/datasets/fashion-mnist",
+        package="dataset-fashion-mnist",
+        torchvision_folder="FashionMNIST",
         dataset_class="FashionMNIST",
-        split_arg="train",
-        layout="NHW",
-        expected="{root}/FashionMNIST/raw/ holding "
-        + _MNIST_FILES
-        + " (the four .gz files from https://github.com/zalandoresearch/fashion-mnist, gunzipped)",
+        source="https://github.com/zalandoresearch/fashion-mnist",
     ),
 )
 
@@ -453,6 +657,11 @@ def _lookup(name: str) -> DatasetLoader:
     raise NasctlError(f"unknown data set {name!r}{hint} (known: {', '.join(dataset_names())})")
 
 
+def default_space(name: str) -> str:
+    """The built-in search space a data set's supernet uses when no ``--space`` is given."""
+    return _lookup(name).default_space
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of a registered set, without loading any data."""
     return _lookup(name).info
@@ -470,6 +679,7 @@ def load_dataset(
     ``seed`` fixes the val carve-out (and, for digits, the whole split): same seed, same splits.
     ``val_size`` defaults to 200 for digits and to 5,000 (10 % of small train sets) otherwise.
     ``data_dir`` is required for the torchvision sets; with ``download`` they are fetched when missing.
+    ``fashion-mnist`` without ``data_dir`` reads Debian's ``dataset-fashion-mnist`` files in place.
     Raises :class:`NasctlError` (one line saying what to do) for unknown names, a missing ``data_dir``
     and files that are absent, corrupted or cannot be downloaded.
     """

@@ -35,6 +35,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="paths trained per batch: uniform (default, one random subnet) "
                    "or sandwich (largest, smallest and random)")
     g.add_argument("--limit-train", type=int, help="train on the first N training images only (smoke runs)")
+    g.add_argument("--train-subset", type=int, metavar="N",
+                   help="train on a seeded, class-balanced subset of N training images (CPU budgets)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
     add_config_flags(p)
