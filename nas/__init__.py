@@ -4,24 +4,36 @@ adversarial training, the NSGA-II search and its reports.
 Modules, one job each: ``data`` (data sets and splits), ``space`` (blocks, genomes, spaces, costs),
 ``supernet`` (slim supernet, ``extract``, BN recalibration), ``attacks`` (FGSM family, PGD, TRADES),
 ``train`` (``nasctl train``), ``checkpoint`` (atomic, self-describing checkpoints), ``candidates``
-(candidate accuracy), ``objectives``, ``search`` (pymoo problem and driver), ``search_run`` (a whole
+(candidate accuracy), ``objectives``, ``problem`` (the pymoo problem), ``algorithms`` (NSGA-II,
+random), ``archive``, ``front``, ``search`` (config and driver), ``search_run`` (a whole
 ``nasctl search`` run), ``report`` (front, plots, layer statistics), ``select`` (picking subnets
 from a run), ``robust_eval`` (``nasctl eval``), ``finetune`` (stand-alone subnet training),
 ``runs`` (run folders and config merging), ``errors``.
+
+Names resolve lazily (PEP 562): ``nasctl.nas.errors`` is imported by every package for
+:class:`NasctlError`, and must not pull torch in with it (``nasctl devices`` needs no torch).
 """
 
-from .attacks import PGD, evaluate, make_attack
-from .checkpoint import load_supernet
-from .data import load_dataset
-from .errors import NasctlError
-from .search import SearchConfig
-from .search_run import resume_search, search
-from .space import Genome, SearchSpace, load_space
-from .supernet import Subnet, Supernet, recalibrate_bn
-from .train import TrainConfig, resume_training, train_supernet
+import importlib
 
-__all__ = [
-    "PGD", "Genome", "NasctlError", "SearchConfig", "SearchSpace", "Subnet", "Supernet", "TrainConfig",
-    "evaluate", "load_dataset", "load_space", "load_supernet", "make_attack", "recalibrate_bn",
-    "resume_search", "resume_training", "search", "train_supernet",
-]
+_EXPORTS = {
+    "attacks": ("PGD", "evaluate", "make_attack"),
+    "checkpoint": ("load_supernet",),
+    "data": ("load_dataset",),
+    "errors": ("NasctlError",),
+    "search": ("SearchConfig",),
+    "search_run": ("resume_search", "run_search"),
+    "space": ("Genome", "SearchSpace", "load_space"),
+    "supernet": ("Subnet", "Supernet", "recalibrate_bn"),
+    "train": ("TrainConfig", "resume_training", "train_supernet"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_RENAMED = {"run_search": "search"}  # not ``search``: that name is the submodule
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        module = importlib.import_module(f".{_WHERE[name]}", __name__)
+        return getattr(module, _RENAMED.get(name, name))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

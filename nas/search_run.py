@@ -24,10 +24,11 @@ from .checkpoint import LoadedSupernet, load_supernet
 from .data import load_dataset
 from .errors import NasctlError, RunInterrupted
 from .front import HV_REFERENCE
-from .objectives import parse_objectives
+from .objectives import genome_costs, parse_objectives
+from .problem import SearchState
 from .report import write_outputs
 from .runs import build_config, discard_if_unused, make_run_dir, run_lock, write_run_config
-from .search import SearchCallbacks, SearchConfig, SearchState, run_generations
+from .search import SearchCallbacks, SearchConfig, run_generations
 from .space import Genome, GenomeError
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
@@ -44,10 +45,7 @@ def _train_first(cfg: SearchConfig, run_dir: Path, train_callbacks) -> Path:
         log.info("resuming the interrupted supernet training in %s", sub)
         return train_mod.resume_training(sub, train_callbacks)[0]
     sub.mkdir(parents=True, exist_ok=True)
-    optional = {"epochs": cfg.epochs, "width_mult": cfg.width_mult}
-    tcfg = train_mod.TrainConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, space=cfg.space, seed=cfg.seed,
-                                 device=cfg.device, **{k: v for k, v in optional.items() if v is not None})
-    tcfg.validate()
+    tcfg = cfg.train_config()
     log.info("no --supernet given: training one first (%d epochs, %s attack, %s sampling) in %s",
              tcfg.epochs, tcfg.attack, tcfg.sampling, sub)
     return train_mod.train_supernet(tcfg, train_callbacks, run_dir=sub)[0]
@@ -63,10 +61,7 @@ def _expected_space(cfg: SearchConfig):
 
 def _sizes_fn(space, info: dict[str, Any], latency=None):
     def sizes(g: Genome) -> dict[str, Any]:
-        args = (g, info["in_channels"], info["resolution"])
-        params, macs = space.cost(*args, info["num_classes"])
-        out: dict[str, Any] = {"params": params, "macs": macs,
-                               "int8_bytes": space.int8_bytes(*args, info["num_classes"])}
+        out = genome_costs(space, g, info)
         if latency is not None:
             out["latency_ms"] = latency(g)
         return out

@@ -30,7 +30,7 @@ from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
 
 from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
 from .checkpoint import FORMAT, build_supernet, read_checkpoint
-from .data import DataSplits, load_dataset, subset_train
+from .data import DataSplits, default_space, load_dataset, subset_train
 from .errors import NasctlError, RunInterrupted
 from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
 from .space import Genome, SearchSpace, load_space
@@ -105,7 +105,7 @@ class TrainConfig:
 
 
 def resolve_space(cfg: TrainConfig) -> SearchSpace:
-    name = cfg.space or ("digits" if cfg.dataset == "digits" else "tam")
+    name = cfg.space or default_space(cfg.dataset)
     try:
         return load_space(name, cfg.width_mult)
     except ValueError as e:

@@ -113,7 +113,13 @@ def register_backend(backend: Backend) -> None:
     BACKENDS[backend.name] = backend
 
 
+# backends that live in another package and register themselves when it is imported
+PLUGINS = {"adb": "nasctl.android_bench"}
+
+
 def get_backend(name: str) -> Backend:
+    if name not in BACKENDS and name in PLUGINS:
+        importlib.import_module(PLUGINS[name])
     if name not in BACKENDS:
         raise ProfilingError(
             f"unknown backend {name!r}{did_you_mean(name, BACKENDS)}; choose from {', '.join(BACKENDS)}"

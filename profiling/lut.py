@@ -1,12 +1,14 @@
 """Per-device latency lookup tables and the calibrated whole-model predictor.
 
 A subnet is a stem, its non-skip blocks and a head; its latency is predicted as
-``slope * sum(entry latencies) + intercept``, where each entry is the measured median of a
+``slope * sum(entry latencies) + per_layer * n_entries + intercept``, where each entry is the
+measured median of a
 single-layer model (the stem with the input normalisation, one block at its input resolution and
 channel counts, or the head with pooling and classifier) converted and timed exactly like whole
-models, and slope/intercept are fitted by least squares to whole-model measurements of a seeded
-sample of subnets (they absorb the per-invocation overhead that every single-layer model pays once
-and a whole model pays once in total, and cache effects between layers).
+models, and the three constants are fitted by least squares to whole-model measurements of a
+seeded sample of subnets: ``per_layer`` takes back the per-invocation overhead that every
+single-layer model paid once and a whole model pays once in total, ``slope`` the cache effects
+between layers.
 
 Entries are keyed by what determines their cost (block, channels, stride, input resolution), not by
 the space, so spaces that share layers share measurements; everything lives in the
@@ -29,12 +31,13 @@ from nasctl.nas.data import DatasetInfo
 from nasctl.nas.space import SKIP, Genome, SearchSpace
 from torch import nn
 
-from .backends import ProfileSettings, get_backend, measure_host
+from .backends import ProfileSettings, get_backend
 from .convert import ToConvert, convert_modules
 from .device import DeviceInfo, host_device
 from .errors import ProfilingError
 from .result import LatencyResult
 from .store import MeasurementStore, Scope
+from .target import MeasureTarget, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +154,16 @@ class LatencyTable:
     info: DatasetInfo
     entries: dict[str, float]
     fit: dict[str, Any] | None = None
+    device: str = "host"  # how the user names the device (for messages)
 
     def raw_ms(self, genome: Genome) -> float:
+        """The plain sum of the genome's entries."""
         keys = [e.key for e in genome_entries(self.space, genome, self.info)]
         missing = [k for k in keys if k not in self.entries]
         if missing:
             raise ProfilingError(
                 f"the lookup table lacks {len(missing)} of this subnet's layers (e.g. {missing[0]}): "
-                f"{build_hint(self.space, self.scope, self.info)}"
+                f"{build_hint(self.space, self.scope, self.info, self.device)}"
             )
         return float(sum(self.entries[k] for k in keys))
 
@@ -167,10 +172,13 @@ class LatencyTable:
         raw = self.raw_ms(genome)
         if not self.fit:
             return raw
-        return float(self.fit["slope"] * raw + self.fit["intercept"])
+        n = len(genome_entries(self.space, genome, self.info))
+        return float(self.fit["slope"] * raw + self.fit.get("per_layer", 0.0) * n + self.fit["intercept"])
 
 
-def build_hint(space: SearchSpace, scope: Scope, info: DatasetInfo | None = None) -> str:
+def build_hint(
+    space: SearchSpace, scope: Scope, info: DatasetInfo | None = None, device: str = "host"
+) -> str:
     """The command that builds the missing table (a space from a file is named by its file)."""
     from nasctl.nas.space import builtin_spaces, load_space
 
@@ -179,7 +187,7 @@ def build_hint(space: SearchSpace, scope: Scope, info: DatasetInfo | None = None
     int8 = " --int8" if scope[3] == "int8" else ""
     threads = f" --threads {scope[4]}" if scope[4] != 1 else ""
     data = f" --dataset {info.name}" if info is not None else ""
-    return f"build it with: nasctl profile --build-lut --space {where}{data} --device host{int8}{threads}"
+    return f"build it with: nasctl profile --build-lut --space {where}{data} --device {device}{int8}{threads}"
 
 
 def load_table(
@@ -188,6 +196,7 @@ def load_table(
     info: DatasetInfo,
     scope: Scope,
     require_complete: bool = True,
+    device: str = "host",
 ) -> LatencyTable:
     """The stored table of ``space`` under ``scope``; one clear error when it is missing or partial."""
     wanted = [e.key for e in space_entries(space, info)]
@@ -201,9 +210,10 @@ def load_table(
         )
         raise ProfilingError(
             f"the store {str(store.path)!r} has {what} for space {space.name!r} on "
-            f"{scope.describe()}: {build_hint(space, scope, info)}"
+            f"{scope.describe()}: {build_hint(space, scope, info, device)}"
         )
-    return LatencyTable(scope, space, info, entries, store.latest_calibration(scope, space_id(space, info)))
+    fit = store.latest_calibration(scope, space_id(space, info))
+    return LatencyTable(scope, space, info, entries, fit, device)
 
 
 def build_table(
@@ -212,13 +222,14 @@ def build_table(
     store: MeasurementStore,
     precision: str,
     settings: ProfileSettings = LUT_SETTINGS,
-    device: DeviceInfo | None = None,
+    target: MeasureTarget | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[LatencyTable, dict[str, Any]]:
-    """Measure every entry of ``space`` missing from the store (resumable: batches already stored are
-    not measured again) and return the table with facts for the report."""
-    device = device or host_device()
-    scope = host_scope(precision, settings.threads, device)
+    """Measure every entry of ``space`` missing from the store on ``target`` (default: the host's
+    LiteRT; resumable: batches already stored are not measured again) and return the table with facts
+    for the report."""
+    target = target or resolve_target("host", settings.threads)
+    scope = target.scope(precision)
     entries = space_entries(space, info)
     have = store.latest(scope, "block", [e.key for e in entries])
     todo = [e for e in entries if e.key not in have]
@@ -229,14 +240,14 @@ def build_table(
     for i in range(0, len(todo), BATCH):
         batch = todo[i : i + BATCH]
         results = measure_modules(
-            [(e.key, lambda e=e: e.build(info), e.input_shape) for e in batch], precision, settings, device
+            [(e.key, lambda e=e: e.build(info), e.input_shape) for e in batch], precision, settings, target
         )
         drifts += [r.drift for r in results[:1] if r.drift is not None]
         store.add_many("block", [(e.key, r) for e, r in zip(batch, results)], precision)
         done += len(batch)
         if progress:
             progress(done, len(entries))
-    table = load_table(store, space, info, scope)
+    table = load_table(store, space, info, scope, device=target.label)
     return table, {
         "entries": len(entries),
         "measured_now": len(todo),
@@ -249,16 +260,17 @@ def measure_modules(
     items: Sequence[tuple[str, Callable[[], nn.Module], tuple[int, ...]]],
     precision: str,
     settings: ProfileSettings,
-    device: DeviceInfo | None = None,
+    target: MeasureTarget | None = None,
 ) -> list[LatencyResult]:
-    """Convert ``(name, build, input_shape)`` modules to TFLite at ``precision`` and time them on the
-    host's LiteRT in one fresh worker process; one result per item, in order."""
+    """Convert ``(name, build, input_shape)`` modules to TFLite at ``precision`` and time them on
+    ``target`` (default: the host's LiteRT, one fresh worker process per batch); one result per item."""
+    target = target or resolve_target("host", settings.threads)
     with tempfile.TemporaryDirectory(prefix="nasctl-profile-") as tmp:
         names = [f"m{i:04d}" for i in range(len(items))]
         files = convert_modules(
             [ToConvert(n, build, tuple(shape)) for n, (_, build, shape) in zip(names, items)], tmp, precision
         )
-        return measure_host([str(files[n]) for n in names], get_backend("litert"), settings, device)
+        return target.measure([str(files[n]) for n in names], settings)
 
 
 # --- whole models and calibration ------------------------------------------------------------
@@ -273,15 +285,16 @@ def measure_genomes(
     store: MeasurementStore,
     precision: str,
     settings: ProfileSettings = LUT_SETTINGS,
-    device: DeviceInfo | None = None,
+    target: MeasureTarget | None = None,
     use_cache: bool = True,
 ) -> list[LatencyResult]:
-    """Whole-model host LiteRT latency of each genome (randomly initialised, converted like the table's
-    entries), cached in the store by genome: a genome measured before is not converted again."""
+    """Whole-model latency of each genome on ``target`` (default: the host's LiteRT; randomly
+    initialised, converted like the table's entries), cached in the store by genome: a genome measured
+    before is not converted again."""
     from nasctl.nas.supernet import build_subnet
 
-    device = device or host_device()
-    scope = host_scope(precision, settings.threads, device)
+    target = target or resolve_target("host", settings.threads)
+    scope = target.scope(precision)
     keys = [genome_key(space, info, g) for g in genomes]
     cached = store.latest(scope, "genome", keys) if use_cache else {}
     todo = [(k, g) for k, g in zip(keys, genomes) if k not in cached]
@@ -296,28 +309,37 @@ def measure_genomes(
             )
             for k, g in batch
         ]
-        results = measure_modules(items, precision, settings, device)
+        results = measure_modules(items, precision, settings, target)
         store.add_many("genome", [(k, r) for (k, _), r in zip(batch, results)], precision)
         cached.update({k: r for (k, _), r in zip(batch, results)})
     return [cached[k] for k in keys]
 
 
-def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, Any]:
-    """``measured = slope * raw + intercept`` by least squares on *relative* errors, and its in-sample error.
+def fit_calibration(
+    raw_ms: Sequence[float], n_layers: Sequence[int], measured_ms: Sequence[float]
+) -> dict[str, Any]:
+    """``measured = slope * raw + per_layer * n_layers + intercept`` by least squares on *relative*
+    errors, and its in-sample error.
 
-    Why relative: the goal is a small percentage error at every size. Plain least squares let the
-    largest subnets (10-50x slower) set the line and gave the smallest ones -50 %: on the host's tam
-    table, 60 % of 30 held-out subnets within +-10 % (MAPE 12 %) against 97 % (MAPE 2 %) this way."""
-    x, y = np.asarray(raw_ms, float), np.asarray(measured_ms, float)
+    Why relative: the goal is a small percentage error at every size; plain least squares let the
+    largest subnets (10-50x slower) set the line and put the smallest 50 % low (host tam table: 60 %
+    of 30 held-out subnets within +-10 % against 100 %). Why a per-layer term: each entry was timed
+    as a model of its own and carries one invocation's overhead, which a whole model pays once; on
+    the digits tables (2-60 us) it took the held-out share within +-10 % from 80-87 % to 100 %."""
+    x, n, y = np.asarray(raw_ms, float), np.asarray(n_layers, float), np.asarray(measured_ms, float)
     if len(x) < 2:
         raise ProfilingError("calibration needs at least two measured subnets")
+    features = np.c_[x, n, np.ones_like(x)] if len(set(n)) > 1 and len(x) >= 4 else np.c_[x, np.ones_like(x)]
     w = 1.0 / y
-    slope, intercept = np.linalg.lstsq(np.c_[x, np.ones_like(x)] * w[:, None], y * w, rcond=None)[0]
+    coef = np.linalg.lstsq(features * w[:, None], y * w, rcond=None)[0]
+    slope, intercept = float(coef[0]), float(coef[-1])
+    per_layer = float(coef[1]) if features.shape[1] == 3 else 0.0
     return {
-        "slope": float(slope),
-        "intercept": float(intercept),
+        "slope": slope,
+        "per_layer": per_layer,
+        "intercept": intercept,
         "n": int(len(x)),
-        **accuracy(slope * x + intercept, y),
+        **accuracy(slope * x + per_layer * n + intercept, y),
     }
 
 
@@ -336,12 +358,17 @@ def calibrate(
     n: int = 20,
     seed: int = 0,
     settings: ProfileSettings = LUT_SETTINGS,
-    device: DeviceInfo | None = None,
+    target: MeasureTarget | None = None,
 ) -> dict[str, Any]:
-    """Fit the table's slope and intercept on ``n`` seeded random subnets measured whole, and store it."""
+    """Fit the table's slope and intercept on ``n`` seeded random subnets measured whole (on the
+    table's own target), and store it."""
     genomes = sample_genomes(table.space, n, seed)
-    measured = measure_genomes(table.space, table.info, genomes, store, table.scope[3], settings, device)
-    fit = fit_calibration([table.raw_ms(g) for g in genomes], [r.p50_ms for r in measured])
+    measured = measure_genomes(table.space, table.info, genomes, store, table.scope[3], settings, target)
+    fit = fit_calibration(
+        [table.raw_ms(g) for g in genomes],
+        [len(genome_entries(table.space, g, table.info)) for g in genomes],
+        [r.p50_ms for r in measured],
+    )
     fit["genomes"] = [g.encode() for g in genomes]
     fit["seed"] = seed
     store.add_calibration(table.scope, space_id(table.space, table.info), fit)

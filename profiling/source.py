@@ -18,8 +18,9 @@ from nasctl.core import did_you_mean
 
 from .backends import ProfileSettings
 from .errors import ProfilingError
-from .lut import LUT_SETTINGS, host_scope, load_table, measure_genomes
+from .lut import LUT_SETTINGS, load_table, measure_genomes
 from .store import MeasurementStore
+from .target import ADB_PREFIX, MeasureTarget, check_device_name, resolve_target
 
 SOURCE_KINDS = ("lut", "measure")
 PRECISIONS = ("int8", "float32")
@@ -28,30 +29,33 @@ PRECISIONS = ("int8", "float32")
 @dataclass(frozen=True)
 class LatencySourceSpec:
     kind: str  # lut | measure
-    device: str  # host (phones: adb serials, once the Android backend is installed)
+    device: str  # host | adb:SERIAL
     precision: str = "int8"
     threads: int = 1
 
     def describe(self) -> str:
         how = "lookup table, calibrated" if self.kind == "lut" else "measured whole model"
-        return f"{self.kind}:{self.device} ({how}; LiteRT {self.precision}, {self.threads} thread(s))"
+        runtime = "LiteRT" if self.device == "host" else "benchmark_model"
+        return f"{self.kind}:{self.device} ({how}; {runtime} {self.precision}, {self.threads} thread(s))"
 
 
 def parse_latency_source(text: str, precision: str = "int8", threads: int = 1) -> LatencySourceSpec:
-    """``lut:host`` / ``measure:host`` -> spec; one clear line for anything else."""
-    kind, sep, device = (text or "").partition(":")
+    """``lut:host``, ``measure:host``, ``lut:adb:SERIAL`` (or ``lut:SERIAL``), ``measure:adb:SERIAL``
+    and ``adb:SERIAL`` (a phone measuring every candidate) -> spec; one clear line for anything else."""
+    text = text or ""
+    if text.startswith(ADB_PREFIX):
+        text = f"measure:{text}"
+    kind, sep, device = text.partition(":")
     if not sep or kind not in SOURCE_KINDS or not device:
         hint = did_you_mean(kind, SOURCE_KINDS) if kind and kind not in SOURCE_KINDS else ""
         raise ProfilingError(
-            f"--latency-source {text!r} is not KIND:DEVICE{hint}: use lut:host (the host's lookup "
-            f"table; build it with nasctl profile --build-lut) or measure:host (time every "
-            f"candidate)"
+            f"--latency-source {text!r} is not KIND:DEVICE{hint}: use lut:host (the host's lookup table; "
+            f"build it with nasctl profile --build-lut), measure:host (time every candidate), or "
+            f"lut:adb:SERIAL / adb:SERIAL for a phone"
         )
-    if device != "host":
-        raise ProfilingError(
-            f"--latency-source {text!r}: unknown device {device!r}; this machine's tables and "
-            f"measurements are under 'host' (Android phones: adb:SERIAL with nasctl bench)"
-        )
+    if device != "host" and not device.startswith(ADB_PREFIX):
+        device = f"{ADB_PREFIX}{device}"  # lut:SERIAL: a phone's serial
+    check_device_name(device)
     if precision not in PRECISIONS:
         raise ProfilingError(f"--latency-precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if threads < 1:
@@ -64,20 +68,27 @@ class LatencySource:
     come from."""
 
     def __init__(
-        self, spec: LatencySourceSpec, store: MeasurementStore, space: SearchSpace, info: DatasetInfo
+        self,
+        spec: LatencySourceSpec,
+        store: MeasurementStore,
+        space: SearchSpace,
+        info: DatasetInfo,
+        target: MeasureTarget | None = None,
     ):
         self.spec, self.store, self.space, self.info = spec, store, space, info
-        self.scope = host_scope(spec.precision, spec.threads)
+        self.target = target or resolve_target(spec.device, spec.threads)
+        self.scope = self.target.scope(spec.precision)
         self.settings: ProfileSettings = ProfileSettings(
             **{**LUT_SETTINGS.to_dict(), "threads": spec.threads}
         )
         self._fn: Callable[[Genome], float]
         if spec.kind == "lut":
-            table = load_table(store, space, info, self.scope)
+            table = load_table(store, space, info, self.scope, device=spec.device)
             if not table.fit:
                 raise ProfilingError(
                     f"the lookup table for space {space.name!r} on {self.scope.describe()} is not "
-                    f"calibrated: run nasctl profile --build-lut again (it calibrates last)"
+                    f"calibrated: run nasctl profile --build-lut --device {spec.device} again (it "
+                    f"calibrates last)"
                 )
             self.table = table
             self._fn = table.predict_ms
@@ -85,9 +96,10 @@ class LatencySource:
             self._fn = self._measure
 
     def _measure(self, genome: Genome) -> float:
-        return measure_genomes(
-            self.space, self.info, [genome], self.store, self.spec.precision, self.settings
-        )[0].p50_ms
+        r = measure_genomes(
+            self.space, self.info, [genome], self.store, self.spec.precision, self.settings, self.target
+        )
+        return r[0].p50_ms
 
     def __call__(self, genome: Genome) -> float:
         return float(self._fn(genome))
@@ -101,6 +113,7 @@ class LatencySource:
             "backend": self.scope[1],
             "runtime_version": self.scope[2],
             "device_fingerprint": self.scope[0],
+            "device": self.target.device.to_dict(),
             "store": str(self.store.path),
         }
         if self.spec.kind == "lut":

@@ -7,27 +7,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nasctl.nas.data import DatasetInfo, dataset_info
+from nasctl.nas.data import DatasetInfo, dataset_info, dataset_names, default_space
 from nasctl.nas.space import SearchSpace, load_space
 
 from nasctl.core import sha256_file
 
 from .backends import ProfileSettings, measure
 from .errors import ProfilingError
-from .lut import LUT_SETTINGS, build_table, calibrate, host_scope, load_table, measure_genomes
+from .lut import LUT_SETTINGS, build_table, calibrate, load_table, measure_genomes
 from .result import LatencyResult
 from .store import MeasurementStore
-
-DEVICES = ("host",)
+from .target import MeasureTarget, check_device_name, resolve_target
 
 
 def check_device(device: str) -> str:
-    if device not in DEVICES:
-        raise ProfilingError(
-            f"unknown --device {device!r}: this machine is 'host' (Android phones: adb:SERIAL, "
-            f"with the Android backend)"
-        )
-    return device
+    """``host`` or ``adb:SERIAL``; anything else is one line naming both."""
+    return check_device_name(device)
 
 
 def resolve_space(space: str, dataset: str | None) -> tuple[SearchSpace, DatasetInfo]:
@@ -43,7 +38,8 @@ def resolve_space(space: str, dataset: str | None) -> tuple[SearchSpace, Dataset
             raise ProfilingError(f"--space {space!r} is a space file, which says nothing about the input: "
                                  f"add "
                                  f"--dataset (the data set its supernet trains on, e.g. digits or cifar10)")
-        dataset = "digits" if sp.name.startswith("digits") else "cifar10"
+        made_for = [d for d in dataset_names() if default_space(d) == sp.name]
+        dataset = made_for[0] if made_for else ("digits" if sp.name.startswith("digits") else "cifar10")
     return sp, dataset_info(dataset)
 
 
@@ -71,22 +67,26 @@ def build_lut(
     calibration_subnets: int = 20,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    target: MeasureTarget | None = None,
 ) -> dict[str, Any]:
-    """Measure the lookup table (what the store lacks), then fit the predictor on seeded whole models."""
+    """Measure the lookup table on ``target`` (default: the host; what the store lacks), then fit the
+    predictor on seeded whole models measured on the same target."""
     t0 = time.perf_counter()
     settings = ProfileSettings(**{**LUT_SETTINGS.to_dict(), "threads": threads})
+    target = target or resolve_target("host", threads)
     table, facts = build_table(
         space,
         info,
         store,
         precision,
         settings,
+        target,
         progress=(lambda d, n: progress("layers", d, n)) if progress else None,
     )
     t1 = time.perf_counter()
     if progress:
         progress("calibration", 0, calibration_subnets)
-    fit = calibrate(table, store, calibration_subnets, seed, settings)
+    fit = calibrate(table, store, calibration_subnets, seed, settings, target)
     if progress:
         progress("calibration", calibration_subnets, calibration_subnets)
     return {
@@ -94,6 +94,8 @@ def build_lut(
         "space": space.name,
         "precision": precision,
         "threads": threads,
+        "device": target.label,
+        "device_info": target.device.to_dict(),
         "store": str(store.path),
         "calibration": {k: v for k, v in fit.items() if k != "genomes"},
         "table_seconds": t1 - t0,
@@ -110,6 +112,7 @@ def predict_arch(
     precision: str,
     threads: int = 1,
     measure_too: bool = False,
+    target: MeasureTarget | None = None,
 ) -> dict[str, Any]:
     """The table's prediction for a genome and, with ``measure_too``, the whole model measured."""
     from nasctl.nas.space import GenomeError
@@ -118,14 +121,15 @@ def predict_arch(
         genome = space.parse(genome_text)
     except (GenomeError, ValueError) as e:
         raise ProfilingError(f"--arch {genome_text!r} is not a genome of space {space.name!r}: {e}") from e
-    scope = host_scope(precision, threads)
-    table = load_table(store, space, info, scope)
+    target = target or resolve_target("host", threads)
+    scope = target.scope(precision)
+    table = load_table(store, space, info, scope, device=target.label)
     out: dict[str, Any] = {
         "genome": genome.encode(),
         "space": space.name,
         "precision": precision,
         "threads": threads,
-        "device": "host",
+        "device": target.label,
         "device_fingerprint": scope[0],
         "predicted_ms": table.predict_ms(genome),
         "layers_sum_ms": table.raw_ms(genome),
@@ -134,7 +138,7 @@ def predict_arch(
     }
     if measure_too:
         settings = ProfileSettings(**{**LUT_SETTINGS.to_dict(), "threads": threads})
-        r = measure_genomes(space, info, [genome], store, precision, settings, use_cache=False)[0]
+        r = measure_genomes(space, info, [genome], store, precision, settings, target, use_cache=False)[0]
         out["measured_ms"] = r.p50_ms
         out["error_pct"] = 100.0 * (out["predicted_ms"] - r.p50_ms) / r.p50_ms
     return out

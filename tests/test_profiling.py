@@ -131,9 +131,10 @@ def test_table_entries_are_the_subnet_split_into_layers(space_name, dataset):
 def test_calibration_fit_is_relative():
     from nasctl.profiling.lut import accuracy, fit_calibration
 
-    raw = np.array([0.01, 0.02, 0.1, 1.0, 2.0])
-    fit = fit_calibration(raw, 1.1 * raw + 0.005)
-    assert fit["slope"] == pytest.approx(1.1) and fit["intercept"] == pytest.approx(0.005)
+    raw, n = np.array([0.01, 0.02, 0.1, 1.0, 2.0]), np.array([3, 5, 4, 9, 12])
+    fit = fit_calibration(raw, n, 1.1 * raw - 0.002 * n + 0.03)
+    assert fit["slope"] == pytest.approx(1.1) and fit["per_layer"] == pytest.approx(-0.002)
+    assert fit["intercept"] == pytest.approx(0.03)
     assert fit["within_10pct"] == 1.0 and fit["mape_pct"] == pytest.approx(0.0, abs=1e-9)
     acc = accuracy([1.0, 1.2, 0.5], [1.0, 1.0, 1.0])
     assert acc["within_10pct"] == pytest.approx(1 / 3) and acc["mape_pct"] == pytest.approx(100 * 0.7 / 3)
@@ -484,10 +485,59 @@ def test_measure_source_times_whole_models_once(tiny):
     from nasctl.profiling import open_latency_source
 
     space = tiny["space"]
-    genomes = [space.parse("conv_k3_c8-skip-fir_k3_e2_c16"), space.parse("fir_k3_e2_c16-conv_k3_c16-conv_k3_c16")]
+    pair = ("conv_k3_c8-skip-fir_k3_e2_c16", "fir_k3_e2_c16-conv_k3_c16-conv_k3_c16")
+    genomes = [space.parse(g) for g in pair]
     with MeasurementStore(tiny["store"]) as s:
         src = open_latency_source("measure:host", s, space, tiny["info"], precision="float32")
         first = [src(g) for g in genomes]
         n = s.count()
         assert [src(g) for g in genomes] == first and s.count() == n  # cached by genome: nothing re-measured
     assert all(v > 0 for v in first) and src.provenance["source"] == "measure:host"
+
+
+def test_a_phones_table_feeds_the_search(tiny, tiny_supernet, tmp_path, monkeypatch, capsys):
+    """--build-lut --device adb:SERIAL times every layer with the phone's benchmark_model (a fake adb
+    answering with a real captured output), and --latency-source lut:adb:SERIAL searches with it."""
+    from nasctl.android_bench.adb import Adb
+    from nasctl.android_bench.device import device_info
+
+    from nasctl.core import sha256_file
+
+    from .test_android_bench import SAMPLE, Phones, elf
+
+    phones = Phones(tmp_path / "adbworld").add("R58M12ABCDE")
+    monkeypatch.setenv("FAKE_ADB_CONFIG", str(phones.config))
+    monkeypatch.setenv("PATH", f"{phones.bin}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    binary = tmp_path / "cache" / "nasctl" / "benchmark_model" / "arm64-v8a" / "benchmark_model"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(elf(183))
+    store = tmp_path / "phone.sqlite"
+    space = ["--space", tiny["root"] / "tiny.yaml", "--dataset", "digits"]
+    rc, out, err = run_cli(["profile", "--build-lut", *space, "--device", "adb:R58M12ABCDE",
+                            "--calibration-subnets", "3", "--store", store, "--json"], capsys)
+    assert rc == 0, err
+    facts = json.loads(out)
+    assert facts["device"] == "adb:R58M12ABCDE" and facts["entries"] == facts["measured_now"] == 14
+    info = device_info(Adb(), "R58M12ABCDE")[0]
+    scope = Scope(info.fingerprint, "adb", f"benchmark_model sha256:{sha256_file(binary)[:12]}", "float32", 1)
+    with MeasurementStore(store) as s:
+        blocks = s.latest(scope, "block")
+    assert len(blocks) == 14 and all(r.p50_ms == pytest.approx(1.88574) for r in blocks.values())
+    assert all(r.extra["raw_output"] == [SAMPLE.read_text()] for r in blocks.values())
+    pushed = [c for c in phones.calls("R58M12ABCDE") if c[2] == "push" and c[3].endswith(".tflite")]
+    assert len(pushed) == 14 + 3  # every layer, then the calibration subnets, each once
+
+    rc, _, err = run_cli(["search", "--supernet", tiny_supernet, "--objectives",
+                          "clean_acc,adv_acc,latency_ms", "--latency-source", "lut:adb:R58M12ABCDE",
+                          "--latency-precision", "float32", "--store", store, "--pop-size", "4",
+                          "--generations", "1", "--val-size", "20", "--pgd-steps", "1", "--finetune-members",
+                          "0", "--run-root", tmp_path / "runs"], capsys)
+    assert rc == 0, err
+    doc = json.loads(next((tmp_path / "runs").rglob("pareto.json")).read_text())
+    assert doc["latency"]["source"] == "lut:adb:R58M12ABCDE" and doc["latency"]["backend"] == "adb"
+    assert doc["latency"]["device"]["model"] == info.model
+    assert all(r["latency_ms"] > 0 for r in doc["front"])
+    rc, _, err = run_cli(["profile", "--arch", "conv_k3_c8-skip-conv_k3_c16", *space, "--device", "adb:NOPE",
+                          "--store", store], capsys)
+    assert_one_line(rc, err, "NOPE")

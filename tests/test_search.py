@@ -160,14 +160,10 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
     no supernet): crossover of identical parents is a copy, so what differs is mutation's doing."""
     import tempfile
 
-    from nasctl.nas.search import (
-        Archive,
-        SearchCallbacks,
-        SearchState,
-        _make_nsga2,
-        _make_problem,
-        genome_from_vars,
-    )
+    from nasctl.nas.algorithms import make_nsga2
+    from nasctl.nas.archive import Archive
+    from nasctl.nas.problem import SearchState, genome_from_vars, make_problem
+    from nasctl.nas.search import SearchCallbacks
     from nasctl.nas.search_run import _sizes_fn
     from nasctl.nas.space import load_space
 
@@ -182,7 +178,7 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
     cfg = SearchConfig(pop_size=40, generations=2, mutation_genes=mutation_genes, seed=seed)
     state = SearchState(space, ("clean_acc", "adv_acc", "params"), fake_accuracy, sizes,
                         Archive(Path(tempfile.mkdtemp()) / "a.jsonl"), cfg, SearchCallbacks())
-    algo, problem = _make_nsga2(space, cfg.pop_size, mutation_genes), _make_problem(state)
+    algo, problem = make_nsga2(space, cfg.pop_size, mutation_genes), make_problem(state)
     algo.setup(problem, termination=("n_gen", 2), seed=seed, verbose=False)
     pop = algo.ask()
     algo.evaluator.eval(problem, pop)
@@ -345,3 +341,27 @@ def test_front_matches_the_recorded_one(finished_run):
     if os.environ.get("NASCTL_UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
     assert got == json.loads(GOLDEN.read_text())
+
+
+def test_search_sets_any_training_setting_of_the_supernet_it_trains_first(tmp_path):
+    """SearchConfig nests the training config: attack and sampling of the supernet trained first."""
+    from nasctl.nas.errors import NasctlError
+
+    with pytest.raises(NasctlError, match="leave them out"):
+        SearchConfig(supernet="x.pt", train={"attack": "trades"}).validate()
+    with pytest.raises(NasctlError, match="on the search itself"):
+        SearchConfig(train={"dataset": "cifar10"}).validate()
+    with pytest.raises(NasctlError, match="did you mean 'attack'"):
+        SearchConfig(train={"atack": "pgd"}).validate()
+    with pytest.raises(NasctlError, match="attack"):
+        SearchConfig(train={"attack": "no-such-attack"}).validate()
+    tcfg = SearchConfig(seed=3, epochs=1, train={"attack": "fgsm-rs", "sampling": "sandwich"}).train_config()
+    assert (tcfg.attack, tcfg.sampling, tcfg.seed, tcfg.epochs, tcfg.dataset) == ("fgsm-rs", "sandwich", 3, 1,
+                                                                                  "digits")
+    cfg = SearchConfig(epochs=1, run_root=str(tmp_path), train={"attack": "fgsm-rs", "limit_train": 128,
+                                                                 "eval_size": 20, "eval_steps": 1},
+                       **{**SMALL, "pop_size": 2, "generations": 1})
+    run = search(cfg).parent
+    trained = json.loads((run / "supernet" / "config.json").read_text())["config"]
+    assert trained["attack"] == "fgsm-rs" and trained["limit_train"] == 128 and trained["epochs"] == 1
+    assert json.loads((run / "config.json").read_text())["config"]["train"]["attack"] == "fgsm-rs"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nasctl.nas.objectives import SIZE_OBJECTIVES
 from nasctl.nas.space import BLOCKS, SKIP, Genome, GenomeError, SearchSpace, builtin_spaces, load_space
 from nasctl.nas.supernet import Supernet
 
@@ -242,3 +243,18 @@ def test_space_dict_without_new_keys_is_unchanged():
         space = load_space(name)
         assert SearchSpace.from_dict(space.to_dict()) == space
         assert SearchSpace.from_dict(space.to_dict()).to_dict() == space.to_dict()
+
+
+@pytest.mark.parametrize("name", SIZE_OBJECTIVES)
+def test_every_genome_cost_objective_is_computed_and_searchable(name):
+    """A registered cost objective reaches the records (genome_costs), the parser and the minimised value,
+    and grows from the space's smallest to its largest subnet."""
+    from nasctl.nas.objectives import OBJECTIVES, genome_costs, minimised, parse_objectives
+
+    space = load_space("digits")
+    info = {"in_channels": 1, "resolution": 8, "num_classes": 10}
+    small, large = genome_costs(space, space.smallest(), info), genome_costs(space, space.largest(), info)
+    assert 0 < small[name] < large[name]
+    assert parse_objectives(f"clean_acc,{name}") == ("clean_acc", name)
+    assert minimised(name, large[name], {name: large[name]}) == 1.0
+    assert not OBJECTIVES[name].maximize

@@ -51,7 +51,20 @@ def add_parser(sub, name: str, help_text: str) -> None:
         help="input shape of the models (default: digits for digits spaces, cifar10 "
         "otherwise; no data is loaded)",
     )
-    t.add_argument("--device", default="host", help="host (default)")
+    t.add_argument(
+        "--device",
+        default="host",
+        help="host (default: this machine's LiteRT) or adb:SERIAL (a phone's benchmark_model)",
+    )
+    t.add_argument(
+        "--adb", metavar="PATH", help="with --device adb:SERIAL: the adb executable (default: PATH)"
+    )
+    t.add_argument(
+        "--benchmark-binary",
+        metavar="PATH",
+        help="with --device adb:SERIAL: TFLite's benchmark_model for the phone (default: the cache, "
+        "see docs/android.md)",
+    )
     t.add_argument("--int8", action="store_true", help="full-int8 TFLite (default float32)")
     t.add_argument(
         "--calibration-subnets",
@@ -82,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     with MeasurementStore(args.store) as store:
         if args.model:
             return _profile_file(args, settings, store)
+        from nasctl.profiling.target import resolve_target
         from nasctl.profiling.tasks import check_device, resolve_space
 
         check_device(args.device)
@@ -89,9 +103,10 @@ def run(args: argparse.Namespace) -> int:
             raise NasctlError(f"{modes[0]} needs --space (digits, tam or a YAML file)")
         space, info = resolve_space(args.space, args.dataset)
         precision = "int8" if args.int8 else "float32"
+        target = resolve_target(args.device, args.threads, args.adb, args.benchmark_binary)
         if args.build_lut:
-            return _build_lut(args, space, info, store, precision)
-        return _predict(args, space, info, store, precision)
+            return _build_lut(args, space, info, store, precision, target)
+        return _predict(args, space, info, store, precision, target)
 
 
 def _profile_file(args, settings, store) -> int:
@@ -116,7 +131,7 @@ def _profile_file(args, settings, store) -> int:
     return 0
 
 
-def _build_lut(args, space, info, store, precision) -> int:
+def _build_lut(args, space, info, store, precision, target) -> int:
     from tqdm import tqdm
 
     from nasctl.profiling.tasks import build_lut
@@ -133,7 +148,7 @@ def _build_lut(args, space, info, store, precision) -> int:
 
     try:
         facts = build_lut(
-            space, info, store, precision, args.threads, args.calibration_subnets, args.seed, progress
+            space, info, store, precision, args.threads, args.calibration_subnets, args.seed, progress, target
         )
     finally:
         for bar in bars.values():
@@ -143,12 +158,15 @@ def _build_lut(args, space, info, store, precision) -> int:
         return 0
     cal = facts["calibration"]
     print(
-        f"lookup table of space {space.name!r} at {info.resolution}x{info.resolution}, LiteRT {precision}, "
-        f"{args.threads} thread(s): {facts['entries']} layers ({facts['measured_now']} measured now, "
+        f"lookup table of space {space.name!r} at {info.resolution}x{info.resolution} on {target.label} "
+        f"({target.runtime_version}), {precision}, {args.threads} thread(s): {facts['entries']} layers "
+        f"({facts['measured_now']} measured now, "
         f"{facts['table_seconds']:.0f} s)"
     )
     print(
-        f"  predictor: {cal['slope']:.4f} x sum + {cal['intercept']:.4g} ms, fitted on {cal['n']} whole "
+        f"  predictor: {cal['slope']:.4f} x sum {cal['per_layer']:+.4g} ms x layers "
+        f"{cal['intercept']:+.4g} ms, "
+        f"fitted on {cal['n']} whole "
         f"subnets "
         f"({facts['calibration_seconds']:.0f} s): {cal['within_10pct']:.0%} within +-10 %, MAPE "
         f"{cal['mape_pct']:.1f} % (in sample)"
@@ -159,15 +177,15 @@ def _build_lut(args, space, info, store, precision) -> int:
     return 0
 
 
-def _predict(args, space, info, store, precision) -> int:
+def _predict(args, space, info, store, precision, target) -> int:
     from nasctl.profiling.tasks import predict_arch
 
-    out = predict_arch(space, info, args.arch, store, precision, args.threads, args.measure)
+    out = predict_arch(space, info, args.arch, store, precision, args.threads, args.measure, target)
     if args.json:
         print(json.dumps(out))
         return 0
     line = f"{out['genome']}: predicted {out['predicted_ms']:.4g} ms"
     if out["measured_ms"] is not None:
         line += f", measured {out['measured_ms']:.4g} ms ({out['error_pct']:+.1f} %)"
-    print(line + f"  [host LiteRT {precision}, {args.threads} thread(s)]")
+    print(line + f"  [{target.label}, {target.runtime_version}, {precision}, {args.threads} thread(s)]")
     return 0

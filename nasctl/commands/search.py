@@ -10,6 +10,9 @@ from ._common import add_config_flags, config_overrides, epoch_progress
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
+    from nasctl.nas.data import dataset_names
+    from nasctl.nas.space import builtin_spaces
+
     p = sub.add_parser(name, help=help_text, description=help_text + ". With no arguments: trains a small "
                        "supernet on the embedded digits data set, searches it, and writes the front, "
                        "plots and "
@@ -17,9 +20,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--supernet", metavar="CKPT", help="trained supernet (supernet.pt or its run folder); "
                    "without it, one is trained first")
-    g.add_argument("--dataset", help="digits (default), cifar10, cifar100, svhn, mnist, fashion-mnist")
+    g.add_argument("--dataset", help=f"{', '.join(dataset_names())} (default digits)")
     g.add_argument("--data-dir", help="folder of a torchvision data set")
-    g.add_argument("--space", help="space for the supernet trained first (digits, tam or a YAML file)")
+    g.add_argument("--space", help=f"space for the supernet trained first ({', '.join(builtin_spaces())} "
+                   "or a YAML "
+                   "file; default: the data set's own)")
     g.add_argument("--width-mult", type=float, help="width multiplier of the supernet trained first")
     g.add_argument("--epochs", type=int, help="epochs of the supernet trained first")
     g.add_argument("--algorithm", help="nsga2 (default) or random (the baseline at the same budget)")

@@ -16,13 +16,16 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
+    from nasctl.nas.data import dataset_names
+    from nasctl.nas.space import builtin_spaces
     from nasctl.nas.train import TRAIN_ATTACKS
 
     g = p.add_argument_group("supernet training")
     g.add_argument("--dataset",
-                   help="digits (default, embedded), cifar10, cifar100, svhn, mnist, fashion-mnist")
+                   help=f"{', '.join(dataset_names())} (default digits, embedded)")
     g.add_argument("--data-dir", help="folder of a torchvision data set (downloaded there when online)")
-    g.add_argument("--space", help="search space: a built-in name (digits, tam) or a YAML file")
+    g.add_argument("--space", help=f"search space: a built-in name ({', '.join(builtin_spaces())}) or a YAML "
+                   "file (default: the data set's own)")
     g.add_argument("--width-mult", type=float, help="width multiplier on every channel choice (default 1.0)")
     g.add_argument("--epochs", type=int, help="training epochs (default 60)")
     g.add_argument("--batch-size", type=int)

@@ -1,0 +1,93 @@
+"""Where models are timed for tables, calibrations and the search: the host's LiteRT, or an Android
+phone's ``benchmark_model`` over adb (``adb:SERIAL``).
+
+A :class:`MeasureTarget` knows the device's fingerprint and the runtime's version before anything is
+measured, so the store can be asked what it already holds (a table is built once per device and
+runtime, and an interrupted build continues); its :meth:`~MeasureTarget.measure` times TFLite files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .backends import Backend, ProfileSettings, get_backend, measure_host
+from .device import DeviceInfo, host_device
+from .errors import ProfilingError
+from .result import LatencyResult
+from .store import Scope
+
+ADB_PREFIX = "adb:"
+
+
+@dataclass
+class MeasureTarget:
+    label: str  # "host" or "adb:SERIAL": how the user names it
+    device: DeviceInfo
+    backend: Backend
+    runtime_version: str
+    threads: int
+    _measure: Callable[[list[str], ProfileSettings], list[LatencyResult]]
+
+    def scope(self, precision: str) -> Scope:
+        return Scope(
+            self.device.fingerprint, self.backend.name, self.runtime_version, precision, self.threads
+        )
+
+    def measure(self, paths: Sequence[str], settings: ProfileSettings) -> list[LatencyResult]:
+        return self._measure([str(p) for p in paths], settings)
+
+
+def check_device_name(device: str) -> str:
+    if device == "host" or (device.startswith(ADB_PREFIX) and len(device) > len(ADB_PREFIX)):
+        return device
+    raise ProfilingError(
+        f"unknown device {device!r}: use host (this machine) or adb:SERIAL (a phone; "
+        f"nasctl devices lists the serials)"
+    )
+
+
+def resolve_target(
+    device: str = "host", threads: int = 1, adb: str | None = None, benchmark_binary: str | None = None
+) -> MeasureTarget:
+    """The target named ``host`` or ``adb:SERIAL`` (adb from ``adb`` or PATH; the phone's
+    ``benchmark_model`` from ``benchmark_binary`` or the cache, see docs/android.md)."""
+    check_device_name(device)
+    if device == "host":
+        backend = get_backend("litert")
+        info = host_device()
+        return MeasureTarget(
+            "host",
+            info,
+            backend,
+            backend.runtime_version(),
+            threads,
+            lambda paths, s: measure_host(paths, backend, s, info),
+        )
+    from nasctl.android_bench.adb import Adb
+    from nasctl.android_bench.binary import find_binary
+    from nasctl.android_bench.device import device_info
+    from nasctl.android_bench.runner import BenchOptions, bench_device
+
+    from nasctl.core import sha256_file
+
+    serial = device[len(ADB_PREFIX) :]
+    tool = Adb(adb)
+    info, props = device_info(tool, serial)
+    abilist = [info.abi] + [a for a in props["abilist"].split(",") if a and a != info.abi]
+    binary = str(find_binary(abilist, benchmark_binary))
+    version = f"benchmark_model sha256:{sha256_file(binary)[:12]}"
+
+    def measure(paths: list[str], s: ProfileSettings) -> list[LatencyResult]:
+        opts = BenchOptions(
+            threads=s.threads,
+            runs=s.runs,
+            warmup=s.warmup,
+            min_seconds=s.min_seconds,
+            repeats=1,
+            cooldown_s=0.0,
+            binary=binary,
+        )
+        return bench_device(tool, serial, paths, opts)
+
+    return MeasureTarget(device, info, get_backend("adb"), version, threads, measure)
