@@ -160,8 +160,12 @@ def run_job(job: dict[str, Any], emit) -> None:
     for i, path in enumerate(job["models"]):
         try:
             runner = cls(path, threads)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             times = time_runner(runner, *args)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            # CPU seconds per wall second while timing: about 1 on one thread; above the thread count
+            # means the runtime used more threads than asked for
+            runner.extra["cpu_per_wall"] = round(cpu / wall, 3) if wall > 0 else None
             emit(
                 {
                     "ok": True,
