@@ -95,6 +95,32 @@ class BenchOptions:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def for_profiling(cls, settings: ProfileSettings, binary: str | None = None) -> BenchOptions:
+        """What a lookup table or a calibration run asks of a phone: one run per model, no cool-down
+        (the profiler's reference re-timing and the store's batches do the rest)."""
+        return cls(
+            threads=settings.threads,
+            runs=settings.runs,
+            warmup=settings.warmup,
+            min_seconds=settings.min_seconds,
+            repeats=1,
+            cooldown_s=0.0,
+            binary=binary,
+        )
+
+
+def phone_runtime(
+    adb: Adb, serial: str, explicit_binary: str | None = None
+) -> tuple[DeviceInfo, dict, Path, str]:
+    """(device info, its extra properties, the benchmark_model binary for its ABI, the runtime version
+    that keys the store: ``benchmark_model sha256:<12 hex>``)."""
+    info, props = device_info(adb, serial)
+    abilist = [a for a in props["abilist"].split(",") if a]
+    abilist = [info.abi] + [a for a in abilist if a != info.abi]
+    binary = find_binary(abilist, explicit_binary)
+    return info, props, binary, f"benchmark_model sha256:{sha256_file(binary)[:12]}"
+
 
 @dataclass
 class BenchReport:
@@ -158,12 +184,8 @@ def bench_device(
     """Benchmark ``models`` on one phone, one :class:`LatencyResult` per model, in order; each is
     handed to ``on_result`` as soon as it exists. Remote files are removed in ``finally``."""
     paths = [str(check_tflite(m)) for m in models]
-    info, props = device_info(adb, serial)
-    abilist = [a for a in props["abilist"].split(",") if a]
-    abilist = [info.abi] + [a for a in abilist if a != info.abi]
-    binary = find_binary(abilist, options.binary)
+    info, props, binary, runtime = phone_runtime(adb, serial, options.binary)
     digest = sha256_file(binary)
-    runtime = f"benchmark_model sha256:{digest[:12]}"
     run_dir = f"{REMOTE_ROOT}/{uuid.uuid4().hex[:12]}"
     remote_bin = f"{run_dir}/benchmark_model"
     results: list[LatencyResult] = []
@@ -423,15 +445,7 @@ def measure_adb(
         serial = device.name
     else:
         serial = choose_devices(adb)[0]
-    options = BenchOptions(
-        threads=settings.threads,
-        runs=settings.runs,
-        warmup=settings.warmup,
-        min_seconds=settings.min_seconds,
-        repeats=1,
-        cooldown_s=0.0,
-    )
-    return bench_device(adb, serial, list(paths), options)
+    return bench_device(adb, serial, list(paths), BenchOptions.for_profiling(settings))
 
 
 def _cleanup(adb: Adb, serial: str, run_dir: str) -> None:

@@ -65,29 +65,13 @@ def resolve_target(
             lambda paths, s: measure_host(paths, backend, s, info),
         )
     from nasctl.android_bench.adb import Adb
-    from nasctl.android_bench.binary import find_binary
-    from nasctl.android_bench.device import device_info
-    from nasctl.android_bench.runner import BenchOptions, bench_device
-
-    from nasctl.core import sha256_file
+    from nasctl.android_bench.runner import BenchOptions, bench_device, phone_runtime
 
     serial = device[len(ADB_PREFIX) :]
     tool = Adb(adb)
-    info, props = device_info(tool, serial)
-    abilist = [info.abi] + [a for a in props["abilist"].split(",") if a and a != info.abi]
-    binary = str(find_binary(abilist, benchmark_binary))
-    version = f"benchmark_model sha256:{sha256_file(binary)[:12]}"
+    info, _, binary, version = phone_runtime(tool, serial, benchmark_binary)
 
     def measure(paths: list[str], s: ProfileSettings) -> list[LatencyResult]:
-        opts = BenchOptions(
-            threads=s.threads,
-            runs=s.runs,
-            warmup=s.warmup,
-            min_seconds=s.min_seconds,
-            repeats=1,
-            cooldown_s=0.0,
-            binary=binary,
-        )
-        return bench_device(tool, serial, paths, opts)
+        return bench_device(tool, serial, paths, BenchOptions.for_profiling(s, str(binary)))
 
     return MeasureTarget(device, info, get_backend("adb"), version, threads, measure)
