@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = DataSplits(data.info, data.train.subset(args.limit_train or len(data.train)), data.val,
                           data.test.subset(args.limit_test or len(data.test)))
     front = read_front(args.run) if args.run else None
+    width = max(46, *(len(label) for label in baselines))
     rows = []
     for label, (space, genome, issue_params) in baselines.items():
         if args.only and label not in args.only:
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r["comparison"] = compare(r, front)
         r["seconds"] = time.perf_counter() - t0
         rows.append(r)
-        print(f"{label:<46} {r['params']:>7,} params  clean {r['clean_acc']:5.1f}  "
+        print(f"{label:<{width}} {r['params']:>7,} params  clean {r['clean_acc']:5.1f}  "
               f"PGD-{meta['final_steps']}x{meta['final_restarts']} {r['adv_acc']:5.1f}  "
               f"({r['train_seconds']:.0f} s)", flush=True)
     print()

@@ -453,7 +453,7 @@ def read_idx(path: Path, ndim: int, fix: str) -> np.ndarray:
                 raw = f.read()
         else:
             raw = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # other OSErrors (permissions) are the CLI's
         raise NasctlError(f"{path} could not be read, it is truncated or corrupted ({type(exc).__name__}: "
                           f"{_one_line(exc)}); {fix}") from exc
     header = 4 + 4 * ndim
