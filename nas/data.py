@@ -667,6 +667,17 @@ def dataset_info(name: str) -> DatasetInfo:
     return _lookup(name).info
 
 
+def supernet_data(train_config: dict, data_dir: str | os.PathLike | None = None, fallback_seed: int = 0,
+                  download: bool = True) -> DataSplits:
+    """The splits a supernet was trained on, from its training config: the same data set, seed (so the
+    same val carve-out), validation size and training subset. The search, the fine-tune stage and
+    ``nasctl finetune`` all train and score on exactly these images."""
+    seed = int(train_config.get("seed", fallback_seed))
+    data = load_dataset(train_config.get("dataset", DEFAULT_DATASET), data_dir, seed=seed,
+                        val_size=train_config.get("val_size"), download=download)
+    return subset_train(data, train_config.get("train_subset"), seed)
+
+
 def load_dataset(
     name: str = DEFAULT_DATASET,
     data_dir: str | os.PathLike | None = None,

@@ -171,7 +171,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     """``nasctl finetune``: train one front member of a search run in a new run folder; returns the
     path of its ``result.json``. The search run itself is only read, never written."""
     from .checkpoint import load_supernet
-    from .data import load_dataset
+    from .data import supernet_data
     from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
     from .select import latest_run, pick_from_run
 
@@ -180,8 +180,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     loaded = load_supernet(pick.checkpoint)
     genome = loaded.space.parse(pick.genome)
     eps = float(cfg.eps if cfg.eps is not None else pick.eps if pick.eps is not None else loaded.eps)
-    data = load_dataset(loaded.dataset["name"], pick.data_dir, seed=int(loaded.config.get("seed", 0)),
-                        val_size=loaded.config.get("val_size"))
+    data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, pick.data_dir)
     device = resolve_device(cfg.device)
     out_dir = make_run_dir(cfg.run_root, "finetune", cfg.name or genome.encode()[:80])
     source = {"run": pick.run_dir, "front_index": pick.index, "knee": pick.is_knee,

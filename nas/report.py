@@ -117,7 +117,9 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
     lines = [
         f"# nasctl search: {meta['run']}",
         "",
-        f"- data set: **{meta['dataset']}**; supernet: `{meta['supernet']}`",
+        f"- data set: **{meta['dataset']}**"
+        + (f" (supernet trained on a class-balanced subset of {meta['train_subset']:,} training images)"
+           if meta.get("train_subset") else "") + f"; supernet: `{meta['supernet']}`",
         f"- threat model: L-inf, eps = {meta['eps']:.4g} on [0,1] pixels",
         f"- search: {meta['algorithm']}, population {meta['pop_size']}, {meta['generations']} generations"
         + (f" (mutation: {meta['mutation_genes']:g} genes per offspring)"

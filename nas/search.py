@@ -66,6 +66,7 @@ class SearchConfig:
     calib_batches: int = 4
     final_steps: int = 20  # final evaluation of the front on the test split
     final_restarts: int = 3
+    test_size: int | None = None  # score the front (and fine-tuned members) on the first N test images
     # fine-tune stage: K front members spread over log(params), the knee among them, each trained on its
     # own (the supernet's recipe) and scored with the final attack; 0 turns it off
     finetune_members: int = 6
@@ -110,7 +111,7 @@ class SearchConfig:
             "val_size": "validation images per candidate", "pgd_steps": "search-time PGD steps",
             "calib_batches": "BatchNorm calibration batches", "final_steps": "final PGD steps",
             "final_restarts": "final PGD restarts", "epochs": "supernet training epochs",
-            "max_params": "the parameter budget"})
+            "max_params": "the parameter budget", "test_size": "test images"})
         if self.finetune_members < 0 or self.finetune_epochs < 1:
             raise NasctlError(f"--finetune-members must be >= 0 (0: no fine-tune stage) and "
                               f"--finetune-epochs >= 1 (got {self.finetune_members}, {self.finetune_epochs})")

@@ -21,7 +21,7 @@ from . import train as train_mod
 from .archive import Archive
 from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
-from .data import load_dataset
+from .data import DataSplits, supernet_data
 from .errors import NasctlError, RunInterrupted
 from .front import HV_REFERENCE
 from .objectives import genome_costs, parse_objectives
@@ -190,8 +190,10 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
     if not (run_dir / SUPERNET_RECORD).is_file():
         atomic_write_json(run_dir / SUPERNET_RECORD, record)
     eps = cfg.eps if cfg.eps is not None else loaded.eps
-    data = load_dataset(cfg.dataset, cfg.data_dir, seed=int(loaded.config.get("seed", cfg.seed)),
-                        val_size=loaded.config.get("val_size"))
+    data = supernet_data({**loaded.config, "dataset": cfg.dataset}, cfg.data_dir, cfg.seed)
+    if cfg.test_size:  # the front and the fine-tuned members are scored on the first test_size images
+        test = data.test.subset(min(cfg.test_size, len(data.test)))
+        data = DataSplits(data.info, data.train, data.val, test)
     device = resolve_device(cfg.device)
     settings = EvalSettings(pgd_steps=cfg.pgd_steps, val_size=cfg.val_size, calib_batches=cfg.calib_batches)
     evaluator = CandidateEvaluator(loaded.supernet, data, eps, settings, seed=cfg.seed, device=device)
@@ -219,6 +221,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             "finetune": {"members": cfg.finetune_members, "epochs": cfg.finetune_epochs,
                          "recipe": _finetune_recipe()},
             "seed": cfg.seed,
+            "train_subset": loaded.config.get("train_subset"),
             "evaluations": result.evaluations, "search_attack": evaluator.attack.to_dict(),
             "val_images": len(evaluator.val), "final_attack": front[0]["final_attack"] if front else None,
             "final_images": front[0]["final_images"] if front else None,

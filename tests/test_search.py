@@ -358,10 +358,13 @@ def test_search_sets_any_training_setting_of_the_supernet_it_trains_first(tmp_pa
     tcfg = SearchConfig(seed=3, epochs=1, train={"attack": "fgsm-rs", "sampling": "sandwich"}).train_config()
     assert (tcfg.attack, tcfg.sampling, tcfg.seed, tcfg.epochs, tcfg.dataset) == ("fgsm-rs", "sandwich", 3, 1,
                                                                                   "digits")
-    cfg = SearchConfig(epochs=1, run_root=str(tmp_path), train={"attack": "fgsm-rs", "limit_train": 128,
-                                                                 "eval_size": 20, "eval_steps": 1},
+    cfg = SearchConfig(epochs=1, run_root=str(tmp_path), test_size=50,
+                       train={"attack": "fgsm-rs", "train_subset": 300, "eval_size": 20, "eval_steps": 1},
                        **{**SMALL, "pop_size": 2, "generations": 1})
     run = search(cfg).parent
     trained = json.loads((run / "supernet" / "config.json").read_text())["config"]
-    assert trained["attack"] == "fgsm-rs" and trained["limit_train"] == 128 and trained["epochs"] == 1
+    assert trained["attack"] == "fgsm-rs" and trained["train_subset"] == 300 and trained["epochs"] == 1
+    pareto = json.loads((run / "pareto.json").read_text())
+    assert pareto["final_images"] == 50 and pareto["train_subset"] == 300  # the search used the same subset
+    assert "class-balanced subset of 300 training images" in (run / "summary.md").read_text()
     assert json.loads((run / "config.json").read_text())["config"]["train"]["attack"] == "fgsm-rs"

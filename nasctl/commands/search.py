@@ -27,6 +27,12 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    "file; default: the data set's own)")
     g.add_argument("--width-mult", type=float, help="width multiplier of the supernet trained first")
     g.add_argument("--epochs", type=int, help="epochs of the supernet trained first")
+    g.add_argument("--train-subset", type=int, metavar="N",
+                   help="the supernet trained first sees a seeded, class-balanced subset of N training "
+                   "images (the search and fine-tune stage then use the same images)")
+    g.add_argument("--test-size", type=int, metavar="N",
+                   help="score the front and the fine-tuned members on the first N test images "
+                   "(default all)")
     g.add_argument("--algorithm", help="nsga2 (default) or random (the baseline at the same budget)")
     g.add_argument("--objectives", help="comma-separated from clean_acc, adv_acc, params, int8_bytes, macs, "
                    "latency_ms (default clean_acc,adv_acc,params)")
@@ -92,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         path = resume_search(args.resume, _progress(), epoch_progress())
     else:
-        cfg = merge_config(SearchConfig, args.config, config_overrides(args, SearchConfig))
+        overrides = config_overrides(args, SearchConfig)
+        cfg = merge_config(SearchConfig, args.config, overrides)
+        if args.train_subset is not None:  # a setting of the supernet trained first
+            cfg.train = {**(cfg.train or {}), "train_subset": args.train_subset}
+            cfg.validate()
         path = search(cfg, _progress(), epoch_progress())
     print_front(path)
     return 0
