@@ -24,9 +24,9 @@ scripts first on the shell's ``PATH``.
 Executables: the host cannot run a pushed Android ELF file, so the emulator plays the kernel's
 part for the programs named in ``programs`` (default: ``benchmark_model`` -> ``python
 tests/fake_benchmark_model.py``, which times the model for real with LiteRT). A command word that
-is a path to a pushed file with such a name is replaced by its stand-in -- only when the file exists
-and has an execute bit, so a push without ``chmod`` fails as on a phone (``Permission denied``, 126);
-the pushed file itself stays byte-identical to what the client sent.
+is a path to a file with such a name runs its stand-in -- when the file, at that moment, exists and
+has an execute bit; else it fails as on a phone (``not found``, 127; ``can't execute: Permission
+denied``, 126, e.g. a push without ``chmod``). The pushed file stays byte-identical to what was sent.
 
 Failures on demand: ``disconnect_after=N`` unplugs the device when the (N+1)-th command arrives
 (commands are shell and sync streams; ``count`` is a regex to count only some, e.g. ``"--graph="``):
@@ -65,6 +65,10 @@ SHELL_STDOUT, SHELL_STDERR, SHELL_EXIT = 1, 2, 3
 DEVICE_TMP = "/data/local/tmp"
 _DEVICE_PATH = re.compile(r"(?<![\w./-])/(?:data|sys)(?:/[^\s'\"`;&|<>()]*)?")
 
+EXEC_CHECK = """f="$1"; shift
+[ -f "$f" ] || { echo "/system/bin/sh: $f: not found" >&2; exit 127; }
+[ -x "$f" ] || { echo "/system/bin/sh: $f: can't execute: Permission denied" >&2; exit 126; }
+"""  # then the stand-in: what the kernel checks before it runs a pushed program
 DEFAULT_PROPS = {  # an honest emulator that claims a phone's ABI so nasctl's ELF check has one to match
     "ro.product.model": "adbd emulator",
     "ro.product.name": "nasctl_emulator",
@@ -132,6 +136,8 @@ class EmulatedDevice:
         self._script("getprop", f'[ $# -eq 0 ] && exec printf "%s\\n" {listing}\ncase "$1" in\n{cases}\n'
                                 f"  *) echo ;;\nesac\n")
         self._script("dumpsys", f'[ "$1" = thermalservice ] && echo "Thermal Status: {thermal_status}"\n')
+        for name, argv in self.programs.items():
+            self._script(f"exec-{name}", EXEC_CHECK + f'exec {shlex.join(argv)} "$@"\n')
         self._server = socket.create_server(("127.0.0.1", port))
         self._server.settimeout(0.2)
         self.port = self._server.getsockname()[1]
@@ -178,9 +184,8 @@ class EmulatedDevice:
 
         def one(m: re.Match) -> str:
             host = self.root / m.group(0).lstrip("/")
-            stand_in = self.programs.get(host.name)
-            if stand_in and host.is_file() and os.access(host, os.X_OK):
-                return shlex.join(stand_in)
+            if host.name in self.programs:  # the kernel's part: checks the file, then runs the stand-in
+                return f"{shlex.quote(str(self.bin / ('exec-' + host.name)))} {shlex.quote(str(host))}"
             return str(host)
 
         return _DEVICE_PATH.sub(one, command)

@@ -155,6 +155,35 @@ def bench_args(models, device, binary, store, *extra):
             *extra]
 
 
+# --- the emulator itself, through adb ---------------------------------------------------------------
+def test_the_emulator_speaks_adb(phone, tmp_path):
+    """What nasctl relies on, checked with adb alone: push/pull byte for byte (parent folders made, mode
+    kept), shell exit codes and separate streams, paths outside /data/local/tmp refused, and a pushed
+    stand-in program that runs only once it is executable."""
+    device = phone()
+    s = device.serial
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(700_000))  # several sync DATA chunks and several WRTE payloads
+    assert adb("-s", s, "push", str(blob), "/data/local/tmp/a/b/blob.bin").returncode == 0
+    assert adb("-s", s, "pull", "/data/local/tmp/a/b/blob.bin", str(tmp_path / "back.bin")).returncode == 0
+    assert (tmp_path / "back.bin").read_bytes() == blob.read_bytes()
+    assert (device.sandbox / "a" / "b" / "blob.bin").read_bytes() == blob.read_bytes()
+    r = adb("-s", s, "shell", "echo out; echo err >&2; ls /data/local/tmp/a/b; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\nblob.bin\n", "err\n")
+    assert adb("-s", s, "shell", "getprop ro.product.cpu.abi").stdout == "arm64-v8a\n"
+    refused = adb("-s", s, "push", str(blob), "/system/bin/x")
+    assert refused.returncode == 1 and "Permission denied" in refused.stdout + refused.stderr
+    program = tmp_path / "benchmark_model"
+    program.write_bytes(elf(183))
+    adb("-s", s, "push", str(program), "/data/local/tmp/bm/benchmark_model")
+    r = adb("-s", s, "shell", "/data/local/tmp/bm/benchmark_model --graph=/data/local/tmp/none.tflite")
+    assert r.returncode == 126 and r.stderr == (  # not executable yet: the shell says so
+        "/system/bin/sh: /data/local/tmp/bm/benchmark_model: can't execute: Permission denied\n")
+    r = adb("-s", s, "shell", "chmod 755 /data/local/tmp/bm/benchmark_model && "
+            "/data/local/tmp/bm/benchmark_model --graph=/data/local/tmp/none.tflite")
+    assert r.returncode == 1 and "Failed to mmap model /data/local/tmp/none.tflite" in r.stdout
+
+
 # --- nasctl devices ------------------------------------------------------------------------------
 def test_devices_lists_the_emulated_phone_with_its_fingerprint(phone, capsys):
     from nasctl.profiling.device import DeviceInfo
@@ -264,14 +293,16 @@ def test_unauthorized_unknown_serial_and_dead_port_exit_2_with_one_line(phone, m
     assert connect.returncode == 0 and "failed to connect" in connect.stdout
     rc, _, err = cli([*base[:3], dead, *base[4:]], capsys)
     one_error_line(rc, err, f"device '{dead}' not found", f"{device.serial} (unauthorized)")
-    assert not (tmp_path / "m.sqlite").exists() or not stored(tmp_path / "m.sqlite", "x", arm64_binary)
+    if (tmp_path / "m.sqlite").exists():
+        with MeasurementStore(tmp_path / "m.sqlite") as s:
+            assert s.count() == 0
 
 
 def test_a_hung_benchmark_times_out_and_the_phone_is_cleaned(phone, models, arm64_binary, tmp_path, capsys):
     device = phone(hang="--graph=")
-    rc, _, err = cli(bench_args(models[:1], device, arm64_binary, tmp_path / "m.sqlite", "--timeout", "2"),
+    rc, _, err = cli(bench_args(models[:1], device, arm64_binary, tmp_path / "m.sqlite", "--timeout", "1"),
                      capsys)
-    one_error_line(rc, err, "did not answer within 2 s", f"phone '{device.serial}'")
+    one_error_line(rc, err, "did not answer within 1 s", f"phone '{device.serial}'")
     assert device.shell_commands()[-1].startswith("rm -rf /data/local/tmp/nasctl/")
     assert list((device.sandbox / "nasctl").iterdir()) == []
 
@@ -324,3 +355,34 @@ def test_profile_build_lut_and_search_on_the_emulated_phone(phone, tiny_supernet
     assert doc["latency"]["device"]["model"] == "adbd emulator"
     assert doc["latency"]["runtime_version"] == runtime
     assert doc["front"] and all(r["latency_ms"] > 0 for r in doc["front"])
+
+
+def test_search_measures_every_candidate_on_the_emulated_phone(phone, tiny_supernet, tmp_path, capsys):
+    """--latency-source adb:SERIAL: no table; each subnet the search evaluates is converted and timed on
+    the phone once (cached by genome in the store), and that p50 is its latency objective."""
+    _, supernet = tiny_supernet
+    device = phone()
+    binary = cache_path("arm64-v8a")  # under the module's XDG_CACHE_HOME
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    binary.write_bytes(elf(183))
+    store = tmp_path / "phone.sqlite"
+    rc, _, err = cli(["search", "--supernet", supernet, "--objectives", "clean_acc,latency_ms",
+                      "--latency-source", f"adb:{device.serial}", "--latency-precision", "float32",
+                      "--store", store, "--pop-size", "2", "--generations", "1", "--val-size", "20",
+                      "--pgd-steps", "1", "--finetune-members", "0", "--run-root", tmp_path], capsys)
+    assert rc == 0, err
+    pareto = next(tmp_path.rglob("pareto.json"))
+    doc = json.loads(pareto.read_text())
+    assert doc["latency"]["source"] == f"measure:adb:{device.serial}" and doc["latency"]["backend"] == "adb"
+    assert doc["front"] and all(r["latency_ms"] > 0 for r in doc["front"])
+    latency = doc["latency"]
+    scope = Scope(latency["device_fingerprint"], "adb", latency["runtime_version"], "float32", 1)
+    with MeasurementStore(store) as s:
+        measured = {k.rsplit("|", 1)[1]: r for k, r in s.latest(scope, "genome").items()}
+    archive = [json.loads(ln) for ln in (pareto.parent / "archive.jsonl").open()]
+    for r in archive:  # every evaluated subnet's objective is the phone's measured p50 for that genome
+        assert r["latency_ms"] > 0 and r["latency_ms"] == pytest.approx(measured[r["genome"]].p50_ms)
+        assert measured[r["genome"]].device == device.serial
+    graphs = [c for c in device.shell_commands() if "--graph=" in c]
+    assert len(graphs) == len(measured) == len({r["genome"] for r in archive})  # each timed once
+    assert list((device.sandbox / "nasctl").iterdir()) == []
