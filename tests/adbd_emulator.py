@@ -400,7 +400,11 @@ class ShellStream(Stream):
             t.start()
         while proc.poll() is None:
             if self.closed.wait(0.05):  # the client went away (timeout, Ctrl-C) or the cable was pulled
-                os.killpg(proc.pid, signal.SIGKILL)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
         for t in pumps:
             t.join(timeout=5)
         if v2:
