@@ -449,17 +449,16 @@ def measure_adb(
 
 
 def _cleanup(adb: Adb, serial: str, run_dir: str) -> None:
+    """Remove this run's folder from the phone; say how to do it by hand when the phone cannot."""
     try:
-        adb.shell(serial, f"rm -rf {run_dir}", timeout_s=CLEANUP_TIMEOUT_S, check=False)
+        proc = adb.shell(serial, f"rm -rf {run_dir}", timeout_s=CLEANUP_TIMEOUT_S, check=False)
+        failed = proc.returncode != 0
+        why = (proc.stderr or proc.stdout or f"exit {proc.returncode}").strip().splitlines()[-1:] or [""]
     except AdbError as e:  # the phone is gone: nothing left to clean where we can reach
-        log.warning(
-            "%s: could not remove %s (%s); remove it by hand: adb -s %s shell rm -rf %s",
-            serial,
-            run_dir,
-            e,
-            serial,
-            run_dir,
-        )
+        failed, why = True, [str(e)]
+    if failed:
+        log.warning("%s: could not remove %s (%s); remove it by hand: adb -s %s shell rm -rf %s",
+                    serial, run_dir, why[0], serial, run_dir)
 
 
 def _sleep(seconds: float, stop: threading.Event | None) -> None:
