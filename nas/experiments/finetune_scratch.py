@@ -1,0 +1,217 @@
+"""TAM-NAS question (c): fine-tune a searched subnet from its inherited weights, or train it from scratch?
+
+``nasctl experiment finetune-vs-scratch --run RUN --members K --epochs N``: for K front members spread
+over size (the knee among them) three arms, scored with the run's final attack on the test images
+the front was scored on:
+
+- ``inherited``: the supernet's weights as they are (BN recalibrated) -- the front's own test numbers
+  from ``pareto.json`` (``final_clean_acc``, ``final_adv_acc``), not recomputed;
+- ``finetuned``: N epochs of adversarial training from the inherited weights (:func:`train_and_save`,
+  the recipe of ``nasctl finetune``); where the search's fine-tune stage already trained the member
+  with this recipe and N, its recorded ``finetuned_*`` numbers are reused instead of retraining;
+- ``scratch``: the same architecture re-initialised and trained with the same recipe and budget.
+
+Each arm of each member is one cell (``results.jsonl``); the trained ones keep ``subnet.pt`` and
+``result.json`` under ``<member>/<arm>/``. Outputs: ``finetune_vs_scratch.csv``, ``finetune_vs_scratch.png``,
+``result.json``, ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasctl.core import atomic_write_text, resolve_device
+
+from ..errors import NasctlError, RunInterrupted
+from ..finetune import FinetuneConfig
+from ..runs import check_at_least_one, discard_if_unused, run_lock
+from . import folder as folder_mod
+from .run_data import check_members, member_label, member_picks, open_run, read_run
+
+log = logging.getLogger(__name__)
+
+STUDY = "finetune-vs-scratch"
+ARMS = ("inherited", "finetuned", "scratch")
+
+
+@dataclass
+class FinetuneScratchConfig:
+    """``nasctl experiment finetune-vs-scratch``: which run and members, and the shared training budget."""
+
+    run: str | None = None  # search run folder; None: the newest under run_root/search
+    members: int = 4  # front members spread over log(params), the knee among them
+    epochs: int | None = None  # both trained arms; None: the search's fine-tune epochs (its results reused)
+    lr: float = FinetuneConfig.lr  # nasctl finetune's recipe, for both arms: only the start differs
+    batch_size: int = FinetuneConfig.batch_size
+    attack_steps: int = FinetuneConfig.attack_steps  # PGD-7 training, step eps/4
+    seed: int | None = None  # None: the run's (as its fine-tune stage)
+    device: str = "auto"
+    run_root: str = "runs"
+    name: str = ""
+
+    def validate(self) -> None:
+        check_at_least_one(self, ("members", "epochs", "batch_size", "attack_steps"))
+        if not self.lr > 0:
+            raise NasctlError(f"--lr must be > 0, got {self.lr}")
+
+
+def _member_dir(rec: dict[str, Any]) -> str:
+    return f"{rec['params']}-{zlib.crc32(rec['genome'].encode()):08x}"
+
+
+def run_finetune_scratch(cfg: FinetuneScratchConfig, resume: str | Path | None = None) -> Path:
+    """Run (or with ``resume``, finish) the study; returns the experiment folder."""
+    cfg.validate()
+    if resume is not None:
+        folder = folder_mod.reopen(resume)
+        run_dir, doc = read_run(folder.config["search_runs"][0], cfg.run_root)
+        picks, epochs = [int(i) for i in folder.config["members"]], int(folder.config["epochs"])
+    else:
+        run_dir, doc = read_run(cfg.run, cfg.run_root)
+        check_members(cfg.members, run_dir, doc["front"])
+        picks = member_picks(doc["front"], int(doc["knee"]), cfg.members)
+        epochs = cfg.epochs or int((doc.get("finetune") or {}).get("epochs") or FinetuneConfig.epochs)
+        folder = None
+    run = open_run(run_dir, doc)
+    if folder is None:
+        folder = folder_mod.start(cfg.run_root, STUDY, cfg, [str(run_dir)], {"members": picks, "epochs": epochs},
+                                  cfg.name)
+    try:
+        with run_lock(folder.path):
+            return _execute(cfg, folder, run, picks, epochs)
+    except NasctlError:
+        discard_if_unused(folder.path)
+        raise
+    except KeyboardInterrupt as e:
+        raise RunInterrupted(folder.path) from e
+
+
+def _reusable(rec: dict[str, Any], cfg: FinetuneScratchConfig, epochs: int, seed: int, run_seed: int) -> bool:
+    """Whether the search's fine-tune stage trained this member exactly as this study would."""
+    default = FinetuneConfig()
+    return ("finetuned_adv_acc" in rec and int(rec.get("finetuned_epochs") or -1) == epochs and seed == run_seed
+            and (cfg.lr, cfg.batch_size, cfg.attack_steps) == (default.lr, default.batch_size,
+                                                                default.attack_steps))
+
+
+def _execute(cfg, folder, run, picks, epochs) -> Path:
+    from ..finetune import _recalibrate_for_training, train_and_save
+
+    device = resolve_device(cfg.device)
+    seed = cfg.seed if cfg.seed is not None else run.seed
+    final = run.final_attack
+    done = folder.done()
+    for n, i in enumerate(picks, 1):
+        rec = run.front[i]
+        for arm in ARMS:
+            cell = f"{i}:{arm}"
+            if cell in done:
+                continue
+            base = {"member": i, "genome": rec["genome"], "params": rec["params"], "arm": arm,
+                    "knee": i == run.knee}
+            if arm == "inherited":
+                done[cell] = folder.append(cell, {**base, "clean_acc": rec["final_clean_acc"],
+                                                  "adv_acc": rec["final_adv_acc"], "epochs": 0,
+                                                  "from": "pareto.json (final_clean_acc, final_adv_acc)"})
+                continue
+            if arm == "finetuned" and _reusable(rec, cfg, epochs, seed, run.seed):
+                done[cell] = folder.append(cell, {**base, "clean_acc": rec["finetuned_clean_acc"],
+                                                  "adv_acc": rec["finetuned_adv_acc"], "epochs": epochs,
+                                                  "from": f"the search's fine-tune stage "
+                                                          f"({rec.get('finetuned_checkpoint')})"})
+                continue
+            out = folder.path / _member_dir(rec) / arm
+            result_path = out / "result.json"
+            if result_path.is_file():  # trained before a kill between its result and its results line
+                import json
+
+                result = json.loads(result_path.read_text())
+            else:
+                log.info("%s %d/%d: %s (%s params, %d epochs)", "fine-tuning" if arm == "finetuned" else
+                         "training from scratch", n, len(picks), rec["genome"], f"{rec['params']:,}", epochs)
+                out.mkdir(parents=True, exist_ok=True)
+                model = run.loaded.supernet.extract(run.loaded.space.parse(rec["genome"]))
+                _recalibrate_for_training(model, run.data, run.calibration.seed, run.calibration.batches)
+                fcfg = FinetuneConfig(run=str(run.run_dir), pick=str(i), from_scratch=arm == "scratch",
+                                      epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                      attack_steps=cfg.attack_steps, eps=run.eps,
+                                      final_steps=int(final.get("steps") or 20),
+                                      final_restarts=int(final.get("restarts") or 3), seed=seed,
+                                      device=cfg.device)
+                source = {"run": str(run.run_dir), "front_index": i, "knee": i == run.knee,
+                          "supernet": run.loaded.path, "weights": "scratch" if arm == "scratch" else "inherited"}
+                result = train_and_save(model, rec["genome"], run.loaded, run.data, fcfg, run.eps, out, source,
+                                        device)
+            done[cell] = folder.append(cell, {**base, "clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
+                                              "epochs": result["epochs"],
+                                              "from": str((out / result["checkpoint"]).relative_to(folder.path)),
+                                              "train_seconds": result.get("train_seconds")})
+    return _finish(folder, run, picks, epochs, done)
+
+
+def _finish(folder, run, picks, epochs, done) -> Path:
+    front, knee = run.front, run.knee
+    rows, csv_rows = [], []
+    for i in picks:
+        r = {arm: done[f"{i}:{arm}"] for arm in ARMS}
+        rows.append([member_label(i, front[i], knee), front[i]["genome"],
+                     *[v for arm in ARMS for v in (r[arm]["clean_acc"], r[arm]["adv_acc"])],
+                     r["finetuned"]["adv_acc"] - r["scratch"]["adv_acc"]])
+        csv_rows.append([i, front[i]["genome"], front[i]["params"],
+                         *[f"{v:.2f}" for arm in ARMS for v in (r[arm]["clean_acc"], r[arm]["adv_acc"])]])
+    columns = ["member", "genome", "inherited clean %", "inherited PGD %", "fine-tuned clean %",
+               "fine-tuned PGD %", "scratch clean %", "scratch PGD %", "fine-tuned - scratch PGD"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["front_index", "genome", "params", *[f"{a}_{m}" for a in ARMS for m in ("clean_acc", "adv_acc")]])
+    w.writerows(csv_rows)
+    atomic_write_text(folder.path / "finetune_vs_scratch.csv", buf.getvalue())
+    fa = run.final_attack
+    attack = f"PGD-{fa.get('steps')} x{fa.get('restarts')}"
+    plot_arms(folder.path / "finetune_vs_scratch.png", [member_label(i, front[i], knee) for i in picks],
+              np.array([[done[f"{i}:{a}"]["clean_acc"] for a in ARMS] for i in picks]),
+              np.array([[done[f"{i}:{a}"]["adv_acc"] for a in ARMS] for i in picks]),
+              f"{epochs} epochs each; test {attack}, eps {run.eps:g}")
+    diffs = np.array([row[-1] for row in rows])
+    gains = np.array([done[f"{i}:finetuned"]["adv_acc"] - done[f"{i}:inherited"]["adv_acc"] for i in picks])
+    findings = [f"Fine-tuning beats training from scratch on PGD accuracy for {int((diffs > 0).sum())} of "
+                f"{len(picks)} members (mean {diffs.mean():+.1f} points) with the same {epochs}-epoch budget.",
+                f"Fine-tuning adds {gains.mean():+.1f} points (mean) of PGD accuracy to the inherited weights."]
+    title = (f"Clean and PGD test accuracy ({attack}, eps {run.eps:g}, {len(run.data.test)} test images) of "
+             f"{len(picks)} front members: inherited weights, fine-tuned from them and trained from scratch, "
+             f"{epochs} epochs of PGD-{FinetuneConfig.attack_steps} adversarial training each (* knee).")
+    folder.finish(title, {"columns": columns, "rows": rows}, ["finetune_vs_scratch.png"], findings,
+                  {"members": picks, "epochs": epochs, "csv": "finetune_vs_scratch.csv",
+                   "cells": [done[f"{i}:{a}"] for i in picks for a in ARMS]})
+    return folder.path
+
+
+def plot_arms(path: Path, labels: list[str], clean: np.ndarray, adv: np.ndarray, title: str) -> None:
+    """Grouped bars per member: PGD accuracy of each arm (solid) with its clean accuracy (outline)."""
+    from ..report import _figure, _save
+
+    fig = _figure(figsize=(2 + 1.6 * len(labels), 4))
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    width = 0.26
+    for k, arm in enumerate(ARMS):
+        pos = x + (k - 1) * width
+        ax.bar(pos, clean[:, k], width, fill=False, edgecolor=f"C{k}", linewidth=1.2)
+        ax.bar(pos, adv[:, k], width, color=f"C{k}", label=f"{arm} (PGD; outline: clean)")
+        for p, v in zip(pos, adv[:, k]):
+            ax.text(p, v + 1, f"{v:.0f}", ha="center", fontsize=7)
+    ax.set_xticks(x, labels, fontsize=8, rotation=15)
+    ax.set_ylabel("test accuracy %")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,349 @@
+"""``nasctl report RUN``: everything about one search run on one page that can be mailed.
+
+A search run's results are spread over its folder and over the folders of what was done with it
+afterwards. This module gathers them into one list of blocks (headings, paragraphs, tables, images)
+and renders it twice from the same blocks: a self-contained HTML page (CSS inline, every plot
+embedded as a base64 ``data:`` URI, no script, no network) and the same content as Markdown (images
+linked by relative path). Sections:
+
+- the run: data set, threat model, search settings, wall time; every config setting;
+- the front: one table row per member with inherited (validation and test) and fine-tuned test
+  accuracies, sizes and latency where measured; its plots;
+- layer statistics: the heat map and ``layer_stats.csv``;
+- experiments (``nasctl experiment``) whose ``config.json`` names this run, found under the run root;
+- exports (``nasctl export``) whose ``report.json`` names this run as source, found under the run
+  root: artifact sizes, int8 accuracy drop, deployed robustness;
+- latency provenance; provenance (versions, seed, command line, checkpoint SHA-256s).
+
+The run root is the folder above ``search/`` (``runs/`` for ``runs/search/<stamp>``), or ``run_root``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasctl.core import atomic_write_text
+
+from .errors import NasctlError
+
+log = logging.getLogger(__name__)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FRONT_TABLE_ID = "front"
+
+
+@dataclass
+class Block:
+    kind: str  # h1 | h2 | h3 | p | list | table | img
+    text: str = ""
+    items: list[str] = field(default_factory=list)
+    table: dict[str, Any] | None = None  # columns, rows, id
+    path: Path | None = None  # an image file
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    if v is None or v == "":
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _kb(n: Any) -> str:
+    return f"{n / 1024:.1f}" if isinstance(n, (int, float)) else ""
+
+
+# --- the sections ------------------------------------------------------------------------------------
+def _overview(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
+    from .space import SearchSpace
+
+    fa = doc.get("final_attack") or {}
+    sa = doc.get("search_attack") or {}
+    try:
+        space = SearchSpace.from_dict(doc["space"]).describe()
+    except (KeyError, TypeError, ValueError):
+        space = "unknown"
+    items = [
+        f"data set: {doc.get('dataset')}" + (f" (supernet trained on a class-balanced subset of "
+                                             f"{doc['train_subset']:,} images)" if doc.get("train_subset") else ""),
+        f"space: {space}",
+        f"threat model: L-inf, eps = {doc.get('eps', float('nan')):.4g} on [0, 1] pixels",
+        f"search: {doc.get('algorithm')}, population {doc.get('pop_size')}, {doc.get('generations')} generations, "
+        f"{doc.get('evaluations')} subnets evaluated, objectives {', '.join(doc.get('objectives') or [])}"
+        + (f", constraints {doc['constraints']}" if doc.get("constraints") else ""),
+        f"search-time attack: PGD-{sa.get('steps')} on {doc.get('val_images')} validation images; final: "
+        f"PGD-{fa.get('steps')} x {fa.get('restarts')} restarts on {doc.get('final_images')} test images",
+        f"wall time: {doc.get('seconds', 0):.0f} s",
+    ]
+    return [Block("h1", f"nasctl search run {run_dir.name}"), Block("list", items=items)]
+
+
+def _config(run_dir: Path) -> list[Block]:
+    cfg = _read_json(run_dir / "config.json")
+    if not cfg:
+        return [Block("h2", "Configuration"), Block("p", "config.json is missing or unreadable.")]
+    rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else _f(v, 4)]
+            for k, v in (cfg.get("config") or {}).items()]
+    return [Block("h2", "Configuration"),
+            Block("p", "Every setting of the search, as written to config.json before it started."),
+            Block("table", table={"columns": ["setting", "value"], "rows": rows, "id": "config"})]
+
+
+def front_table(doc: dict[str, Any]) -> dict[str, Any]:
+    """The front as a table: one row per member, inherited and fine-tuned numbers side by side."""
+    front, knee = doc["front"], doc.get("knee")
+    lat = bool(doc.get("latency")) or any("latency_ms" in r for r in front)
+    cols = ["#", "genome", "params", "int8 KB", "MACs"] + (["latency ms"] if lat else []) + [
+        "val clean %", "val PGD %", "test clean %", "test PGD %", "fine-tuned clean %", "fine-tuned PGD %"]
+    rows = []
+    for i, r in enumerate(front):
+        rows.append([f"{i}{'*' if i == knee else ''}", r["genome"], _f(r.get("params")), _kb(r.get("int8_bytes")),
+                     _f(r.get("macs"))] + ([_f(r.get("latency_ms"), 3)] if lat else []) + [
+            _f(r.get(k)) for k in ("clean_acc", "adv_acc", "final_clean_acc", "final_adv_acc",
+                                   "finetuned_clean_acc", "finetuned_adv_acc")])
+    return {"columns": cols, "rows": rows, "id": FRONT_TABLE_ID}
+
+
+def _front(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
+    fa = doc.get("final_attack") or {}
+    ft = doc.get("finetune") or {}
+    out = [Block("h2", f"Pareto front ({len(doc['front'])} members, knee marked *)"),
+           Block("p", f"val: PGD-{(doc.get('search_attack') or {}).get('steps')} on the validation images, "
+                      f"inherited weights (what the search ranked). test: PGD-{fa.get('steps')} x "
+                      f"{fa.get('restarts')} on the test split, inherited weights with BatchNorm recalibrated. "
+                      f"fine-tuned: the member trained on its own for {ft.get('epochs')} epochs (the weights "
+                      f"nasctl export ships), same test attack."),
+           Block("table", table=front_table(doc))]
+    for name, caption in (("front_projections.png", "2-D projections of the front over every evaluated subnet"),
+                          ("hypervolume.png", "hypervolume per generation")):
+        if (run_dir / name).is_file():
+            out.append(Block("img", caption, path=run_dir / name))
+    return out
+
+
+def _layers(run_dir: Path) -> list[Block]:
+    import csv
+
+    out = [Block("h2", "Layer statistics of the front"),
+           Block("p", "How often each block type and width appears at each layer of the first front "
+                      "(TAM-NAS's design guideline for robust tiny networks).")]
+    if (run_dir / "layer_heatmap.png").is_file():
+        out.append(Block("img", "block type and width per layer", path=run_dir / "layer_heatmap.png"))
+    path = run_dir / "layer_stats.csv"
+    if path.is_file():
+        rows = list(csv.reader(path.read_text().splitlines()))
+        if rows:
+            out.append(Block("table", table={"columns": rows[0], "rows": rows[1:], "id": "layer-stats"}))
+    return out
+
+
+def _experiments(run_dir: Path, run_root: Path) -> list[Block]:
+    from .experiments.folder import RESULT, find_experiments, reopen
+
+    found = find_experiments(run_root, run_dir)
+    out = [Block("h2", f"Experiments on this run ({len(found)})")]
+    if not found:
+        out.append(Block("p", f"None under {run_root / 'experiment'}: run nasctl experiment transfer|width|"
+                              f"finetune-vs-scratch --run {run_dir} (docs/studies.md)."))
+    for path in found:
+        folder = reopen(path)
+        out.append(Block("h3", f"{folder.study}: {path.name}"))
+        doc = _read_json(path / RESULT)
+        if doc is None:
+            out.append(Block("p", f"Unfinished: {len(folder.done())} cells done. Finish it with nasctl experiment "
+                                  f"{folder.study} --resume {path}."))
+            continue
+        out.append(Block("p", doc.get("title", "")))
+        table = dict(doc["table"], id=f"experiment-{path.name}")
+        out.append(Block("table", table={**table, "rows": [[_f(v) for v in r] for r in table["rows"]]}))
+        if doc.get("findings"):
+            out.append(Block("list", items=list(doc["findings"])))
+        for p in doc.get("plots") or []:
+            if (path / p).is_file():
+                out.append(Block("img", f"{folder.study}: {p}", path=path / p))
+    return out
+
+
+def find_exports(run_dir: Path, run_root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Export folders under ``run_root/export`` whose ``report.json`` names ``run_dir`` as source."""
+    want = run_dir.resolve()
+    out = []
+    for path in sorted(run_root.glob("export/*/report.json")):
+        doc = _read_json(path)
+        src = (doc or {}).get("source") or {}
+        if src.get("run") and Path(src["run"]).resolve() == want:
+            out.append((path.parent, doc))
+    return out
+
+
+def export_row(folder: Path, doc: dict[str, Any]) -> list[str]:
+    src = doc.get("source") or {}
+    sizes = {s.get("artifact"): s.get("size_bytes") for s in doc.get("steps") or [] if s.get("artifact")}
+    int8 = (doc.get("checks") or {}).get("tflite_int8") or {}
+    d = int8.get("detail") or {}
+    rob = doc.get("robustness") or {}
+    drop = (f"{d['int8_acc']:.1f} vs {d['float_acc']:.1f} ({int8.get('value', 0):+.1f})"
+            if "int8_acc" in d and "float_acc" in d else "")
+    robust = (f"{rob['int8_robust_acc_min']:.1f} vs {rob['float_robust_acc_min']:.1f} ({rob.get('worst_attack')})"
+              if "int8_robust_acc_min" in rob else "")
+    index = src.get("front_index")
+    return [folder.name, str(doc.get("genome", "")),
+            "" if index is None else f"{index}{'*' if src.get('knee') else ''}",
+            str(doc.get("target", "")) + (" +int8" if doc.get("int8") else ""), str(doc.get("status", "")),
+            _kb(sizes.get("model.onnx")), _kb(sizes.get("model_float32.tflite")), _kb(sizes.get("model_int8.tflite")),
+            drop, robust]
+
+
+def _exports(run_dir: Path, run_root: Path) -> list[Block]:
+    found = find_exports(run_dir, run_root)
+    out = [Block("h2", f"Exports from this run ({len(found)})")]
+    if not found:
+        out.append(Block("p", f"None under {run_root / 'export'}: nasctl export --run {run_dir} --int8."))
+        return out
+    out.append(Block("p", "int8 clean accuracy vs float TFLite on the test split (drop in points); deployed "
+                          "robustness: the int8 model's robust accuracy (minimum over transfer, fake-quant white-box "
+                          "and Square attacks) vs the float model's, worst attack in brackets."))
+    out.append(Block("table", table={"columns": ["folder", "genome", "front #", "target", "status", "ONNX KB",
+                                                 "float TFLite KB", "int8 TFLite KB", "int8 vs float clean %",
+                                                 "int8 vs float robust %"],
+                                     "rows": [export_row(f, d) for f, d in found], "id": "exports"}))
+    return out
+
+
+def _latency(doc: dict[str, Any]) -> list[Block]:
+    lat = doc.get("latency")
+    measured = [r for r in doc["front"] if r.get("latency_ms") is not None]
+    out = [Block("h2", "Latency")]
+    if not lat and not measured:
+        return out + [Block("p", "Not measured: the search ran without --latency-source (docs/profiling.md).")]
+    if lat:
+        out.append(Block("list", items=[f"{k}: {_f(v, 4)}" for k, v in lat.items()]))
+    out.append(Block("p", f"latency_ms of {len(measured)} of {len(doc['front'])} front members: the front table's "
+                          f"latency column."))
+    return out
+
+
+def _provenance(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
+    from nasctl.core import sha256_file
+
+    cfg = _read_json(run_dir / "config.json") or {}
+    rows = [["run folder", str(run_dir.resolve())], ["seed", _f(doc.get("seed"))],
+            ["created", str(cfg.get("created", ""))], ["command line", " ".join(map(str, cfg.get("argv") or []))],
+            ["supernet", str(doc.get("supernet", ""))], ["supernet sha256 (recorded)", str(doc.get("supernet_sha256"))]]
+    for r in doc["front"]:
+        ref = r.get("finetuned_checkpoint")
+        if ref:
+            p = run_dir / ref
+            rows.append([f"fine-tuned {r['genome']}", f"{ref} sha256 {sha256_file(p) if p.is_file() else 'MISSING'}"])
+    rows += [[f"version: {k}", str(v)] for k, v in (cfg.get("versions") or {}).items()]
+    return [Block("h2", "Provenance"),
+            Block("table", table={"columns": ["what", "value"], "rows": rows, "id": "provenance"})]
+
+
+def collect(run_dir: Path, doc: dict[str, Any], run_root: Path) -> list[Block]:
+    return (_overview(run_dir, doc) + _front(run_dir, doc) + _layers(run_dir) + _experiments(run_dir, run_root)
+            + _exports(run_dir, run_root) + _latency(doc) + _config(run_dir) + _provenance(run_dir, doc))
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}
+th,td{border:1px solid #ccc;padding:0.25em 0.5em;text-align:right}
+td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f0f0f0}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.85em;color:#555}
+code{font-size:0.9em}"""
+
+
+def png_data_uri(path: Path) -> str:
+    data = path.read_bytes()
+    if not data.startswith(PNG_MAGIC):
+        raise NasctlError(f"{str(path)!r} is not a PNG file: re-run the command that wrote it")
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
+           f"<style>{CSS}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{e(b.text)}</p>")
+        elif b.kind == "list":
+            out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "table":
+            t = b.table
+            out.append(f'<table id="{e(t.get("id", ""))}"><thead><tr>'
+                       + "".join(f"<th>{e(str(c))}</th>" for c in t["columns"]) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{e(_f(v))}</td>" for v in row) + "</tr>" for row in t["rows"]]
+            out.append("</tbody></table>")
+        elif b.kind == "img":
+            out.append(f'<figure><img src="{png_data_uri(b.path)}" alt="{e(b.text)}">'
+                       f"<figcaption>{e(b.text)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _md_cell(v: Any) -> str:
+    return _f(v).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list[Block], out_dir: Path) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out += ["#" * int(b.kind[1]) + " " + b.text, ""]
+        elif b.kind == "p":
+            out += [b.text, ""]
+        elif b.kind == "list":
+            out += [f"- {i}" for i in b.items] + [""]
+        elif b.kind == "table":
+            t = b.table
+            out.append("| " + " | ".join(_md_cell(c) for c in t["columns"]) + " |")
+            out.append("|" + "|".join("---" for _ in t["columns"]) + "|")
+            out += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in t["rows"]]
+            out.append("")
+        elif b.kind == "img":
+            rel = os.path.relpath(b.path.resolve(), out_dir.resolve())
+            out += [f"![{b.text}]({Path(rel).as_posix()})", ""]
+    return "\n".join(out)
+
+
+def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None,
+                 run_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` (default: inside the run folder) and the same content as ``.md`` beside it;
+    returns both paths. One :class:`NasctlError` line for a run without ``pareto.json``."""
+    from .select import read_front
+
+    run_dir, doc = read_front(run)
+    root = Path(run_root) if run_root else (run_dir.parent.parent if run_dir.parent.name == "search"
+                                            else run_dir.parent)
+    html_path = Path(out) if out else run_dir / "report.html"
+    if html_path.is_dir():
+        html_path = html_path / f"report-{run_dir.name}.html"
+    md_path = html_path.with_suffix(".md")
+    blocks = collect(run_dir, doc, root)
+    title = f"nasctl search run {run_dir.name}"
+    atomic_write_text(html_path, render_html(blocks, title))
+    atomic_write_text(md_path, render_markdown(blocks, md_path.parent))
+    return html_path, md_path
