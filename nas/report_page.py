@@ -83,12 +83,17 @@ def _overview(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
     except (KeyError, TypeError, ValueError):
         space = "unknown"
     items = [
-        f"data set: {doc.get('dataset')}" + (f" (supernet trained on a class-balanced subset of "
-                                             f"{doc['train_subset']:,} images)" if doc.get("train_subset") else ""),
+        f"data set: {doc.get('dataset')}"
+        + (
+            f" (supernet trained on a class-balanced subset of {doc['train_subset']:,} images)"
+            if doc.get("train_subset")
+            else ""
+        ),
         f"space: {space}",
         f"threat model: L-inf, eps = {doc.get('eps', float('nan')):.4g} on [0, 1] pixels",
-        f"search: {doc.get('algorithm')}, population {doc.get('pop_size')}, {doc.get('generations')} generations, "
-        f"{doc.get('evaluations')} subnets evaluated, objectives {', '.join(doc.get('objectives') or [])}"
+        f"search: {doc.get('algorithm')}, population {doc.get('pop_size')}, "
+        f"{doc.get('generations')} generations, {doc.get('evaluations')} subnets evaluated, "
+        f"objectives {', '.join(doc.get('objectives') or [])}"
         + (f", constraints {doc['constraints']}" if doc.get("constraints") else ""),
         f"search-time attack: PGD-{sa.get('steps')} on {doc.get('val_images')} validation images; final: "
         f"PGD-{fa.get('steps')} x {fa.get('restarts')} restarts on {doc.get('final_images')} test images",
@@ -101,40 +106,68 @@ def _config(run_dir: Path) -> list[Block]:
     cfg = _read_json(run_dir / "config.json")
     if not cfg:
         return [Block("h2", "Configuration"), Block("p", "config.json is missing or unreadable.")]
-    rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else _f(v, 4)]
-            for k, v in (cfg.get("config") or {}).items()]
-    return [Block("h2", "Configuration"),
-            Block("p", "Every setting of the search, as written to config.json before it started."),
-            Block("table", table={"columns": ["setting", "value"], "rows": rows, "id": "config"})]
+    rows = [[k, v if isinstance(v, str) else json.dumps(v)] for k, v in (cfg.get("config") or {}).items()]
+    return [
+        Block("h2", "Configuration"),
+        Block("p", "Every setting of the search, as written to config.json before it started."),
+        Block("table", table={"columns": ["setting", "value"], "rows": rows, "id": "config"}),
+    ]
 
 
 def front_table(doc: dict[str, Any]) -> dict[str, Any]:
     """The front as a table: one row per member, inherited and fine-tuned numbers side by side."""
     front, knee = doc["front"], doc.get("knee")
     lat = bool(doc.get("latency")) or any("latency_ms" in r for r in front)
-    cols = ["#", "genome", "params", "int8 KB", "MACs"] + (["latency ms"] if lat else []) + [
-        "val clean %", "val PGD %", "test clean %", "test PGD %", "fine-tuned clean %", "fine-tuned PGD %"]
+    cols = (
+        ["#", "genome", "params", "int8 KB", "MACs"]
+        + (["latency ms"] if lat else [])
+        + ["val clean %", "val PGD %", "test clean %", "test PGD %", "fine-tuned clean %", "fine-tuned PGD %"]
+    )
     rows = []
     for i, r in enumerate(front):
-        rows.append([f"{i}{'*' if i == knee else ''}", r["genome"], _f(r.get("params")), _kb(r.get("int8_bytes")),
-                     _f(r.get("macs"))] + ([_f(r.get("latency_ms"), 3)] if lat else []) + [
-            _f(r.get(k)) for k in ("clean_acc", "adv_acc", "final_clean_acc", "final_adv_acc",
-                                   "finetuned_clean_acc", "finetuned_adv_acc")])
+        rows.append(
+            [
+                f"{i}{'*' if i == knee else ''}",
+                r["genome"],
+                _f(r.get("params")),
+                _kb(r.get("int8_bytes")),
+                _f(r.get("macs")),
+            ]
+            + ([_f(r.get("latency_ms"), 3)] if lat else [])
+            + [
+                _f(r.get(k))
+                for k in (
+                    "clean_acc",
+                    "adv_acc",
+                    "final_clean_acc",
+                    "final_adv_acc",
+                    "finetuned_clean_acc",
+                    "finetuned_adv_acc",
+                )
+            ]
+        )
     return {"columns": cols, "rows": rows, "id": FRONT_TABLE_ID}
 
 
 def _front(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
     fa = doc.get("final_attack") or {}
     ft = doc.get("finetune") or {}
-    out = [Block("h2", f"Pareto front ({len(doc['front'])} members, knee marked *)"),
-           Block("p", f"val: PGD-{(doc.get('search_attack') or {}).get('steps')} on the validation images, "
-                      f"inherited weights (what the search ranked). test: PGD-{fa.get('steps')} x "
-                      f"{fa.get('restarts')} on the test split, inherited weights with BatchNorm recalibrated. "
-                      f"fine-tuned: the member trained on its own for {ft.get('epochs')} epochs (the weights "
-                      f"nasctl export ships), same test attack."),
-           Block("table", table=front_table(doc))]
-    for name, caption in (("front_projections.png", "2-D projections of the front over every evaluated subnet"),
-                          ("hypervolume.png", "hypervolume per generation")):
+    out = [
+        Block("h2", f"Pareto front ({len(doc['front'])} members, knee marked *)"),
+        Block(
+            "p",
+            f"val: PGD-{(doc.get('search_attack') or {}).get('steps')} on the validation images, "
+            f"inherited weights (what the search ranked). test: PGD-{fa.get('steps')} x "
+            f"{fa.get('restarts')} on the test split, inherited weights with BatchNorm recalibrated. "
+            f"fine-tuned: the member trained on its own for {ft.get('epochs')} epochs (the weights "
+            f"nasctl export ships), same test attack.",
+        ),
+        Block("table", table=front_table(doc)),
+    ]
+    for name, caption in (
+        ("front_projections.png", "2-D projections of the front over every evaluated subnet"),
+        ("hypervolume.png", "hypervolume per generation"),
+    ):
         if (run_dir / name).is_file():
             out.append(Block("img", caption, path=run_dir / name))
     return out
@@ -143,9 +176,14 @@ def _front(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
 def _layers(run_dir: Path) -> list[Block]:
     import csv
 
-    out = [Block("h2", "Layer statistics of the front"),
-           Block("p", "How often each block type and width appears at each layer of the first front "
-                      "(TAM-NAS's design guideline for robust tiny networks).")]
+    out = [
+        Block("h2", "Layer statistics of the front"),
+        Block(
+            "p",
+            "How often each block type and width appears at each layer of the first front "
+            "(TAM-NAS's design guideline for robust tiny networks).",
+        ),
+    ]
     if (run_dir / "layer_heatmap.png").is_file():
         out.append(Block("img", "block type and width per layer", path=run_dir / "layer_heatmap.png"))
     path = run_dir / "layer_stats.csv"
@@ -162,15 +200,25 @@ def _experiments(run_dir: Path, run_root: Path) -> list[Block]:
     found = find_experiments(run_root, run_dir)
     out = [Block("h2", f"Experiments on this run ({len(found)})")]
     if not found:
-        out.append(Block("p", f"None under {run_root / 'experiment'}: run nasctl experiment transfer|width|"
-                              f"finetune-vs-scratch --run {run_dir} (docs/studies.md)."))
+        out.append(
+            Block(
+                "p",
+                f"None under {run_root / 'experiment'}: run nasctl experiment transfer|width|"
+                f"finetune-vs-scratch --run {run_dir} (docs/studies.md).",
+            )
+        )
     for path in found:
         folder = reopen(path)
         out.append(Block("h3", f"{folder.study}: {path.name}"))
         doc = _read_json(path / RESULT)
         if doc is None:
-            out.append(Block("p", f"Unfinished: {len(folder.done())} cells done. Finish it with nasctl experiment "
-                                  f"{folder.study} --resume {path}."))
+            out.append(
+                Block(
+                    "p",
+                    f"Unfinished: {len(folder.done())} cells done. Finish it with nasctl experiment "
+                    f"{folder.study} --resume {path}.",
+                )
+            )
             continue
         out.append(Block("p", doc.get("title", "")))
         table = dict(doc["table"], id=f"experiment-{path.name}")
@@ -201,16 +249,29 @@ def export_row(folder: Path, doc: dict[str, Any]) -> list[str]:
     int8 = (doc.get("checks") or {}).get("tflite_int8") or {}
     d = int8.get("detail") or {}
     rob = doc.get("robustness") or {}
-    drop = (f"{d['int8_acc']:.1f} vs {d['float_acc']:.1f} ({int8.get('value', 0):+.1f})"
-            if "int8_acc" in d and "float_acc" in d else "")
-    robust = (f"{rob['int8_robust_acc_min']:.1f} vs {rob['float_robust_acc_min']:.1f} ({rob.get('worst_attack')})"
-              if "int8_robust_acc_min" in rob else "")
+    drop = (
+        f"{d['int8_acc']:.1f} vs {d['float_acc']:.1f} ({int8.get('value', 0):+.1f})"
+        if "int8_acc" in d and "float_acc" in d
+        else ""
+    )
+    robust = (
+        f"{rob['int8_robust_acc_min']:.1f} vs {rob['float_robust_acc_min']:.1f} ({rob.get('worst_attack')})"
+        if "int8_robust_acc_min" in rob
+        else ""
+    )
     index = src.get("front_index")
-    return [folder.name, str(doc.get("genome", "")),
-            "" if index is None else f"{index}{'*' if src.get('knee') else ''}",
-            str(doc.get("target", "")) + (" +int8" if doc.get("int8") else ""), str(doc.get("status", "")),
-            _kb(sizes.get("model.onnx")), _kb(sizes.get("model_float32.tflite")), _kb(sizes.get("model_int8.tflite")),
-            drop, robust]
+    return [
+        folder.name,
+        str(doc.get("genome", "")),
+        "" if index is None else f"{index}{'*' if src.get('knee') else ''}",
+        str(doc.get("target", "")) + (" +int8" if doc.get("int8") else ""),
+        str(doc.get("status", "")),
+        _kb(sizes.get("model.onnx")),
+        _kb(sizes.get("model_float32.tflite")),
+        _kb(sizes.get("model_int8.tflite")),
+        drop,
+        robust,
+    ]
 
 
 def _exports(run_dir: Path, run_root: Path) -> list[Block]:
@@ -219,13 +280,35 @@ def _exports(run_dir: Path, run_root: Path) -> list[Block]:
     if not found:
         out.append(Block("p", f"None under {run_root / 'export'}: nasctl export --run {run_dir} --int8."))
         return out
-    out.append(Block("p", "int8 clean accuracy vs float TFLite on the test split (drop in points); deployed "
-                          "robustness: the int8 model's robust accuracy (minimum over transfer, fake-quant white-box "
-                          "and Square attacks) vs the float model's, worst attack in brackets."))
-    out.append(Block("table", table={"columns": ["folder", "genome", "front #", "target", "status", "ONNX KB",
-                                                 "float TFLite KB", "int8 TFLite KB", "int8 vs float clean %",
-                                                 "int8 vs float robust %"],
-                                     "rows": [export_row(f, d) for f, d in found], "id": "exports"}))
+    out.append(
+        Block(
+            "p",
+            "int8 clean accuracy vs float TFLite on the test split (drop in points); deployed "
+            "robustness: the int8 model's robust accuracy (minimum over transfer, fake-quant white-box "
+            "and Square attacks) vs the float model's, worst attack in brackets.",
+        )
+    )
+    out.append(
+        Block(
+            "table",
+            table={
+                "columns": [
+                    "folder",
+                    "genome",
+                    "front #",
+                    "target",
+                    "status",
+                    "ONNX KB",
+                    "float TFLite KB",
+                    "int8 TFLite KB",
+                    "int8 vs float clean %",
+                    "int8 vs float robust %",
+                ],
+                "rows": [export_row(f, d) for f, d in found],
+                "id": "exports",
+            },
+        )
+    )
     return out
 
 
@@ -234,11 +317,18 @@ def _latency(doc: dict[str, Any]) -> list[Block]:
     measured = [r for r in doc["front"] if r.get("latency_ms") is not None]
     out = [Block("h2", "Latency")]
     if not lat and not measured:
-        return out + [Block("p", "Not measured: the search ran without --latency-source (docs/profiling.md).")]
+        return out + [
+            Block("p", "Not measured: the search ran without --latency-source (docs/profiling.md).")
+        ]
     if lat:
         out.append(Block("list", items=[f"{k}: {_f(v, 4)}" for k, v in lat.items()]))
-    out.append(Block("p", f"latency_ms of {len(measured)} of {len(doc['front'])} front members: the front table's "
-                          f"latency column."))
+    out.append(
+        Block(
+            "p",
+            f"latency_ms of {len(measured)} of {len(doc['front'])} front members: the front table's "
+            f"latency column.",
+        )
+    )
     return out
 
 
@@ -246,29 +336,46 @@ def _provenance(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
     from nasctl.core import sha256_file
 
     cfg = _read_json(run_dir / "config.json") or {}
-    rows = [["run folder", str(run_dir.resolve())], ["seed", _f(doc.get("seed"))],
-            ["created", str(cfg.get("created", ""))], ["command line", " ".join(map(str, cfg.get("argv") or []))],
-            ["supernet", str(doc.get("supernet", ""))], ["supernet sha256 (recorded)", str(doc.get("supernet_sha256"))]]
+    rows = [
+        ["run folder", str(run_dir.resolve())],
+        ["seed", _f(doc.get("seed"))],
+        ["created", str(cfg.get("created", ""))],
+        ["command line", " ".join(map(str, cfg.get("argv") or []))],
+        ["supernet", str(doc.get("supernet", ""))],
+        ["supernet sha256 (recorded)", str(doc.get("supernet_sha256"))],
+    ]
     for r in doc["front"]:
         ref = r.get("finetuned_checkpoint")
         if ref:
             p = run_dir / ref
-            rows.append([f"fine-tuned {r['genome']}", f"{ref} sha256 {sha256_file(p) if p.is_file() else 'MISSING'}"])
+            rows.append(
+                [f"fine-tuned {r['genome']}", f"{ref} sha256 {sha256_file(p) if p.is_file() else 'MISSING'}"]
+            )
     rows += [[f"version: {k}", str(v)] for k, v in (cfg.get("versions") or {}).items()]
-    return [Block("h2", "Provenance"),
-            Block("table", table={"columns": ["what", "value"], "rows": rows, "id": "provenance"})]
+    return [
+        Block("h2", "Provenance"),
+        Block("table", table={"columns": ["what", "value"], "rows": rows, "id": "provenance"}),
+    ]
 
 
 def collect(run_dir: Path, doc: dict[str, Any], run_root: Path) -> list[Block]:
-    return (_overview(run_dir, doc) + _front(run_dir, doc) + _layers(run_dir) + _experiments(run_dir, run_root)
-            + _exports(run_dir, run_root) + _latency(doc) + _config(run_dir) + _provenance(run_dir, doc))
+    return (
+        _overview(run_dir, doc)
+        + _front(run_dir, doc)
+        + _layers(run_dir)
+        + _experiments(run_dir, run_root)
+        + _exports(run_dir, run_root)
+        + _latency(doc)
+        + _config(run_dir)
+        + _provenance(run_dir, doc)
+    )
 
 
 # --- rendering ---------------------------------------------------------------------------------------
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}
 th,td{border:1px solid #ccc;padding:0.25em 0.5em;text-align:right}
-td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f0f0f0}
+td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}th{background:#f0f0f0}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.85em;color:#555}
 code{font-size:0.9em}"""
 
@@ -282,8 +389,12 @@ def png_data_uri(path: Path) -> str:
 
 def render_html(blocks: list[Block], title: str) -> str:
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
-           f"<style>{CSS}</style></head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+    ]
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
             out.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
@@ -293,13 +404,18 @@ def render_html(blocks: list[Block], title: str) -> str:
             out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>")
         elif b.kind == "table":
             t = b.table
-            out.append(f'<table id="{e(t.get("id", ""))}"><thead><tr>'
-                       + "".join(f"<th>{e(str(c))}</th>" for c in t["columns"]) + "</tr></thead><tbody>")
+            out.append(
+                f'<table id="{e(t.get("id", ""))}"><thead><tr>'
+                + "".join(f"<th>{e(str(c))}</th>" for c in t["columns"])
+                + "</tr></thead><tbody>"
+            )
             out += ["<tr>" + "".join(f"<td>{e(_f(v))}</td>" for v in row) + "</tr>" for row in t["rows"]]
             out.append("</tbody></table>")
         elif b.kind == "img":
-            out.append(f'<figure><img src="{png_data_uri(b.path)}" alt="{e(b.text)}">'
-                       f"<figcaption>{e(b.text)}</figcaption></figure>")
+            out.append(
+                f'<figure><img src="{png_data_uri(b.path)}" alt="{e(b.text)}">'
+                f"<figcaption>{e(b.text)}</figcaption></figure>"
+            )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -329,15 +445,19 @@ def render_markdown(blocks: list[Block], out_dir: Path) -> str:
     return "\n".join(out)
 
 
-def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None,
-                 run_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+def write_report(
+    run: str | os.PathLike, out: str | os.PathLike | None = None, run_root: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
     """Write ``report.html`` (default: inside the run folder) and the same content as ``.md`` beside it;
     returns both paths. One :class:`NasctlError` line for a run without ``pareto.json``."""
     from .select import read_front
 
     run_dir, doc = read_front(run)
-    root = Path(run_root) if run_root else (run_dir.parent.parent if run_dir.parent.name == "search"
-                                            else run_dir.parent)
+    root = (
+        Path(run_root)
+        if run_root
+        else (run_dir.parent.parent if run_dir.parent.name == "search" else run_dir.parent)
+    )
     html_path = Path(out) if out else run_dir / "report.html"
     if html_path.is_dir():
         html_path = html_path / f"report-{run_dir.name}.html"

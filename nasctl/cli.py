@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "latency of a model file, a device's lookup table, or a genome's predicted latency"),
     "devices": ("nasctl.commands.devices", "list the Android phones adb sees, with their fingerprint"),
     "bench": ("nasctl.commands.bench", "benchmark .tflite models on Android phones (TFLite benchmark_model)"),
+    "experiment": ("nasctl.commands.experiment",
+                   "TAM-NAS's studies on a search run: transfer, width, finetune-vs-scratch"),
+    "report": ("nasctl.commands.report", "one self-contained HTML (and Markdown) page of a search run"),
 }
 
 

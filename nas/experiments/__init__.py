@@ -31,14 +31,32 @@ class Study:
         return getattr(mod, self.config), getattr(mod, self.run)
 
 
-STUDIES: dict[str, Study] = {s.name: s for s in (
-    Study("transfer", "transfer", "TransferConfig", "run_transfer",
-          "adversarial transferability between the supernet's largest path and front members"),
-    Study("width", "width", "WidthConfig", "run_width",
-          "supernets of several widths trained and searched with one budget; their fronts compared"),
-    Study("finetune-vs-scratch", "finetune_scratch", "FinetuneScratchConfig", "run_finetune_scratch",
-          "front members with inherited, fine-tuned and from-scratch weights"),
-)}
+STUDIES: dict[str, Study] = {
+    s.name: s
+    for s in (
+        Study(
+            "transfer",
+            "transfer",
+            "TransferConfig",
+            "run_transfer",
+            "adversarial transferability between the supernet's largest path and front members",
+        ),
+        Study(
+            "width",
+            "width",
+            "WidthConfig",
+            "run_width",
+            "supernets of several widths trained and searched with one budget; their fronts compared",
+        ),
+        Study(
+            "finetune-vs-scratch",
+            "finetune_scratch",
+            "FinetuneScratchConfig",
+            "run_finetune_scratch",
+            "front members with inherited, fine-tuned and from-scratch weights",
+        ),
+    )
+}
 
 
 def resume_experiment(path: str | Path) -> Path:
@@ -52,6 +70,5 @@ def resume_experiment(path: str | Path) -> Path:
 
         raise NasctlError(f"experiment {str(path)!r} is of an unknown study {folder.study!r}")
     cls, run = STUDIES[folder.study].resolve()
-    cfg = build_config(cls, dict(folder.config.get("config") or {}),
-                       f"{str(Path(path) / 'config.json')!r}")
+    cfg = build_config(cls, dict(folder.config.get("config") or {}), f"{str(Path(path) / 'config.json')!r}")
     return run(cfg, resume=path)

@@ -82,8 +82,9 @@ def run_finetune_scratch(cfg: FinetuneScratchConfig, resume: str | Path | None =
         folder = None
     run = open_run(run_dir, doc)
     if folder is None:
-        folder = folder_mod.start(cfg.run_root, STUDY, cfg, [str(run_dir)], {"members": picks, "epochs": epochs},
-                                  cfg.name)
+        folder = folder_mod.start(
+            cfg.run_root, STUDY, cfg, [str(run_dir)], {"members": picks, "epochs": epochs}, cfg.name
+        )
     try:
         with run_lock(folder.path):
             return _execute(cfg, folder, run, picks, epochs)
@@ -97,9 +98,13 @@ def run_finetune_scratch(cfg: FinetuneScratchConfig, resume: str | Path | None =
 def _reusable(rec: dict[str, Any], cfg: FinetuneScratchConfig, epochs: int, seed: int, run_seed: int) -> bool:
     """Whether the search's fine-tune stage trained this member exactly as this study would."""
     default = FinetuneConfig()
-    return ("finetuned_adv_acc" in rec and int(rec.get("finetuned_epochs") or -1) == epochs and seed == run_seed
-            and (cfg.lr, cfg.batch_size, cfg.attack_steps) == (default.lr, default.batch_size,
-                                                                default.attack_steps))
+    return (
+        "finetuned_adv_acc" in rec
+        and int(rec.get("finetuned_epochs") or -1) == epochs
+        and seed == run_seed
+        and (cfg.lr, cfg.batch_size, cfg.attack_steps)
+        == (default.lr, default.batch_size, default.attack_steps)
+    )
 
 
 def _execute(cfg, folder, run, picks, epochs) -> Path:
@@ -115,18 +120,36 @@ def _execute(cfg, folder, run, picks, epochs) -> Path:
             cell = f"{i}:{arm}"
             if cell in done:
                 continue
-            base = {"member": i, "genome": rec["genome"], "params": rec["params"], "arm": arm,
-                    "knee": i == run.knee}
+            base = {
+                "member": i,
+                "genome": rec["genome"],
+                "params": rec["params"],
+                "arm": arm,
+                "knee": i == run.knee,
+            }
             if arm == "inherited":
-                done[cell] = folder.append(cell, {**base, "clean_acc": rec["final_clean_acc"],
-                                                  "adv_acc": rec["final_adv_acc"], "epochs": 0,
-                                                  "from": "pareto.json (final_clean_acc, final_adv_acc)"})
+                done[cell] = folder.append(
+                    cell,
+                    {
+                        **base,
+                        "clean_acc": rec["final_clean_acc"],
+                        "adv_acc": rec["final_adv_acc"],
+                        "epochs": 0,
+                        "from": "pareto.json (final_clean_acc, final_adv_acc)",
+                    },
+                )
                 continue
             if arm == "finetuned" and _reusable(rec, cfg, epochs, seed, run.seed):
-                done[cell] = folder.append(cell, {**base, "clean_acc": rec["finetuned_clean_acc"],
-                                                  "adv_acc": rec["finetuned_adv_acc"], "epochs": epochs,
-                                                  "from": f"the search's fine-tune stage "
-                                                          f"({rec.get('finetuned_checkpoint')})"})
+                done[cell] = folder.append(
+                    cell,
+                    {
+                        **base,
+                        "clean_acc": rec["finetuned_clean_acc"],
+                        "adv_acc": rec["finetuned_adv_acc"],
+                        "epochs": epochs,
+                        "from": f"the search's fine-tune stage ({rec.get('finetuned_checkpoint')})",
+                    },
+                )
                 continue
             out = folder.path / _member_dir(rec) / arm
             result_path = out / "result.json"
@@ -135,25 +158,53 @@ def _execute(cfg, folder, run, picks, epochs) -> Path:
 
                 result = json.loads(result_path.read_text())
             else:
-                log.info("%s %d/%d: %s (%s params, %d epochs)", "fine-tuning" if arm == "finetuned" else
-                         "training from scratch", n, len(picks), rec["genome"], f"{rec['params']:,}", epochs)
+                log.info(
+                    "%s %d/%d: %s (%s params, %d epochs)",
+                    "fine-tuning" if arm == "finetuned" else "training from scratch",
+                    n,
+                    len(picks),
+                    rec["genome"],
+                    f"{rec['params']:,}",
+                    epochs,
+                )
                 out.mkdir(parents=True, exist_ok=True)
                 model = run.loaded.supernet.extract(run.loaded.space.parse(rec["genome"]))
                 _recalibrate_for_training(model, run.data, run.calibration.seed, run.calibration.batches)
-                fcfg = FinetuneConfig(run=str(run.run_dir), pick=str(i), from_scratch=arm == "scratch",
-                                      epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                      attack_steps=cfg.attack_steps, eps=run.eps,
-                                      final_steps=int(final.get("steps") or 20),
-                                      final_restarts=int(final.get("restarts") or 3), seed=seed,
-                                      device=cfg.device)
-                source = {"run": str(run.run_dir), "front_index": i, "knee": i == run.knee,
-                          "supernet": run.loaded.path, "weights": "scratch" if arm == "scratch" else "inherited"}
-                result = train_and_save(model, rec["genome"], run.loaded, run.data, fcfg, run.eps, out, source,
-                                        device)
-            done[cell] = folder.append(cell, {**base, "clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
-                                              "epochs": result["epochs"],
-                                              "from": str((out / result["checkpoint"]).relative_to(folder.path)),
-                                              "train_seconds": result.get("train_seconds")})
+                fcfg = FinetuneConfig(
+                    run=str(run.run_dir),
+                    pick=str(i),
+                    from_scratch=arm == "scratch",
+                    epochs=epochs,
+                    lr=cfg.lr,
+                    batch_size=cfg.batch_size,
+                    attack_steps=cfg.attack_steps,
+                    eps=run.eps,
+                    final_steps=int(final.get("steps") or 20),
+                    final_restarts=int(final.get("restarts") or 3),
+                    seed=seed,
+                    device=cfg.device,
+                )
+                source = {
+                    "run": str(run.run_dir),
+                    "front_index": i,
+                    "knee": i == run.knee,
+                    "supernet": run.loaded.path,
+                    "weights": "scratch" if arm == "scratch" else "inherited",
+                }
+                result = train_and_save(
+                    model, rec["genome"], run.loaded, run.data, fcfg, run.eps, out, source, device
+                )
+            done[cell] = folder.append(
+                cell,
+                {
+                    **base,
+                    "clean_acc": result["clean_acc"],
+                    "adv_acc": result["adv_acc"],
+                    "epochs": result["epochs"],
+                    "from": str((out / result["checkpoint"]).relative_to(folder.path)),
+                    "train_seconds": result.get("train_seconds"),
+                },
+            )
     return _finish(folder, run, picks, epochs, done)
 
 
@@ -162,35 +213,73 @@ def _finish(folder, run, picks, epochs, done) -> Path:
     rows, csv_rows = [], []
     for i in picks:
         r = {arm: done[f"{i}:{arm}"] for arm in ARMS}
-        rows.append([member_label(i, front[i], knee), front[i]["genome"],
-                     *[v for arm in ARMS for v in (r[arm]["clean_acc"], r[arm]["adv_acc"])],
-                     r["finetuned"]["adv_acc"] - r["scratch"]["adv_acc"]])
-        csv_rows.append([i, front[i]["genome"], front[i]["params"],
-                         *[f"{v:.2f}" for arm in ARMS for v in (r[arm]["clean_acc"], r[arm]["adv_acc"])]])
-    columns = ["member", "genome", "inherited clean %", "inherited PGD %", "fine-tuned clean %",
-               "fine-tuned PGD %", "scratch clean %", "scratch PGD %", "fine-tuned - scratch PGD"]
+        rows.append(
+            [
+                member_label(i, front[i], knee),
+                front[i]["genome"],
+                *[v for arm in ARMS for v in (r[arm]["clean_acc"], r[arm]["adv_acc"])],
+                r["finetuned"]["adv_acc"] - r["scratch"]["adv_acc"],
+            ]
+        )
+        csv_rows.append(
+            [
+                i,
+                front[i]["genome"],
+                front[i]["params"],
+                *[f"{v:.2f}" for arm in ARMS for v in (r[arm]["clean_acc"], r[arm]["adv_acc"])],
+            ]
+        )
+    columns = [
+        "member",
+        "genome",
+        "inherited clean %",
+        "inherited PGD %",
+        "fine-tuned clean %",
+        "fine-tuned PGD %",
+        "scratch clean %",
+        "scratch PGD %",
+        "fine-tuned - scratch PGD",
+    ]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["front_index", "genome", "params", *[f"{a}_{m}" for a in ARMS for m in ("clean_acc", "adv_acc")]])
+    w.writerow(
+        ["front_index", "genome", "params", *[f"{a}_{m}" for a in ARMS for m in ("clean_acc", "adv_acc")]]
+    )
     w.writerows(csv_rows)
     atomic_write_text(folder.path / "finetune_vs_scratch.csv", buf.getvalue())
     fa = run.final_attack
     attack = f"PGD-{fa.get('steps')} x{fa.get('restarts')}"
-    plot_arms(folder.path / "finetune_vs_scratch.png", [member_label(i, front[i], knee) for i in picks],
-              np.array([[done[f"{i}:{a}"]["clean_acc"] for a in ARMS] for i in picks]),
-              np.array([[done[f"{i}:{a}"]["adv_acc"] for a in ARMS] for i in picks]),
-              f"{epochs} epochs each; test {attack}, eps {run.eps:g}")
+    plot_arms(
+        folder.path / "finetune_vs_scratch.png",
+        [member_label(i, front[i], knee) for i in picks],
+        np.array([[done[f"{i}:{a}"]["clean_acc"] for a in ARMS] for i in picks]),
+        np.array([[done[f"{i}:{a}"]["adv_acc"] for a in ARMS] for i in picks]),
+        f"{epochs} epochs each; test {attack}, eps {run.eps:g}",
+    )
     diffs = np.array([row[-1] for row in rows])
     gains = np.array([done[f"{i}:finetuned"]["adv_acc"] - done[f"{i}:inherited"]["adv_acc"] for i in picks])
-    findings = [f"Fine-tuning beats training from scratch on PGD accuracy for {int((diffs > 0).sum())} of "
-                f"{len(picks)} members (mean {diffs.mean():+.1f} points) with the same {epochs}-epoch budget.",
-                f"Fine-tuning adds {gains.mean():+.1f} points (mean) of PGD accuracy to the inherited weights."]
-    title = (f"Clean and PGD test accuracy ({attack}, eps {run.eps:g}, {len(run.data.test)} test images) of "
-             f"{len(picks)} front members: inherited weights, fine-tuned from them and trained from scratch, "
-             f"{epochs} epochs of PGD-{FinetuneConfig.attack_steps} adversarial training each (* knee).")
-    folder.finish(title, {"columns": columns, "rows": rows}, ["finetune_vs_scratch.png"], findings,
-                  {"members": picks, "epochs": epochs, "csv": "finetune_vs_scratch.csv",
-                   "cells": [done[f"{i}:{a}"] for i in picks for a in ARMS]})
+    findings = [
+        f"Fine-tuning beats training from scratch on PGD accuracy for {int((diffs > 0).sum())} of "
+        f"{len(picks)} members (mean {diffs.mean():+.1f} points) with the same {epochs}-epoch budget.",
+        f"Fine-tuning adds {gains.mean():+.1f} points (mean) of PGD accuracy to the inherited weights.",
+    ]
+    title = (
+        f"Clean and PGD test accuracy ({attack}, eps {run.eps:g}, {len(run.data.test)} test images) of "
+        f"{len(picks)} front members: inherited weights, fine-tuned from them and trained from scratch, "
+        f"{epochs} epochs of PGD-{FinetuneConfig.attack_steps} adversarial training each (* knee)."
+    )
+    folder.finish(
+        title,
+        {"columns": columns, "rows": rows},
+        ["finetune_vs_scratch.png"],
+        findings,
+        {
+            "members": picks,
+            "epochs": epochs,
+            "csv": "finetune_vs_scratch.csv",
+            "cells": [done[f"{i}:{a}"] for i in picks for a in ARMS],
+        },
+    )
     return folder.path
 
 
@@ -211,7 +300,7 @@ def plot_arms(path: Path, labels: list[str], clean: np.ndarray, adv: np.ndarray,
     ax.set_xticks(x, labels, fontsize=8, rotation=15)
     ax.set_ylabel("test accuracy %")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)

@@ -59,8 +59,11 @@ class ExperimentFolder:
                 out[str(rec["cell"])] = rec
             except (ValueError, KeyError, TypeError):
                 if n < len(lines):  # the last piece without its newline is a half-written line: silent
-                    log.warning("%s line %d is not a result: skipped (its cell is computed again)",
-                                self.results_path, n)
+                    log.warning(
+                        "%s line %d is not a result: skipped (its cell is computed again)",
+                        self.results_path,
+                        n,
+                    )
         return out
 
     def append(self, cell: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -79,12 +82,25 @@ class ExperimentFolder:
             os.fsync(f.fileno())
         return rec
 
-    def finish(self, title: str, table: dict[str, Any], plots: Iterable[str], findings: Iterable[str],
-               extra: dict[str, Any] | None = None) -> Path:
+    def finish(
+        self,
+        title: str,
+        table: dict[str, Any],
+        plots: Iterable[str],
+        findings: Iterable[str],
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
         """Write ``result.json`` and ``summary.md`` (the table, the findings, the files)."""
-        doc = {"format": RESULT_FORMAT, "study": self.study, "title": title,
-               "search_runs": self.config.get("search_runs", []), "table": table,
-               "plots": list(plots), "findings": list(findings), **(extra or {})}
+        doc = {
+            "format": RESULT_FORMAT,
+            "study": self.study,
+            "title": title,
+            "search_runs": self.config.get("search_runs", []),
+            "table": table,
+            "plots": list(plots),
+            "findings": list(findings),
+            **(extra or {}),
+        }
         atomic_write_json(self.path / RESULT, doc)
         atomic_write_text(self.path / "summary.md", result_markdown(doc, self.path.name))
         return self.path / RESULT
@@ -95,17 +111,26 @@ def _cut_last_line(path: Path) -> None:
     atomic_write_text(path, data[: data.rfind(b"\n") + 1].decode())
 
 
-def start(run_root: str | os.PathLike, study: str, config: Any, search_runs: list[str],
-          extra: dict[str, Any] | None = None, name: str = "") -> ExperimentFolder:
+def start(
+    run_root: str | os.PathLike,
+    study: str,
+    config: Any,
+    search_runs: list[str],
+    extra: dict[str, Any] | None = None,
+    name: str = "",
+) -> ExperimentFolder:
     """A new ``<run_root>/experiment/<stamp>-<study>[-name]/`` with its ``config.json`` written.
 
     ``search_runs``: absolute paths of the search run folders the study reads or makes, so
     ``nasctl report`` finds the study from any of them.
     """
     path = make_run_dir(run_root, COMMAND, f"{study}-{name}" if name else study)
-    doc = write_run_config(path, f"{COMMAND} {study}", config,
-                           {"study": study, "search_runs": [str(Path(p).resolve()) for p in search_runs],
-                            **(extra or {})})
+    doc = write_run_config(
+        path,
+        f"{COMMAND} {study}",
+        config,
+        {"study": study, "search_runs": [str(Path(p).resolve()) for p in search_runs], **(extra or {})},
+    )
     return ExperimentFolder(path, study, doc)
 
 
@@ -114,15 +139,19 @@ def reopen(path: str | os.PathLike) -> ExperimentFolder:
     path = Path(path)
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        raise NasctlError(f"--resume {str(path)!r} is not an experiment folder (no config.json): give "
-                          f"runs/experiment/<stamp>-<study>")
+        raise NasctlError(
+            f"--resume {str(path)!r} is not an experiment folder (no config.json): give "
+            f"runs/experiment/<stamp>-<study>"
+        )
     try:
         doc = json.loads(cfg_path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise NasctlError(f"{str(cfg_path)!r} is not valid JSON ({e}): start a new experiment") from e
     if not isinstance(doc, dict) or not str(doc.get("command", "")).startswith(COMMAND) or "study" not in doc:
-        raise NasctlError(f"--resume {str(path)!r} is a {doc.get('command') if isinstance(doc, dict) else '?'!r} "
-                          f"run, not an experiment")
+        raise NasctlError(
+            f"--resume {str(path)!r} is a {doc.get('command') if isinstance(doc, dict) else '?'!r} "
+            f"run, not an experiment"
+        )
     return ExperimentFolder(path, str(doc["study"]), doc)
 
 

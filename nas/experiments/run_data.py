@@ -60,8 +60,10 @@ def check_members(members: int, run_dir: Path, front: list[dict[str, Any]]) -> N
     if members < 1:
         raise NasctlError(f"--members must be >= 1, got {members}")
     if members > len(front):
-        raise NasctlError(f"--members {members} is larger than the front of run {str(run_dir)!r}, which has "
-                          f"{len(front)} members: choose 1..{len(front)}")
+        raise NasctlError(
+            f"--members {members} is larger than the front of run {str(run_dir)!r}, which has "
+            f"{len(front)} members: choose 1..{len(front)}"
+        )
 
 
 def member_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:

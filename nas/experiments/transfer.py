@@ -107,10 +107,17 @@ def run_transfer(cfg: TransferConfig, resume: str | Path | None = None) -> Path:
     if folder is not None:  # as recorded: a resumed study finishes with the attack it started with
         steps, restarts, seed = int(attack["steps"]), int(attack["restarts"]), int(attack["seed"])
     else:
-        folder = folder_mod.start(cfg.run_root, STUDY, cfg, [str(run_dir)],
-                                  {"members": picks, "attack": {"steps": steps, "restarts": restarts,
-                                                                "eps": run.eps, "seed": seed}},
-                                  cfg.name)
+        folder = folder_mod.start(
+            cfg.run_root,
+            STUDY,
+            cfg,
+            [str(run_dir)],
+            {
+                "members": picks,
+                "attack": {"steps": steps, "restarts": restarts, "eps": run.eps, "seed": seed},
+            },
+            cfg.name,
+        )
     try:
         with run_lock(folder.path):
             return _execute(cfg, folder, run, picks, steps, restarts, seed)
@@ -128,7 +135,7 @@ def _execute(cfg, folder, run, picks, steps, restarts, seed) -> Path:
     from ..candidates import genome_seed
 
     device = resolve_device(cfg.device)
-    front, knee = run.front, run.knee
+    front = run.front
     largest = run.loaded.space.largest().encode()
     sources = [(LARGEST, largest, None)] + [(f"member:{i}", front[i]["genome"], i) for i in picks]
     targets = [run.subnet(front[i]["genome"]).to(device) for i in picks]
@@ -138,19 +145,34 @@ def _execute(cfg, folder, run, picks, steps, restarts, seed) -> Path:
         if cell in done:
             continue
         t0 = time.perf_counter()
-        log.info("transfer %d/%d: PGD-%d x%d crafted on %s (%s)", n, len(sources), steps, restarts,
-                 "the largest path" if index is None else f"front member #{index}", genome)
-        model = (targets[picks.index(index)] if index is not None else run.subnet(genome).to(device))
+        log.info(
+            "transfer %d/%d: PGD-%d x%d crafted on %s (%s)",
+            n,
+            len(sources),
+            steps,
+            restarts,
+            "the largest path" if index is None else f"front member #{index}",
+            genome,
+        )
+        model = targets[picks.index(index)] if index is not None else run.subnet(genome).to(device)
         gen = torch.Generator(device=device).manual_seed(genome_seed(seed + 1, genome))
         clean, robust = _craft_and_score(model, targets, run.data.test, attack, gen, device)
         total = len(run.data.test)
-        done[cell] = folder.append(cell, {
-            "source": genome, "source_index": index,
-            "source_params": front[index]["params"] if index is not None else _params(run, genome),
-            "clean_acc": [100.0 * c / total for c in clean], "robust_acc": [100.0 * r / total for r in robust],
-            "images": total, "seconds": time.perf_counter() - t0})
-    return _finish(folder, run, picks, sources, [done[c] for c, _, _ in sources], steps, restarts,
-                   cfg.masking_margin)
+        done[cell] = folder.append(
+            cell,
+            {
+                "source": genome,
+                "source_index": index,
+                "source_params": front[index]["params"] if index is not None else _params(run, genome),
+                "clean_acc": [100.0 * c / total for c in clean],
+                "robust_acc": [100.0 * r / total for r in robust],
+                "images": total,
+                "seconds": time.perf_counter() - t0,
+            },
+        )
+    return _finish(
+        folder, run, picks, sources, [done[c] for c, _, _ in sources], steps, restarts, cfg.masking_margin
+    )
 
 
 def _params(run, genome: str) -> int:
@@ -169,9 +191,17 @@ def analyse(matrix: np.ndarray, picks: list[int], knee: int, margin: float) -> d
         white = float(matrix[1 + j, j])
         others = [(float(matrix[r, j]), r) for r in range(matrix.shape[0]) if r != 1 + j]
         strongest, row = min(others)
-        out.append({"target": index, "white_box": white, "largest_transfer": float(matrix[0, j]),
-                    "strongest_transfer": strongest, "strongest_row": row,
-                    "gap": white - strongest, "flag": white - strongest > margin})
+        out.append(
+            {
+                "target": index,
+                "white_box": white,
+                "largest_transfer": float(matrix[0, j]),
+                "strongest_transfer": strongest,
+                "strongest_row": row,
+                "gap": white - strongest,
+                "flag": white - strongest > margin,
+            }
+        )
     by_target = {o["target"]: o for o in out}
     return {"targets": out, "knee": by_target.get(knee)}
 
@@ -181,25 +211,45 @@ def _finish(folder, run, picks, sources, cells, steps, restarts, margin) -> Path
     matrix = np.array([c["robust_acc"] for c in cells], dtype=float)
     clean = np.array(cells[0]["clean_acc"], dtype=float)
     row_labels = [f"largest path ({cells[0]['source_params']:,} p)"] + [
-        member_label(i, front[i], knee) for i in picks]
+        member_label(i, front[i], knee) for i in picks
+    ]
     col_labels = [member_label(i, front[i], knee) for i in picks]
     res = analyse(matrix, picks, knee, margin)
     _write_csv(folder.path / "transfer_matrix.csv", sources, cells, picks, front, clean, matrix)
-    plot_heatmap(folder.path / "transfer_heatmap.png", matrix, row_labels, col_labels,
-                 f"PGD-{steps} x{restarts}, eps {run.eps:g}: robust accuracy % of targets (columns) on images "
-                 f"crafted on sources (rows)")
+    plot_heatmap(
+        folder.path / "transfer_heatmap.png",
+        matrix,
+        row_labels,
+        col_labels,
+        f"PGD-{steps} x{restarts}, eps {run.eps:g}: robust accuracy % of targets (columns) on images "
+        f"crafted on sources (rows)",
+    )
     findings = _findings(res, row_labels, margin)
     columns = ["source \\ target"] + col_labels
     rows = [[label, *[float(v) for v in matrix[r]]] for r, label in enumerate(row_labels)]
     rows.append(["(clean accuracy)", *[float(v) for v in clean]])
-    title = (f"Robust accuracy (%) of {len(picks)} front members (columns) on PGD-{steps} x{restarts} examples "
-             f"crafted white-box on each source (rows), eps {run.eps:g}, {cells[0]['images']} test images, "
-             f"inherited weights; the diagonal of the member rows is white-box (* knee).")
-    folder.finish(title, {"columns": columns, "rows": rows}, ["transfer_heatmap.png"], findings,
-                  {"matrix": matrix.tolist(), "clean_acc": clean.tolist(), "sources": [g for _, g, _ in sources],
-                   "targets": [front[i]["genome"] for i in picks], "members": picks, "knee": knee,
-                   "analysis": res, "csv": "transfer_matrix.csv",
-                   "gradient_masking_suspected": bool(res["knee"] and res["knee"]["flag"])})
+    title = (
+        f"Robust accuracy (%) of {len(picks)} front members (columns) on PGD-{steps} x{restarts} examples "
+        f"crafted white-box on each source (rows), eps {run.eps:g}, {cells[0]['images']} test images, "
+        f"inherited weights; the diagonal of the member rows is white-box (* knee)."
+    )
+    folder.finish(
+        title,
+        {"columns": columns, "rows": rows},
+        ["transfer_heatmap.png"],
+        findings,
+        {
+            "matrix": matrix.tolist(),
+            "clean_acc": clean.tolist(),
+            "sources": [g for _, g, _ in sources],
+            "targets": [front[i]["genome"] for i in picks],
+            "members": picks,
+            "knee": knee,
+            "analysis": res,
+            "csv": "transfer_matrix.csv",
+            "gradient_masking_suspected": bool(res["knee"] and res["knee"]["flag"]),
+        },
+    )
     return folder.path
 
 
@@ -209,29 +259,39 @@ def _findings(res: dict[str, Any], row_labels: list[str], margin: float) -> list
     if k is not None:
         src = row_labels[k["strongest_row"]]
         if k["flag"]:
-            out.append(f"Gradient masking suspected for the knee: transfer from {src} leaves "
-                       f"{k['strongest_transfer']:.1f} % robust, {k['gap']:.1f} points below its white-box "
-                       f"{k['white_box']:.1f} % (margin {margin:g}): confirm with nasctl eval (more restarts, "
-                       f"AutoAttack) before trusting its robustness.")
+            out.append(
+                f"Gradient masking suspected for the knee: transfer from {src} leaves "
+                f"{k['strongest_transfer']:.1f} % robust, {k['gap']:.1f} points below its white-box "
+                f"{k['white_box']:.1f} % (margin {margin:g}): confirm with nasctl eval (more restarts, "
+                f"AutoAttack) before trusting its robustness."
+            )
         else:
-            out.append(f"No sign of gradient masking for the knee: white-box PGD leaves {k['white_box']:.1f} %, "
-                       f"the strongest transfer (from {src}) {k['strongest_transfer']:.1f} %, and the largest "
-                       f"path's {k['largest_transfer']:.1f} % (transfer is expected to be weaker than white-box).")
+            out.append(
+                f"No sign of gradient masking for the knee: white-box PGD leaves {k['white_box']:.1f} %, "
+                f"the strongest transfer (from {src}) {k['strongest_transfer']:.1f} %, and the largest "
+                f"path's {k['largest_transfer']:.1f} % (transfer is expected to be weaker than white-box)."
+            )
     flagged = [t for t in res["targets"] if t["flag"] and (k is None or t["target"] != k["target"])]
     for t in flagged:
-        out.append(f"Member #{t['target']}: transfer from {row_labels[t['strongest_row']]} is "
-                   f"{t['gap']:.1f} points stronger than white-box ({t['strongest_transfer']:.1f} vs "
-                   f"{t['white_box']:.1f} %): suspected gradient masking.")
+        out.append(
+            f"Member #{t['target']}: transfer from {row_labels[t['strongest_row']]} is "
+            f"{t['gap']:.1f} points stronger than white-box ({t['strongest_transfer']:.1f} vs "
+            f"{t['white_box']:.1f} %): suspected gradient masking."
+        )
     gaps = [t["largest_transfer"] - t["white_box"] for t in res["targets"]]
-    out.append(f"Examples crafted on the largest path leave the members {np.mean(gaps):+.1f} points "
-               f"(mean) of robust accuracy compared with white-box attacks on themselves.")
+    out.append(
+        f"Examples crafted on the largest path leave the members {np.mean(gaps):+.1f} points "
+        f"(mean) of robust accuracy compared with white-box attacks on themselves."
+    )
     return out
 
 
 def _write_csv(path: Path, sources, cells, picks, front, clean, matrix) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["source", "source_index", "source_params", *[f"target:{i}:{front[i]['params']}" for i in picks]])
+    w.writerow(
+        ["source", "source_index", "source_params", *[f"target:{i}:{front[i]['params']}" for i in picks]]
+    )
     for (_, genome, index), c, row in zip(sources, cells, matrix):
         w.writerow([genome, "" if index is None else index, c["source_params"], *[f"{v:.2f}" for v in row]])
     w.writerow(["clean", "", "", *[f"{v:.2f}" for v in clean]])
@@ -253,8 +313,16 @@ def plot_heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str
     ax.set_ylabel("source (PGD crafted on)")
     for (i, j), v in np.ndenumerate(matrix):
         wb = i == j + 1
-        ax.text(j, i, f"{v:.1f}" + ("\nwhite-box" if wb else ""), ha="center", va="center",
-                color="w" if v < 60 else "k", fontsize=7, fontweight="bold" if wb else "normal")
+        ax.text(
+            j,
+            i,
+            f"{v:.1f}" + ("\nwhite-box" if wb else ""),
+            ha="center",
+            va="center",
+            color="w" if v < 60 else "k",
+            fontsize=7,
+            fontweight="bold" if wb else "normal",
+        )
         if wb:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     fig.colorbar(im, ax=ax, label="robust accuracy %")

@@ -73,12 +73,24 @@ class WidthConfig:
             raise NasctlError("--width-mult needs at least one width multiplier, e.g. 0.5,1.0,1.5")
         bad = [w for w in self.width_mult if not (isinstance(w, (int, float)) and w > 0)]
         if bad:
-            raise NasctlError(f"--width-mult values must be > 0 (they multiply every channel choice), got "
-                              f"{bad[0]}")
+            raise NasctlError(
+                f"--width-mult values must be > 0 (they multiply every channel choice), got {bad[0]}"
+            )
         if len(set(self.width_mult)) != len(self.width_mult):
             raise NasctlError(f"--width-mult lists a width twice: {self.width_mult}")
-        check_at_least_one(self, ("epochs", "pop_size", "generations", "pgd_steps", "val_size", "final_steps",
-                                  "final_restarts", "test_size"))
+        check_at_least_one(
+            self,
+            (
+                "epochs",
+                "pop_size",
+                "generations",
+                "pgd_steps",
+                "val_size",
+                "final_steps",
+                "final_restarts",
+                "test_size",
+            ),
+        )
         if self.param_budgets is not None and (not self.param_budgets or min(self.param_budgets) < 1):
             raise NasctlError(f"--param-budgets must be positive parameter counts, got {self.param_budgets}")
         self.train_config(self.width_mult[0]).validate()
@@ -87,23 +99,44 @@ class WidthConfig:
     def train_config(self, width: float):
         from ..train import TrainConfig
 
-        return TrainConfig(dataset=self.dataset, data_dir=self.data_dir, space=self.space, width_mult=float(width),
-                           epochs=self.epochs, train_subset=self.train_subset, seed=self.seed, device=self.device)
+        return TrainConfig(
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            space=self.space,
+            width_mult=float(width),
+            epochs=self.epochs,
+            train_subset=self.train_subset,
+            seed=self.seed,
+            device=self.device,
+        )
 
     def search_config(self, supernet: str, width: float):
         from ..search import SearchConfig
 
-        return SearchConfig(supernet=supernet, dataset=self.dataset, data_dir=self.data_dir, pop_size=self.pop_size,
-                            generations=self.generations, pgd_steps=self.pgd_steps, val_size=self.val_size,
-                            final_steps=self.final_steps, final_restarts=self.final_restarts,
-                            test_size=self.test_size, finetune_members=0, seed=self.seed, device=self.device,
-                            name=f"w{width:g}")
+        return SearchConfig(
+            supernet=supernet,
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            pop_size=self.pop_size,
+            generations=self.generations,
+            pgd_steps=self.pgd_steps,
+            val_size=self.val_size,
+            final_steps=self.final_steps,
+            final_restarts=self.final_restarts,
+            test_size=self.test_size,
+            finetune_members=0,
+            seed=self.seed,
+            device=self.device,
+            name=f"w{width:g}",
+        )
 
     def budget(self) -> str:
-        return (f"{self.epochs} supernet epochs (PGD-7), NSGA-II population {self.pop_size} x {self.generations} "
-                f"generations (PGD-{self.pgd_steps} on {self.val_size} validation images), front scored with "
-                f"PGD-{self.final_steps} x{self.final_restarts} on the test split, no fine-tune stage, seed "
-                f"{self.seed}")
+        return (
+            f"{self.epochs} supernet epochs (PGD-7), NSGA-II population {self.pop_size} x {self.generations} "
+            f"generations (PGD-{self.pgd_steps} on {self.val_size} validation images), front scored with "
+            f"PGD-{self.final_steps} x{self.final_restarts} on the test split, no fine-tune stage, seed "
+            f"{self.seed}"
+        )
 
 
 def _wdir(folder, width: float) -> Path:
@@ -113,8 +146,11 @@ def _wdir(folder, width: float) -> Path:
 def run_width(cfg: WidthConfig, resume: str | Path | None = None) -> Path:
     """Run (or with ``resume``, finish) the width study; returns the experiment folder."""
     cfg.validate()
-    folder = (folder_mod.reopen(resume) if resume is not None
-              else folder_mod.start(cfg.run_root, STUDY, cfg, [], {"budget": cfg.budget()}, cfg.name))
+    folder = (
+        folder_mod.reopen(resume)
+        if resume is not None
+        else folder_mod.start(cfg.run_root, STUDY, cfg, [], {"budget": cfg.budget()}, cfg.name)
+    )
     try:
         with run_lock(folder.path):
             return _execute(cfg, folder)
@@ -157,18 +193,34 @@ def _execute(cfg: WidthConfig, folder) -> Path:
         if cell in done:
             continue
         t0 = time.perf_counter()
-        log.info("width %d/%d: x%g -- training the supernet (%d epochs)", n, len(cfg.width_mult), width, cfg.epochs)
+        log.info(
+            "width %d/%d: x%g -- training the supernet (%d epochs)", n, len(cfg.width_mult), width, cfg.epochs
+        )
         supernet = _train(cfg, width, _wdir(folder, width) / "supernet")
         t1 = time.perf_counter()
-        log.info("width %d/%d: x%g -- searching (population %d x %d generations)", n, len(cfg.width_mult), width,
-                 cfg.pop_size, cfg.generations)
+        log.info(
+            "width %d/%d: x%g -- searching (population %d x %d generations)",
+            n,
+            len(cfg.width_mult),
+            width,
+            cfg.pop_size,
+            cfg.generations,
+        )
         pareto = _search(cfg, width, supernet, _wdir(folder, width) / "search")
         doc = json.loads(pareto.read_text())
-        done[cell] = folder.append(cell, {
-            "width_mult": width, "search_run": str(pareto.parent.relative_to(folder.path)),
-            "supernet": str(supernet.relative_to(folder.path)), "train_seconds": t1 - t0,
-            "search_seconds": time.perf_counter() - t1, "front_size": len(doc["front"]),
-            "evaluations": doc["evaluations"], "scale": doc["scale"]})
+        done[cell] = folder.append(
+            cell,
+            {
+                "width_mult": width,
+                "search_run": str(pareto.parent.relative_to(folder.path)),
+                "supernet": str(supernet.relative_to(folder.path)),
+                "train_seconds": t1 - t0,
+                "search_seconds": time.perf_counter() - t1,
+                "front_size": len(doc["front"]),
+                "evaluations": doc["evaluations"],
+                "scale": doc["scale"],
+            },
+        )
     return _finish(cfg, folder, done)
 
 
@@ -202,16 +254,31 @@ def compare(fronts: dict[float, dict[str, Any]], budgets: list[int] | None) -> d
     for w in widths:
         d = fronts[w]
         f = d["front"]
-        per_width.append({
-            "width_mult": w, "front_size": len(f), "hypervolume": hypervolume(f, d["objectives"], scale),
-            "own_hypervolume": hypervolume(f, d["objectives"], d["scale"]),
-            "min_params": min(r["params"] for r in f), "max_params": max(r["params"] for r in f),
-            "best_adv_acc": max(r["final_adv_acc"] for r in f), "best_clean_acc": max(r["final_clean_acc"] for r in f),
-            "knee_params": f[d["knee"]]["params"], "knee_adv_acc": f[d["knee"]]["final_adv_acc"]})
-    matched = [{"budget": b, "best_adv_acc": {str(w): best_within(fronts[w]["front"], b) for w in widths}}
-               for b in budgets]
-    return {"scale": scale, "reference_point": HV_REFERENCE, "widths": per_width, "matched": matched,
-            "budgets": budgets}
+        per_width.append(
+            {
+                "width_mult": w,
+                "front_size": len(f),
+                "hypervolume": hypervolume(f, d["objectives"], scale),
+                "own_hypervolume": hypervolume(f, d["objectives"], d["scale"]),
+                "min_params": min(r["params"] for r in f),
+                "max_params": max(r["params"] for r in f),
+                "best_adv_acc": max(r["final_adv_acc"] for r in f),
+                "best_clean_acc": max(r["final_clean_acc"] for r in f),
+                "knee_params": f[d["knee"]]["params"],
+                "knee_adv_acc": f[d["knee"]]["final_adv_acc"],
+            }
+        )
+    matched = [
+        {"budget": b, "best_adv_acc": {str(w): best_within(fronts[w]["front"], b) for w in widths}}
+        for b in budgets
+    ]
+    return {
+        "scale": scale,
+        "reference_point": HV_REFERENCE,
+        "widths": per_width,
+        "matched": matched,
+        "budgets": budgets,
+    }
 
 
 def _finish(cfg: WidthConfig, folder, done) -> Path:
@@ -222,41 +289,90 @@ def _finish(cfg: WidthConfig, folder, done) -> Path:
     cmp = compare(fronts, cfg.param_budgets)
     for row in cmp["widths"]:
         rec = done[f"w{row['width_mult']:g}"]
-        row.update(train_seconds=rec["train_seconds"], search_seconds=rec["search_seconds"],
-                   search_run=rec["search_run"])
+        row.update(
+            train_seconds=rec["train_seconds"],
+            search_seconds=rec["search_seconds"],
+            search_run=rec["search_run"],
+        )
     widths = [str(w) for w in cfg.width_mult]
-    columns = ["width", "front", "params range", "HV (common scale)", "best test PGD %", "best test clean %",
-               "knee params", "knee test PGD %", "minutes"] + [f"best PGD % <= {b:,} p" for b in cmp["budgets"]]
+    columns = [
+        "width",
+        "front",
+        "params range",
+        "HV (common scale)",
+        "best test PGD %",
+        "best test clean %",
+        "knee params",
+        "knee test PGD %",
+        "minutes",
+    ] + [f"best PGD % <= {b:,} p" for b in cmp["budgets"]]
     rows = []
     for row in cmp["widths"]:
         w = str(row["width_mult"])
-        rows.append([f"x{row['width_mult']:g}", row["front_size"], f"{row['min_params']:,}-{row['max_params']:,}",
-                     f"{row['hypervolume']:.4f}", row["best_adv_acc"], row["best_clean_acc"], row["knee_params"],
-                     row["knee_adv_acc"], f"{(row['train_seconds'] + row['search_seconds']) / 60:.1f}",
-                     *[m["best_adv_acc"][w] for m in cmp["matched"]]])
+        rows.append(
+            [
+                f"x{row['width_mult']:g}",
+                row["front_size"],
+                f"{row['min_params']:,}-{row['max_params']:,}",
+                f"{row['hypervolume']:.4f}",
+                row["best_adv_acc"],
+                row["best_clean_acc"],
+                row["knee_params"],
+                row["knee_adv_acc"],
+                f"{(row['train_seconds'] + row['search_seconds']) / 60:.1f}",
+                *[m["best_adv_acc"][w] for m in cmp["matched"]],
+            ]
+        )
     _write_csvs(folder.path, cmp, widths)
     plot_fronts(folder.path / "width_fronts.png", fronts, cmp)
     best = max(cmp["widths"], key=lambda r: r["hypervolume"])
-    wins = {w: sum(1 for m in cmp["matched"] if m["best_adv_acc"][w] is not None
-                   and m["best_adv_acc"][w] == max(v for v in m["best_adv_acc"].values() if v is not None))
-            for w in widths}
-    findings = [f"Budget, the same for every width: {cfg.budget()}.",
-                f"Width x{best['width_mult']:g} gives the largest hypervolume ({best['hypervolume']:.4f}; reference "
-                f"{HV_REFERENCE} in every minimised objective, sizes over the widest space's largest subnet, "
-                f"{cmp['scale'].get('params', 0):,.0f} params).",
-                "At matched parameter budgets the best test PGD accuracy comes from "
-                + ", ".join(f"x{w}: {n} of {len(cmp['matched'])} budgets" for w, n in wins.items()) + "."]
-    title = (f"Supernets of width {', '.join('x' + w for w in widths)} trained and searched with one budget; "
-             f"their fronts compared (test accuracies with inherited weights).")
-    folder.finish(title, {"columns": columns, "rows": rows}, ["width_fronts.png"], findings,
-                  {"comparison": cmp, "budget": cfg.budget(), "config": asdict(cfg),
-                   "csv": "width_table.csv"})
+    wins = {
+        w: sum(
+            1
+            for m in cmp["matched"]
+            if m["best_adv_acc"][w] is not None
+            and m["best_adv_acc"][w] == max(v for v in m["best_adv_acc"].values() if v is not None)
+        )
+        for w in widths
+    }
+    findings = [
+        f"Budget, the same for every width: {cfg.budget()}.",
+        f"Width x{best['width_mult']:g} gives the largest hypervolume ({best['hypervolume']:.4f}; reference "
+        f"{HV_REFERENCE} in every minimised objective, sizes over the widest space's largest subnet, "
+        f"{cmp['scale'].get('params', 0):,.0f} params).",
+        "At matched parameter budgets the best test PGD accuracy comes from "
+        + ", ".join(f"x{w}: {n} of {len(cmp['matched'])} budgets" for w, n in wins.items())
+        + ".",
+    ]
+    title = (
+        f"Supernets of width {', '.join('x' + w for w in widths)} trained and searched with one budget; "
+        f"their fronts compared (test accuracies with inherited weights)."
+    )
+    folder.finish(
+        title,
+        {"columns": columns, "rows": rows},
+        ["width_fronts.png"],
+        findings,
+        {"comparison": cmp, "budget": cfg.budget(), "config": asdict(cfg), "csv": "width_table.csv"},
+    )
     return folder.path
 
 
 def _write_csvs(path: Path, cmp: dict[str, Any], widths: list[str]) -> None:
-    keys = ["width_mult", "front_size", "min_params", "max_params", "hypervolume", "own_hypervolume",
-            "best_adv_acc", "best_clean_acc", "knee_params", "knee_adv_acc", "train_seconds", "search_seconds"]
+    keys = [
+        "width_mult",
+        "front_size",
+        "min_params",
+        "max_params",
+        "hypervolume",
+        "own_hypervolume",
+        "best_adv_acc",
+        "best_clean_acc",
+        "knee_params",
+        "knee_adv_acc",
+        "train_seconds",
+        "search_seconds",
+    ]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(keys)
@@ -267,7 +383,9 @@ def _write_csvs(path: Path, cmp: dict[str, Any], widths: list[str]) -> None:
     w = csv.writer(buf)
     w.writerow(["param_budget", *[f"best_adv_acc_x{x}" for x in widths]])
     for m in cmp["matched"]:
-        w.writerow([m["budget"], *["" if m["best_adv_acc"][x] is None else m["best_adv_acc"][x] for x in widths]])
+        w.writerow(
+            [m["budget"], *["" if m["best_adv_acc"][x] is None else m["best_adv_acc"][x] for x in widths]]
+        )
     atomic_write_text(path / "width_budgets.csv", buf.getvalue())
 
 
@@ -283,8 +401,13 @@ def plot_fronts(path: Path, fronts: dict[float, dict[str, Any]], cmp: dict[str, 
         p = [r["params"] for r in f]
         a = [r["final_adv_acc"] for r in f]
         ax.scatter(p, a, s=18, color=f"C{k}")
-        ax.step(p, np.maximum.accumulate(a), where="post", color=f"C{k}",
-                label=f"x{w:g} (HV {hv[w]:.3f}, {len(f)} members)")
+        ax.step(
+            p,
+            np.maximum.accumulate(a),
+            where="post",
+            color=f"C{k}",
+            label=f"x{w:g} (HV {hv[w]:.3f}, {len(f)} members)",
+        )
     for b in cmp["budgets"]:
         ax.axvline(b, color="0.8", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")

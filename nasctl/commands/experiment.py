@@ -14,7 +14,9 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise NasctlError(f"--width-mult takes comma-separated numbers such as 0.5,1.0,1.5, got {text!r}") from None
+        raise NasctlError(
+            f"--width-mult takes comma-separated numbers such as 0.5,1.0,1.5, got {text!r}"
+        ) from None
 
 
 def _ints(text: str) -> list[int]:
@@ -23,41 +25,65 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(float(t.replace("_", ""))) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise NasctlError(f"--param-budgets takes comma-separated parameter counts such as 5000,20000, got "
-                          f"{text!r}") from None
+        raise NasctlError(
+            f"--param-budgets takes comma-separated parameter counts such as 5000,20000, got {text!r}"
+        ) from None
 
 
 def _run_flags(p: argparse.ArgumentParser, members_default: int) -> None:
     p.add_argument("--run", metavar="RUN", help="search run folder (default: the newest under runs/search)")
-    p.add_argument("--members", type=int, metavar="K",
-                   help=f"front members spread over size, the knee among them (default {members_default})")
+    p.add_argument(
+        "--members",
+        type=int,
+        metavar="K",
+        help=f"front members spread over size, the knee among them (default {members_default})",
+    )
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
     from nasctl.nas.experiments import STUDIES
 
-    p = sub.add_parser(name, help=help_text, description=help_text + ". Each writes "
-                       "runs/experiment/<stamp>-<study>/ (config.json first, results.jsonl cell by cell, "
-                       "result.json, summary.md, CSV and PNG); docs/studies.md says how to read them.")
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text + ". Each writes "
+        "runs/experiment/<stamp>-<study>/ (config.json first, results.jsonl cell by cell, "
+        "result.json, summary.md, CSV and PNG); docs/studies.md says how to read them.",
+    )
     studies = p.add_subparsers(dest="study", metavar="STUDY", required=True)
 
-    t = studies.add_parser("transfer", help=STUDIES["transfer"].help, description=(
-        "PGD crafted white-box on the supernet's largest path and on K front members, evaluated on every "
-        "member: a (K+1) x K matrix of robust accuracies, its heat map, and whether the knee's robustness "
-        "looks like gradient masking."))
+    t = studies.add_parser(
+        "transfer",
+        help=STUDIES["transfer"].help,
+        description=(
+            "PGD crafted white-box on the supernet's largest path and on K front members, evaluated on "
+            "every member: a (K+1) x K matrix of robust accuracies, its heat map, and whether the knee's "
+            "robustness looks like gradient masking."
+        ),
+    )
     _run_flags(t, 5)
     t.add_argument("--steps", type=int, help="PGD steps on each source (default: the run's final attack, 20)")
     t.add_argument("--restarts", type=int, help="PGD restarts (default: the run's final attack, 3)")
     t.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
-    t.add_argument("--masking-margin", type=float,
-                   help="points by which transfer may beat white-box before it is flagged (default 5)")
+    t.add_argument(
+        "--masking-margin",
+        type=float,
+        help="points by which transfer may beat white-box before it is flagged (default 5)",
+    )
     t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
-    w = studies.add_parser("width", help=STUDIES["width"].help, description=(
-        "Train and search a supernet at each width multiplier with one (reduced, stated) budget, and compare "
-        "the fronts: hypervolume on one common reference and scale, best PGD accuracy at matched parameter "
-        "budgets. Defaults fit three widths on digits in under 10 minutes on 2 CPU cores."))
-    w.add_argument("--width-mult", type=str, metavar="W1,W2,...", help="width multipliers (default 0.5,1.0,1.5)")
+    w = studies.add_parser(
+        "width",
+        help=STUDIES["width"].help,
+        description=(
+            "Train and search a supernet at each width multiplier with one (reduced, stated) budget, and "
+            "compare the fronts: hypervolume on one common reference and scale, best PGD accuracy at matched "
+            "parameter budgets. Defaults fit three widths on digits in under 10 minutes on 2 CPU cores."
+        ),
+    )
+    w.add_argument(
+        "--width-mult", type=str, metavar="W1,W2,...", help="width multipliers (default 0.5,1.0,1.5)"
+    )
     w.add_argument("--dataset", help="data set (default digits)")
     w.add_argument("--data-dir", help="folder of a torchvision data set")
     w.add_argument("--space", help="search space (default: the data set's own)")
@@ -67,22 +93,36 @@ def add_parser(sub, name: str, help_text: str) -> None:
     w.add_argument("--generations", type=int, help="generations (default 8)")
     w.add_argument("--final-restarts", type=int, help="PGD-20 restarts scoring each front (default 1)")
     w.add_argument("--test-size", type=int, metavar="N", help="score the fronts on the first N test images")
-    w.add_argument("--param-budgets", type=str, metavar="P1,P2,...",
-                   help="parameter budgets for the matched comparison (default: 5 log-spaced over the shared range)")
+    w.add_argument(
+        "--param-budgets",
+        type=str,
+        metavar="P1,P2,...",
+        help="parameter budgets for the matched comparison (default: 5 log-spaced over the shared range)",
+    )
     w.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
-    f = studies.add_parser("finetune-vs-scratch", help=STUDIES["finetune-vs-scratch"].help, description=(
-        "For K front members: inherited weights, fine-tuned from them, and trained from scratch with the same "
-        "budget; clean and PGD test accuracy side by side. Reuses the search's fine-tune stage where it "
-        "trained a member with the same recipe and epochs."))
+    f = studies.add_parser(
+        "finetune-vs-scratch",
+        help=STUDIES["finetune-vs-scratch"].help,
+        description=(
+            "For K front members: inherited weights, fine-tuned from them, and trained from scratch with the "
+            "same budget; clean and PGD test accuracy side by side. Reuses the search's fine-tune stage "
+            "where it trained a member with the same recipe and epochs."
+        ),
+    )
     _run_flags(f, 4)
-    f.add_argument("--epochs", type=int, help="epochs of both trained arms (default: the search's fine-tune epochs)")
+    f.add_argument(
+        "--epochs", type=int, help="epochs of both trained arms (default: the search's fine-tune epochs)"
+    )
     f.add_argument("--lr", type=float, help="learning rate of both trained arms (default 0.05)")
     f.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
     for s in (t, w, f):
-        s.add_argument("--resume", metavar="DIR", help="finish the interrupted experiment folder DIR "
-                       "(its own settings; finished cells are kept)")
+        s.add_argument(
+            "--resume",
+            metavar="DIR",
+            help="finish the interrupted experiment folder DIR (its own settings; finished cells are kept)",
+        )
         add_config_flags(s)
         s.set_defaults(func=run)
 
@@ -97,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         recorded = reopen(args.resume).study
         if recorded != study.name:
-            raise NasctlError(f"--resume {args.resume!r} is a {recorded!r} experiment: resume it with "
-                              f"'nasctl experiment {recorded} --resume {args.resume}'")
+            raise NasctlError(
+                f"--resume {args.resume!r} is a {recorded!r} experiment: resume it with "
+                f"'nasctl experiment {recorded} --resume {args.resume}'"
+            )
         path = resume_experiment(args.resume)
     else:
         cls, run_study = study.resolve()

@@ -6,15 +6,22 @@ import argparse
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, description=help_text + ": config, the front (inherited and "
-                       "fine-tuned numbers), its plots, layer statistics, the experiments and exports made from "
-                       "it (found under the run root), latency and provenance. Images are embedded, so the HTML "
-                       "file can be mailed; the Markdown beside it has the same content.")
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text + ": config, the front (inherited and "
+        "fine-tuned numbers), its plots, layer statistics, the experiments and exports made from "
+        "it (found under the run root), latency and provenance. Images are embedded, so the HTML "
+        "file can be mailed; the Markdown beside it has the same content.",
+    )
     p.add_argument("run", metavar="RUN", help="search run folder (runs/search/<stamp>)")
-    p.add_argument("--out", metavar="FILE", help="HTML file to write (default RUN/report.html); the .md goes "
-                   "beside it")
-    p.add_argument("--run-root", help="where to look for experiments and exports (default: the folder above "
-                   "RUN's search/)")
+    p.add_argument(
+        "--out", metavar="FILE", help="HTML file to write (default RUN/report.html); the .md goes beside it"
+    )
+    p.add_argument(
+        "--run-root",
+        help="where to look for experiments and exports (default: the folder above RUN's search/)",
+    )
     p.set_defaults(func=run)
 
 
