@@ -116,11 +116,11 @@ def test_transfer_resumes_without_redoing_finished_sources(transfer_dir, tmp_pat
 
 def test_finetune_vs_scratch_reuses_the_stage_and_trains_scratch(tiny_run):
     doc = _front(tiny_run)
-    out = run_finetune_scratch(
-        FinetuneScratchConfig(run=str(tiny_run), members=2, run_root=str(tiny_run.parent.parent))
-    )
+    out = run_finetune_scratch(FinetuneScratchConfig(run=str(tiny_run), run_root=str(tiny_run.parent.parent)))
     res = json.loads((out / "result.json").read_text())
     assert res["epochs"] == 1  # the search's fine-tune epochs
+    # by default: the members the fine-tune stage trained
+    assert res["members"] == [i for i, r in enumerate(doc["front"]) if "finetuned_adv_acc" in r]
     cells = {(c["member"], c["arm"]): c for c in res["cells"]}
     assert len(cells) == 2 * 3
     for i in res["members"]:

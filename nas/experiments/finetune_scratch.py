@@ -1,8 +1,9 @@
 """TAM-NAS question (c): fine-tune a searched subnet from its inherited weights, or train it from scratch?
 
 ``nasctl experiment finetune-vs-scratch --run RUN --members K --epochs N``: for K front members spread
-over size (the knee among them) three arms, scored with the run's final attack on the test images
-the front was scored on:
+over size (the knee among them; chosen among the members the search's fine-tune stage trained when it
+trained enough of them) three arms, scored with the run's final attack on the test images the front
+was scored on:
 
 - ``inherited``: the supernet's weights as they are (BN recalibrated) -- the front's own test numbers
   from ``pareto.json`` (``final_clean_acc``, ``final_adv_acc``), not recomputed;
@@ -47,7 +48,9 @@ class FinetuneScratchConfig:
     """``nasctl experiment finetune-vs-scratch``: which run and members, and the shared training budget."""
 
     run: str | None = None  # search run folder; None: the newest under run_root/search
-    members: int = 4  # front members spread over log(params), the knee among them
+    # front members spread over log(params), the knee among them; None: those the search's fine-tune stage
+    # trained (6 by default), else min(6, front size)
+    members: int | None = None
     epochs: int | None = None  # both trained arms; None: the search's fine-tune epochs (its results reused)
     lr: float = FinetuneConfig.lr  # nasctl finetune's recipe, for both arms: only the start differs
     batch_size: int = FinetuneConfig.batch_size
@@ -76,9 +79,8 @@ def run_finetune_scratch(cfg: FinetuneScratchConfig, resume: str | Path | None =
         picks, epochs = [int(i) for i in folder.config["members"]], int(folder.config["epochs"])
     else:
         run_dir, doc = read_run(cfg.run, cfg.run_root)
-        check_members(cfg.members, run_dir, doc["front"])
-        picks = member_picks(doc["front"], int(doc["knee"]), cfg.members)
         epochs = cfg.epochs or int((doc.get("finetune") or {}).get("epochs") or FinetuneConfig.epochs)
+        picks = choose_members(cfg, doc, run_dir, epochs)
         folder = None
     run = open_run(run_dir, doc)
     if folder is None:
@@ -93,6 +95,21 @@ def run_finetune_scratch(cfg: FinetuneScratchConfig, resume: str | Path | None =
         raise
     except KeyboardInterrupt as e:
         raise RunInterrupted(folder.path) from e
+
+
+def choose_members(cfg: FinetuneScratchConfig, doc: dict[str, Any], run_dir: Path, epochs: int) -> list[int]:
+    """Front indices to compare: spread over log(params) with the knee, taken among the members the
+    search's fine-tune stage already trained with this recipe where there are enough (their fine-tuned
+    arm is then reused, not retrained), else over the whole front."""
+    front, knee = doc["front"], int(doc["knee"])
+    seed = cfg.seed if cfg.seed is not None else int(doc.get("seed") or 0)
+    tuned = [i for i, r in enumerate(front) if _reusable(r, cfg, epochs, seed, int(doc.get("seed") or 0))]
+    k = cfg.members if cfg.members is not None else (len(tuned) or min(6, len(front)))
+    check_members(k, run_dir, front)
+    if tuned and k <= len(tuned):
+        sub = [front[i] for i in tuned]
+        return [tuned[j] for j in member_picks(sub, tuned.index(knee) if knee in tuned else -1, k)]
+    return member_picks(front, knee, k)
 
 
 def _reusable(rec: dict[str, Any], cfg: FinetuneScratchConfig, epochs: int, seed: int, run_seed: int) -> bool:

@@ -50,7 +50,9 @@ class TransferConfig:
     """``nasctl experiment transfer``: which run, how many members, the attack crafted on each source."""
 
     run: str | None = None  # search run folder; None: the newest under run_root/search
-    members: int = 5  # front members, spread over log(params), the knee among them
+    members: int | None = (
+        None  # front members, spread over log(params), the knee among them; None: min(5, front)
+    )
     steps: int | None = None  # PGD steps on each source; None: the run's final attack (PGD-20)
     restarts: int | None = None  # None: the run's final attack (3): the diagonal is then the front's test PGD
     eps: float | None = None  # None: the search's
@@ -96,8 +98,9 @@ def run_transfer(cfg: TransferConfig, resume: str | Path | None = None) -> Path:
         picks = [int(i) for i in folder.config["members"]]
     else:
         run_dir, doc = read_run(cfg.run, cfg.run_root)
-        check_members(cfg.members, run_dir, doc["front"])
-        picks = member_picks(doc["front"], int(doc["knee"]), cfg.members)
+        k = cfg.members if cfg.members is not None else min(5, len(doc["front"]))
+        check_members(k, run_dir, doc["front"])
+        picks = member_picks(doc["front"], int(doc["knee"]), k)
         folder = None
     run = open_run(run_dir, doc, cfg.eps)  # fails on a missing or replaced supernet before any folder exists
     final = run.final_attack

@@ -30,7 +30,7 @@ def _ints(text: str) -> list[int]:
         ) from None
 
 
-def _run_flags(p: argparse.ArgumentParser, members_default: int) -> None:
+def _run_flags(p: argparse.ArgumentParser, members_default: str) -> None:
     p.add_argument("--run", metavar="RUN", help="search run folder (default: the newest under runs/search)")
     p.add_argument(
         "--members",
@@ -61,7 +61,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
             "robustness looks like gradient masking."
         ),
     )
-    _run_flags(t, 5)
+    _run_flags(t, "min(5, front)")
     t.add_argument("--steps", type=int, help="PGD steps on each source (default: the run's final attack, 20)")
     t.add_argument("--restarts", type=int, help="PGD restarts (default: the run's final attack, 3)")
     t.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
@@ -110,7 +110,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
             "where it trained a member with the same recipe and epochs."
         ),
     )
-    _run_flags(f, 4)
+    _run_flags(f, "the members the search's fine-tune stage trained (6), else min(6, front)")
     f.add_argument(
         "--epochs", type=int, help="epochs of both trained arms (default: the search's fine-tune epochs)"
     )
