@@ -131,11 +131,18 @@ class WidthConfig:
         )
 
     def budget(self) -> str:
+        subset = (
+            f", supernets on a class-balanced subset of {self.train_subset:,} images"
+            if self.train_subset
+            else ""
+        )
+
+        images = f" ({self.test_size:,} images)" if self.test_size else ""
         return (
             f"{self.epochs} supernet epochs (PGD-7), NSGA-II population {self.pop_size} x {self.generations} "
             f"generations (PGD-{self.pgd_steps} on {self.val_size} validation images), front scored with "
-            f"PGD-{self.final_steps} x{self.final_restarts} on the test split, no fine-tune stage, seed "
-            f"{self.seed}"
+            f"PGD-{self.final_steps} x{self.final_restarts} on the test split{images}, no fine-tune stage, "
+            f"seed {self.seed}{subset}"
         )
 
 
@@ -231,10 +238,14 @@ def common_scale(scales: list[dict[str, float]]) -> dict[str, float]:
 
 
 def default_budgets(fronts: list[list[dict[str, Any]]], n: int = 5) -> list[int]:
-    """``n`` log-spaced parameter budgets from the largest of the fronts' smallest members (every front
-    has a member there) to the largest member of all."""
-    lo = max(min(r["params"] for r in f) for f in fronts)
-    hi = max(r["params"] for f in fronts for r in f)
+    """``n`` log-spaced parameter budgets over the range every front reaches: from the largest of the
+    fronts' smallest members to the smallest of their largest (where the ranges do not overlap: over
+    all of them)."""
+    mins = [min(r["params"] for r in f) for f in fronts]
+    maxes = [max(r["params"] for r in f) for f in fronts]
+    lo, hi = max(mins), min(maxes)
+    if hi <= lo:
+        lo, hi = min(mins), max(maxes)
     if hi <= lo:
         return [int(lo)]
     return sorted({int(round(v)) for v in np.geomspace(lo, hi, n)})
@@ -341,7 +352,7 @@ def _finish(cfg: WidthConfig, folder, done) -> Path:
         f"{HV_REFERENCE} in every minimised objective, sizes over the widest space's largest subnet, "
         f"{cmp['scale'].get('params', 0):,.0f} params).",
         "At matched parameter budgets the best test PGD accuracy comes from "
-        + ", ".join(f"x{w}: {n} of {len(cmp['matched'])} budgets" for w, n in wins.items())
+        + ", ".join(f"x{float(w):g}: {n} of {len(cmp['matched'])} budgets" for w, n in wins.items())
         + ".",
     ]
     title = (
