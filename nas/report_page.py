@@ -445,6 +445,16 @@ def render_markdown(blocks: list[Block], out_dir: Path) -> str:
     return "\n".join(out)
 
 
+def default_run_root(run_dir: Path) -> Path:
+    """The run root a run folder lives under: the folder above the nearest ``search/`` or
+    ``experiment/`` (``runs`` for ``runs/search/<stamp>``, and for a width study's
+    ``runs/experiment/<stamp>-width/w1/search``)."""
+    for folder in run_dir.resolve().parents:
+        if folder.name in ("search", "experiment"):
+            return folder.parent
+    return run_dir.resolve().parent
+
+
 def write_report(
     run: str | os.PathLike, out: str | os.PathLike | None = None, run_root: str | os.PathLike | None = None
 ) -> tuple[Path, Path]:
@@ -453,11 +463,7 @@ def write_report(
     from .select import read_front
 
     run_dir, doc = read_front(run)
-    root = (
-        Path(run_root)
-        if run_root
-        else (run_dir.parent.parent if run_dir.parent.name == "search" else run_dir.parent)
-    )
+    root = Path(run_root) if run_root else default_run_root(run_dir)
     html_path = Path(out) if out else run_dir / "report.html"
     if html_path.is_dir():
         html_path = html_path / f"report-{run_dir.name}.html"

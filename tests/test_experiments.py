@@ -194,6 +194,10 @@ def test_width_study_compares_fronts_on_one_scale(tmp_path):
     assert len(res["table"]["rows"]) == 2 and _png_width(out / "width_fronts.png") > 200
     assert len(list(csv.reader((out / "width_budgets.csv").open()))) == 1 + len(cmp["budgets"])
     assert "Budget" in res["findings"][0]
+    from nasctl.nas.report_page import write_report
+
+    page = write_report(runs[0])[0].read_text()  # a width's own search run finds the study it belongs to
+    assert f'id="experiment-{out.name}"' in page
     assert compare(fronts, [10**9])["matched"][0]["best_adv_acc"]["1.0"] == max(
         r["final_adv_acc"] for r in fronts[1.0]["front"]
     )
