@@ -181,6 +181,12 @@ def test_width_study_compares_fronts_on_one_scale(tmp_path):
             ][-1]["hypervolume"]
         )
         assert 0 <= row["best_adv_acc"] <= 100 and row["front_size"] == len(d["front"])
+        run = Path(runs[cfg.width_mult.index(row["width_mult"])])
+        archive = {r["genome"]: r for r in _lines(run / "archive.jsonl")}
+        assert all(
+            archive[r["genome"]]["params"] == r["params"] for r in d["front"]
+        )  # the front is the archive's
+        assert row["min_params"] == min(r["params"] for r in d["front"])
     wide = next(r for r in cmp["widths"] if r["width_mult"] == 1.0)
     assert wide["hypervolume"] == pytest.approx(
         wide["own_hypervolume"]
