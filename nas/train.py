@@ -14,10 +14,12 @@ training and restores the best weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -405,45 +407,52 @@ def _json_line(obj: Any) -> str:
                       default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n"
 
 
-def train_supernet(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, run_dir: Path | None = None,
-                   data: DataSplits | None = None) -> tuple[Path, list[EpochMetrics]]:
-    """Train a supernet in a new run folder; returns (path of supernet.pt, per-epoch metrics)."""
-    owns_pg = _maybe_init_distributed(resolve_device(cfg.device))
-    made_dir = run_dir is None
+@contextlib.contextmanager
+def _process_group(device: torch.device) -> Iterator[bool]:
+    """torch.distributed for the length of one call when torchrun launched us (torn down after,
+    however the call ends); yields whether this call set it up."""
+    owns_pg = _maybe_init_distributed(device)
     try:
-        rank, _ = _dist_info()
-        if run_dir is None:
-            run_dir = make_run_dir(cfg.run_root, "train", cfg.name) if rank == 0 else None
-            if owns_pg:  # every rank writes into rank 0's folder
-                box = [str(run_dir) if run_dir else None]
-                torch.distributed.broadcast_object_list(box, src=0)
-                run_dir = Path(box[0])
-        with _writer_lock(run_dir, rank):
-            try:
-                trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
-            except NasctlError:
-                if made_dir and rank == 0:
-                    discard_if_unused(run_dir)  # bad input before any work: no empty run folder left
-                raise
-            if trainer.rank == 0:
-                write_run_config(run_dir, "train", cfg, {"space": trainer.space.to_dict(),
-                                                         "dataset": trainer.data.info.to_dict(),
-                                                         "eps": trainer.eps,
-                                                         "world_size": trainer.world,
-                                                         "device": str(trainer.device)})
-            history = trainer.fit()
-    except KeyboardInterrupt as e:
-        raise RunInterrupted(run_dir) from e
+        yield owns_pg
     finally:
         if owns_pg:
             torch.distributed.destroy_process_group()
+
+
+def train_supernet(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, run_dir: Path | None = None,
+                   data: DataSplits | None = None) -> tuple[Path, list[EpochMetrics]]:
+    """Train a supernet in a new run folder; returns (path of supernet.pt, per-epoch metrics)."""
+    made_dir = run_dir is None
+    with _process_group(resolve_device(cfg.device)) as owns_pg:
+        try:
+            rank, _ = _dist_info()
+            if run_dir is None:
+                run_dir = make_run_dir(cfg.run_root, "train", cfg.name) if rank == 0 else None
+                if owns_pg:  # every rank writes into rank 0's folder
+                    box = [str(run_dir) if run_dir else None]
+                    torch.distributed.broadcast_object_list(box, src=0)
+                    run_dir = Path(box[0])
+            with _writer_lock(run_dir, rank):
+                try:
+                    trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
+                except NasctlError:
+                    if made_dir and rank == 0:
+                        discard_if_unused(run_dir)  # bad input before any work: no empty run folder left
+                    raise
+                if trainer.rank == 0:
+                    write_run_config(run_dir, "train", cfg, {"space": trainer.space.to_dict(),
+                                                             "dataset": trainer.data.info.to_dict(),
+                                                             "eps": trainer.eps,
+                                                             "world_size": trainer.world,
+                                                             "device": str(trainer.device)})
+                history = trainer.fit()
+        except KeyboardInterrupt as e:
+            raise RunInterrupted(run_dir) from e
     return run_dir / "supernet.pt", history
 
 
 def _writer_lock(run_dir: Path, rank: int):
     """The run folder's lock, held by the process that writes it (rank 0 under DDP)."""
-    import contextlib
-
     return run_lock(run_dir) if rank == 0 else contextlib.nullcontext()
 
 
@@ -461,17 +470,14 @@ def resume_training(run_dir: str | Path, callbacks: TrainCallbacks | None = None
     if epochs is not None:
         cfg.epochs = epochs
         cfg.validate()
-    owns_pg = _maybe_init_distributed(resolve_device(cfg.device))
-    try:
-        with _writer_lock(run_dir, _dist_info()[0]):
-            trainer = Trainer(cfg, run_dir, callbacks=callbacks)
-            trainer.load_state(ckpt)
-            trainer.sched.T_max = max(cfg.epochs, 1)
-            log.info("resuming %s at epoch %d of %d", run_dir, trainer.epoch, cfg.epochs)
-            history = trainer.fit()
-    except KeyboardInterrupt as e:
-        raise RunInterrupted(run_dir) from e
-    finally:
-        if owns_pg:
-            torch.distributed.destroy_process_group()
+    with _process_group(resolve_device(cfg.device)):
+        try:
+            with _writer_lock(run_dir, _dist_info()[0]):
+                trainer = Trainer(cfg, run_dir, callbacks=callbacks)
+                trainer.load_state(ckpt)
+                trainer.sched.T_max = max(cfg.epochs, 1)
+                log.info("resuming %s at epoch %d of %d", run_dir, trainer.epoch, cfg.epochs)
+                history = trainer.fit()
+        except KeyboardInterrupt as e:
+            raise RunInterrupted(run_dir) from e
     return run_dir / "supernet.pt", history
