@@ -41,21 +41,12 @@ from nasctl.core import sha256_file
 
 from .adbd_emulator import EmulatedDevice
 from .test_android_bench import elf
+from .test_profiling import TINY_SPACE  # the same 14-layer space as the host's table tests
 
 pytestmark = pytest.mark.skipif(
     shutil.which("adb") is None, reason="Debian's adb is not installed (apt-get install adb; .ci/run does)"
 )
 STAND_IN = [sys.executable, str(Path(__file__).with_name("fake_benchmark_model.py")), "--warmup_min_secs=0"]
-TINY_SPACE = """\
-name: tiny
-stem_channels: 8
-stem_stride: 1
-stages:
-  - {layers: 2, stride: 1, widths: [8, 16]}
-  - {layers: 1, stride: 2, widths: [16]}
-blocks: [conv_k3, fir_k3_e2, skip]
-head_channels: 0
-"""
 
 
 def adb(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
