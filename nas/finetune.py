@@ -167,6 +167,21 @@ def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg:
     return result
 
 
+def _search_test_split(data, run_dir: str):
+    """The test split the search run scored its front on (its ``test_size`` first images, or all)."""
+    import json
+
+    from .data import DataSplits
+
+    try:
+        size = json.loads((Path(run_dir) / "config.json").read_text()).get("config", {}).get("test_size")
+    except (OSError, ValueError):
+        size = None
+    if not size:
+        return data
+    return DataSplits(data.info, data.train, data.val, data.test.subset(min(int(size), len(data.test))))
+
+
 def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None = None) -> Path:
     """``nasctl finetune``: train one front member of a search run in a new run folder; returns the
     path of its ``result.json``. The search run itself is only read, never written."""
@@ -181,6 +196,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     genome = loaded.space.parse(pick.genome)
     eps = float(cfg.eps if cfg.eps is not None else pick.eps if pick.eps is not None else loaded.eps)
     data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, pick.data_dir)
+    data = _search_test_split(data, pick.run_dir)  # scored on the same test images as the run's front
     device = resolve_device(cfg.device)
     out_dir = make_run_dir(cfg.run_root, "finetune", cfg.name or genome.encode()[:80])
     source = {"run": pick.run_dir, "front_index": pick.index, "knee": pick.is_knee,

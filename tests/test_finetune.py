@@ -183,3 +183,17 @@ def test_export_prepares_inherited_weights_exactly_as_the_search_scored_them(tun
     exported = ctx.float_model.state_dict()
     stats = [k for k in ours if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(ours[k], exported[k]) for k in stats)
+
+
+def test_nasctl_finetune_scores_on_the_runs_test_split(digits, tmp_path):
+    """A search run that scored its front on test_size images: nasctl finetune scores on the same ones."""
+    import json
+
+    from nasctl.nas.finetune import _search_test_split
+
+    (tmp_path / "config.json").write_text(json.dumps({"command": "search", "config": {"test_size": 50}}))
+    data = _search_test_split(digits, str(tmp_path))
+    assert len(data.test) == 50 and bool((data.test.labels == digits.test.labels[:50]).all())
+    assert data.train is digits.train and data.val is digits.val
+    (tmp_path / "config.json").write_text(json.dumps({"command": "search", "config": {}}))
+    assert _search_test_split(digits, str(tmp_path)) is digits
