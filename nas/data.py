@@ -79,6 +79,13 @@ class DatasetInfo:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetInfo:
+        """The inverse of :meth:`to_dict` (a checkpoint's ``dataset``); unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        return cls(**{**kw, "mean": tuple(kw["mean"]), "std": tuple(kw["std"])})
+
 
 @dataclass
 class TensorSplit:

@@ -8,7 +8,6 @@ these stages after a crash or Ctrl-C.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -78,9 +77,7 @@ def _latency_source(cfg: SearchConfig, loaded: LoadedSupernet):
 
     from .data import DatasetInfo
 
-    fields = {f.name for f in dataclasses.fields(DatasetInfo)}
-    d = {k: v for k, v in loaded.dataset.items() if k in fields}
-    info = DatasetInfo(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+    info = DatasetInfo.from_dict(loaded.dataset)
     return open_latency_source(cfg.latency_source, MeasurementStore(cfg.store).open(), loaded.space, info,
                                cfg.latency_precision, cfg.latency_threads)
 

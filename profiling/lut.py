@@ -18,6 +18,7 @@ here is randomly initialised.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,9 +32,8 @@ from nasctl.nas.data import DatasetInfo
 from nasctl.nas.space import SKIP, Genome, SearchSpace
 from torch import nn
 
-from .backends import ProfileSettings, get_backend
+from .backends import ProfileSettings
 from .convert import ToConvert, convert_modules
-from .device import DeviceInfo, host_device
 from .errors import ProfilingError
 from .result import LatencyResult
 from .store import MeasurementStore, Scope
@@ -139,9 +139,14 @@ def space_id(space: SearchSpace, info: DatasetInfo) -> str:
     return f"{space.name}@{info.resolution}px:{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def host_scope(precision: str, threads: int = 1, device: DeviceInfo | None = None) -> Scope:
-    device = device or host_device()
-    return Scope(device.fingerprint, "litert", get_backend("litert").runtime_version(), precision, threads)
+def host_scope(precision: str, threads: int = 1) -> Scope:
+    """The host LiteRT scope (what ``lut:host`` reads): the host target's own."""
+    return resolve_target("host", threads).scope(precision)
+
+
+def lut_settings(threads: int = 1) -> ProfileSettings:
+    """The timing settings of tables and calibrations, at ``threads`` threads."""
+    return dataclasses.replace(LUT_SETTINGS, threads=threads)
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -156,8 +161,8 @@ class LatencyTable:
     fit: dict[str, Any] | None = None
     device: str = "host"  # how the user names the device (for messages)
 
-    def raw_ms(self, genome: Genome) -> float:
-        """The plain sum of the genome's entries."""
+    def sum_and_count(self, genome: Genome) -> tuple[float, int]:
+        """The plain sum of the genome's entries and how many there are (the predictor's features)."""
         keys = [e.key for e in genome_entries(self.space, genome, self.info)]
         missing = [k for k in keys if k not in self.entries]
         if missing:
@@ -165,14 +170,17 @@ class LatencyTable:
                 f"the lookup table lacks {len(missing)} of this subnet's layers (e.g. {missing[0]}): "
                 f"{build_hint(self.space, self.scope, self.info, self.device)}"
             )
-        return float(sum(self.entries[k] for k in keys))
+        return float(sum(self.entries[k] for k in keys)), len(keys)
+
+    def raw_ms(self, genome: Genome) -> float:
+        """The plain sum of the genome's entries."""
+        return self.sum_and_count(genome)[0]
 
     def predict_ms(self, genome: Genome) -> float:
         """Predicted whole-model latency (calibrated; the plain sum where no calibration exists)."""
-        raw = self.raw_ms(genome)
+        raw, n = self.sum_and_count(genome)
         if not self.fit:
             return raw
-        n = len(genome_entries(self.space, genome, self.info))
         return float(self.fit["slope"] * raw + self.fit.get("per_layer", 0.0) * n + self.fit["intercept"])
 
 
@@ -364,11 +372,8 @@ def calibrate(
     table's own target), and store it."""
     genomes = sample_genomes(table.space, n, seed)
     measured = measure_genomes(table.space, table.info, genomes, store, table.scope[3], settings, target)
-    fit = fit_calibration(
-        [table.raw_ms(g) for g in genomes],
-        [len(genome_entries(table.space, g, table.info)) for g in genomes],
-        [r.p50_ms for r in measured],
-    )
+    raw, layers = zip(*(table.sum_and_count(g) for g in genomes))
+    fit = fit_calibration(raw, layers, [r.p50_ms for r in measured])
     fit["genomes"] = [g.encode() for g in genomes]
     fit["seed"] = seed
     store.add_calibration(table.scope, space_id(table.space, table.info), fit)

@@ -18,7 +18,7 @@ from nasctl.core import did_you_mean
 
 from .backends import ProfileSettings
 from .errors import ProfilingError
-from .lut import LUT_SETTINGS, load_table, measure_genomes
+from .lut import load_table, lut_settings, measure_genomes
 from .store import MeasurementStore
 from .target import ADB_PREFIX, MeasureTarget, check_device_name, resolve_target
 
@@ -78,9 +78,7 @@ class LatencySource:
         self.spec, self.store, self.space, self.info = spec, store, space, info
         self.target = target or resolve_target(spec.device, spec.threads)
         self.scope = self.target.scope(spec.precision)
-        self.settings: ProfileSettings = ProfileSettings(
-            **{**LUT_SETTINGS.to_dict(), "threads": spec.threads}
-        )
+        self.settings: ProfileSettings = lut_settings(spec.threads)
         self._fn: Callable[[Genome], float]
         if spec.kind == "lut":
             table = load_table(store, space, info, self.scope, device=spec.device)

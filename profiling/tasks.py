@@ -14,7 +14,7 @@ from nasctl.core import sha256_file
 
 from .backends import ProfileSettings, measure
 from .errors import ProfilingError
-from .lut import LUT_SETTINGS, build_table, calibrate, load_table, measure_genomes
+from .lut import build_table, calibrate, load_table, lut_settings, measure_genomes
 from .result import LatencyResult
 from .store import MeasurementStore
 from .target import MeasureTarget, check_device_name, resolve_target
@@ -72,7 +72,7 @@ def build_lut(
     """Measure the lookup table on ``target`` (default: the host; what the store lacks), then fit the
     predictor on seeded whole models measured on the same target."""
     t0 = time.perf_counter()
-    settings = ProfileSettings(**{**LUT_SETTINGS.to_dict(), "threads": threads})
+    settings = lut_settings(threads)
     target = target or resolve_target("host", threads)
     table, facts = build_table(
         space,
@@ -137,7 +137,7 @@ def predict_arch(
         "measured_ms": None,
     }
     if measure_too:
-        settings = ProfileSettings(**{**LUT_SETTINGS.to_dict(), "threads": threads})
+        settings = lut_settings(threads)
         r = measure_genomes(space, info, [genome], store, precision, settings, target, use_cache=False)[0]
         out["measured_ms"] = r.p50_ms
         out["error_pct"] = 100.0 * (out["predicted_ms"] - r.p50_ms) / r.p50_ms

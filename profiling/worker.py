@@ -188,11 +188,9 @@ def run_job(job: dict[str, Any], emit) -> None:
 
 def main() -> int:
     job = json.loads(sys.stdin.read())
-    out = sys.stdout
     # the runtimes print to fd 1/2 from C++ (XNNPACK's INFO line): keep the protocol's stdout clean
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    del out
 
     def emit(obj):
         proto.write(json.dumps(obj) + "\n")
