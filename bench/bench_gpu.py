@@ -9,7 +9,13 @@ Two workloads, each one untimed warm-up epoch then ``--epochs`` timed epochs of 
 * ``digits``: the default space on the embedded 8x8 digits (what ``nasctl search`` trains);
 * ``tam32``: the ``tam`` space (13 layers, all block types) on CIFAR-shaped 32x32x3 images with 10
   classes. The pixels are random: this measures speed only, no accuracy (no CIFAR-10 download is
-  possible on the machines that measured it). Real CIFAR-10 would train at the same rate.
+  possible on the machines that measured it). Real CIFAR-10 would train at the same rate;
+* ``fmnist``: the built-in ``mnist`` space on real Fashion-MNIST (``--data-dir``, or Debian's files),
+  a seeded class-balanced subset of ``--images`` training images: what
+  ``configs/fashion-mnist-gpu.yaml`` trains, so its supernet time is epochs x 55,000 / images_per_s.
+
+``--batch-size`` takes a comma list (``128,512``): tiny nets leave a GPU launch-bound, so the batch
+size, not the arithmetic, sets the rate.
 
 Each row records images/s (adversarial images through forward+backward per second, the Trainer's own
 counter), seconds per epoch and, for ``digits``, the validation accuracy after the timed epochs, so
@@ -27,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset
+from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset, subset_train
 from nasctl.nas.train import TrainConfig, Trainer
 
 
@@ -43,8 +49,20 @@ def synthetic_cifar(n: int, seed: int = 0) -> DataSplits:
     return DataSplits(info, split(n), split(256), split(256))
 
 
-def measure(label: str, space: str, data: DataSplits, amp: bool, args) -> dict:
-    cfg = TrainConfig(dataset=data.info.name, space=space, epochs=args.epochs + 1, batch_size=args.batch_size,
+def workload_data(name: str, args) -> tuple[str, DataSplits]:
+    """The space and the data of one workload."""
+    if name == "digits":
+        return "digits", load_dataset("digits", seed=0)
+    if name == "fmnist":
+        data = load_dataset("fashion-mnist", data_dir=args.data_dir, seed=0)
+        return "mnist", subset_train(data, args.images, 0)
+    if name == "tam32":
+        return "tam", synthetic_cifar(args.images)
+    raise SystemExit(f"unknown workload {name!r}: choose from digits, fmnist, tam32")
+
+
+def measure(label: str, space: str, data: DataSplits, amp: bool, batch_size: int, args) -> dict:
+    cfg = TrainConfig(dataset=data.info.name, space=space, epochs=args.epochs + 1, batch_size=batch_size,
                       eps_warmup=0, eval_every=10_000, device=args.device, amp=amp)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp), data=data)
@@ -59,7 +77,7 @@ def measure(label: str, space: str, data: DataSplits, amp: bool, args) -> dict:
             secs.append(m.seconds)
         row = {"workload": label, "space": space, "amp": amp,
                "amp_dtype": str(trainer.amp_dtype) if trainer.use_amp else None,
-               "batch_size": args.batch_size, "train_images": len(data.train),
+               "batch_size": batch_size, "train_images": len(data.train),
                "images_per_s": sorted(rates)[len(rates) // 2],
                "seconds_per_epoch": sorted(secs)[len(secs) // 2],
                "params_largest": sum(p.numel() for p in trainer.supernet.extract(trainer.space.largest())
@@ -68,7 +86,7 @@ def measure(label: str, space: str, data: DataSplits, amp: bool, args) -> dict:
             trainer.cfg.eval_size = 200
             row["val_after"] = trainer.check_paths()
     val = f"  val {row['val_after']}" if "val_after" in row else ""
-    print(f"{label:>7} amp={str(amp):<5} {row['images_per_s']:>9.0f} img/s  "
+    print(f"{label:>7} batch={batch_size:<4} amp={str(amp):<5} {row['images_per_s']:>9.0f} img/s  "
           f"{row['seconds_per_epoch']:.2f} s/epoch{val}", flush=True)
     return row
 
@@ -77,8 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per row (median reported)")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--images", type=int, default=8192, help="synthetic 32x32 training images")
+    ap.add_argument("--batch-size", default="128", help="one or more batch sizes, comma-separated")
+    ap.add_argument("--images", type=int, default=8192,
+                    help="training images per epoch (tam32: synthetic; fmnist: a balanced subset)")
+    ap.add_argument("--data-dir", default=None, help="fmnist: Fashion-MNIST's files (default: Debian's)")
     ap.add_argument("--workloads", default="digits,tam32")
     ap.add_argument("--out", default="bench/results/gpu.json")
     args = ap.parse_args(argv)
@@ -89,10 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": platform.processor() or platform.machine(), "epochs_timed": args.epochs, "rows": []}
     t0 = time.perf_counter()
     for w in args.workloads.split(","):
-        data = load_dataset("digits", seed=0) if w == "digits" else synthetic_cifar(args.images)
-        space = "digits" if w == "digits" else "tam"
-        for amp in ((False, True) if dev.type == "cuda" else (False,)):
-            result["rows"].append(measure(w, space, data, amp, args))
+        space, data = workload_data(w, args)
+        for batch_size in (int(b) for b in args.batch_size.split(",")):
+            for amp in ((False, True) if dev.type == "cuda" else (False,)):
+                result["rows"].append(measure(w, space, data, amp, batch_size, args))
     result["seconds"] = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The CUDA path, end to end, on a lent GPU machine with no internet (BENCHMARKS.md "GPU"):
-#   1. bench/bench_gpu.py: training throughput, float32 vs AMP, digits and a CIFAR-shaped workload;
-#   2. nasctl train --device cuda --amp (the default digits supernet, AMP), then a search on it;
-#   3. the main job, nasctl search with no arguments but --device cuda.
-# Usage: OUT=/some/dir bash bench/gpu_check.sh   (wheels for missing packages under .whl/, if any)
+#   1. bench/bench_gpu.py on real Fashion-MNIST: supernet training throughput of the 'mnist' space at
+#      batch 128 and 512, float32 and AMP (what configs/fashion-mnist-gpu.yaml trains);
+#   2. the main job, `nasctl search --device cuda` (supernet, NSGA-II, final attack, fine-tune stage);
+#   3. configs/fashion-mnist-gpu.yaml with its stages cut short (2 supernet epochs, 1 generation, 2
+#      members fine-tuned for 1 epoch), whose per-stage times scale the full recipe's wall time.
+# Usage: OUT=/some/dir [SKIP_BENCH=1] bash bench/gpu_check.sh
+#   wheels for packages the GPU image lacks (pymoo and its needs) under .whl/, and Fashion-MNIST's four
+#   .gz files under .fmnist/ (both git-ignored; copy them there before the call and carry them).
 # The GPU image has torch but not pymoo and this package: both go on PYTHONPATH, nothing is installed
 # system-wide. Every step has its own time limit so a slow one still leaves the others' results.
 set -uo pipefail
@@ -17,21 +21,27 @@ fi
 rm -rf /tmp/pkg && mkdir -p /tmp/pkg/nasctl && cp -r nasctl/. /tmp/pkg/nasctl/
 for d in nas export profiling android_bench; do ln -s "$PWD/$d" "/tmp/pkg/nasctl/$d"; done
 export PYTHONPATH="/tmp/pkg:/tmp/site:${PYTHONPATH:-}"
+FM="$PWD/.fmnist"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, pymoo; \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'pymoo', pymoo.__version__)"; nproc; } \
   2>&1 | tee "$OUT/env.txt"
 
-timeout 200 python3 bench/bench_gpu.py --device cuda --out "$OUT/gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
-
 timed() { local t0=$SECONDS; "$@"; local rc=$?; echo "wall $((SECONDS - t0)) s (exit $rc)"; }
-show() { tr '\r' '\n' < "$1" | grep -v "it/s\]\|gen/s\]\|^ *$" | tail -45; }
+show() { tr '\r' '\n' < "$1" | grep -v "it/s\]\|gen/s\]\|s/it\]\|^ *$" | tail -${2:-30}; }
+
+[ -n "${SKIP_BENCH:-}" ] || timed timeout 150 python3 bench/bench_gpu.py --device cuda --workloads fmnist --data-dir "$FM" \
+  --images 8192 --epochs 2 --batch-size 128,512 --out "$OUT/gpu_fmnist.json" 2>&1 | tee "$OUT/bench_gpu.log"
+
 R=/tmp/gpu_runs
-timed timeout 150 \
-  python3 -m nasctl train --device cuda --amp --run-root $R --name amp > "$OUT/train_amp.log" 2>&1; show "$OUT/train_amp.log"
-SN=$(ls -d $R/train/*-amp | head -1)/supernet.pt
-timed timeout 120 \
-  python3 -m nasctl search --supernet "$SN" --device cuda --run-root $R --name amp > "$OUT/search_amp.log" 2>&1; show "$OUT/search_amp.log"
 timed timeout 240 \
-  python3 -m nasctl search --device cuda --run-root $R --name main > "$OUT/mainjob.log" 2>&1; show "$OUT/mainjob.log"
+  python3 -m nasctl search --device cuda --run-root $R --name main > "$OUT/mainjob.log" 2>&1
+show "$OUT/mainjob.log" 40
 cp "$(ls -d $R/search/*-main | head -1)/pareto.json" "$OUT/pareto_main.json" 2>/dev/null
+
+timed timeout 250 \
+  python3 -m nasctl search --dataset fashion-mnist --config configs/fashion-mnist-gpu.yaml --data-dir "$FM" \
+  --device cuda --epochs 2 --generations 1 --finetune-members 2 --finetune-epochs 1 \
+  --run-root $R --name fmnist > "$OUT/fmnist_short.log" 2>&1
+show "$OUT/fmnist_short.log" 40
+cp "$(ls -d $R/search/*-fmnist | head -1)/pareto.json" "$OUT/pareto_fmnist_short.json" 2>/dev/null
 echo "gpu_check done"

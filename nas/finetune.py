@@ -105,9 +105,10 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
 
 def robust_accuracy(model: nn.Module, split, eps: float, steps: int = 20,
                     seed: int = 0) -> tuple[float, float]:
-    """(clean %, PGD-``steps`` %) in eval mode."""
-    r = evaluate(model, split.batches(256), PGD(eps=eps, steps=steps), "cpu",
-                 torch.Generator().manual_seed(seed))
+    """(clean %, PGD-``steps`` %) in eval mode, on the model's own device."""
+    device = next(model.parameters()).device
+    r = evaluate(model, split.batches(256), PGD(eps=eps, steps=steps), device,
+                 torch.Generator(device=device).manual_seed(seed))
     return r.clean_acc, r.adv_acc
 
 

@@ -131,7 +131,9 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
         f"({meta.get('final_images')} images)",
         f"- hypervolume (reference point {meta['reference_point']} in each minimised objective): "
         f"{history[-1]['hypervolume']:.4f} after generation {history[-1]['generation']}" if history else "",
-        f"- wall time: {meta['seconds']:.0f} s",
+        f"- wall time: {meta['seconds']:.0f} s"
+        + (" (" + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in meta["stage_seconds"].items())
+           + ")" if meta.get("stage_seconds") else ""),
         "",
         f"## Pareto front ({len(front)} subnets, knee marked *)",
         "",

@@ -175,8 +175,19 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks | None 
 
 def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train_callbacks) -> Path:
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}  # wall seconds per stage of this invocation (a resume redoes less)
+    lap = [t0]
+
+    def stage_done(name: str) -> None:
+        now = time.perf_counter()
+        stages[name] = round(now - lap[0], 1)
+        lap[0] = now
+        log.info("%s: %.0f s", name.replace("_", " "), stages[name])
+
     objectives = parse_objectives(cfg.objectives)
     ckpt_path = cfg.supernet or str(_train_first(cfg, run_dir, train_callbacks))
+    if not cfg.supernet:
+        stage_done("supernet_training")
     loaded = load_supernet(ckpt_path, expect_space=_expected_space(cfg))
     if loaded.dataset["name"] != cfg.dataset:
         raise NasctlError(f"supernet {loaded.path!r} was trained on {loaded.dataset['name']!r}, "
@@ -201,14 +212,18 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
         log.info("latency_ms from %s", latency.spec.describe())
     state = SearchState(loaded.space, objectives, evaluator.accuracy,
                         _sizes_fn(loaded.space, loaded.dataset, latency), archive, cfg, callbacks)
+    lap[0] = time.perf_counter()  # loading the supernet and the data is not the search
     result = run_generations(state, cfg, run_dir / "history.json")
+    stage_done("search")
 
     front = []
     for rec in result.front:  # strong re-evaluation on the test split
         front.append({**rec, **final_evaluation(evaluator, Genome.decode(rec["genome"]), data.test,
                                                 cfg.final_steps, cfg.final_restarts), "rank": 0})
+    stage_done("front_evaluation")
     if front and cfg.finetune_members:
         finetune_front(cfg, run_dir, loaded, data, eps, front, device)
+        stage_done("finetune_stage")
     history = json.loads((run_dir / "history.json").read_text())["generations"]
     meta = {"run": run_dir.name, "dataset": cfg.dataset, "data_dir": cfg.data_dir,
             "supernet": record["path"], "supernet_sha256": record["sha256"],
@@ -225,7 +240,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             "reference_point": HV_REFERENCE, "scale": state.scale,
             "latency": latency.provenance if latency is not None else None,
             "bn_calibration": evaluator.calibration.to_dict(),  # export prepares the subnet the same way
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "stage_seconds": stages}
     write_outputs(run_dir, loaded.space, meta, list(archive.records.values()), front, history)
     if not front:
         raise NasctlError(_no_feasible_message(cfg, archive))

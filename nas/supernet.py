@@ -243,13 +243,16 @@ def build_subnet(space: SearchSpace, genome: Genome | str, in_channels: int, num
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor],
-                   device: torch.device | str = "cpu") -> int:
+                   device: torch.device | str | None = None) -> int:
     """Re-estimate BatchNorm running statistics of ``model`` on a few training batches.
 
     Shared supernet statistics are a mixture over every sampled path, so a subnet's own statistics
     must be recomputed before it is evaluated (cumulative average, momentum=None). Returns the
-    number of images seen. The model is left in eval mode.
+    number of images seen. The model is left in eval mode. The batches go to ``device``, by default
+    the model's own (a subnet extracted from a CUDA supernet lives on the GPU).
     """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
@@ -288,7 +291,7 @@ class BNCalibration:
 
 
 def prepare_subnet(model: nn.Module, train, calibration: BNCalibration,
-                   device: torch.device | str = "cpu") -> nn.Module:
+                   device: torch.device | str | None = None) -> nn.Module:
     """Recalibrate an extracted subnet's BatchNorm statistics with ``calibration``; eval mode."""
     recalibrate_bn(model, calibration.images(train), device)
     return model

@@ -52,6 +52,11 @@ def test_search_records_finetuned_members_that_reproduce(tuned_run):
         assert again["adv_acc"] == r["finetuned_adv_acc"]  # the checkpoint is the network that was scored
     summary = (tuned_run / "summary.md").read_text()
     assert "fine-tuned PGD %" in summary
+    # where the time went, per stage (this run was given a supernet: no training stage)
+    stages = doc["stage_seconds"]
+    assert list(stages) == ["search", "front_evaluation", "finetune_stage"]
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= doc["seconds"] + 0.1
+    assert "front evaluation" in summary and "finetune stage" in summary
 
 
 def test_export_takes_the_finetuned_weights_and_says_so(tuned_run, tmp_path, capsys):

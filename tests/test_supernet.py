@@ -72,6 +72,28 @@ def test_bn_recalibration_matches_data_statistics():
     assert torch.allclose(sub.stem.bn.running_var, var, atol=1e-4)
 
 
+def test_bn_recalibration_feeds_the_models_own_device():
+    """A subnet extracted from a CUDA supernet lives on the GPU while the data stays on the CPU: the
+    fine-tune stage's recalibration crashed there (cuda:0 vs cpu) until the batches followed the model.
+    The meta device stands in for CUDA (a probe module: BatchNorm itself cannot run on meta)."""
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.empty(1, device="meta"))
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.device.type)
+            return x
+
+    probe = Probe()
+    assert recalibrate_bn(probe, [torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)]) == 8
+    assert probe.seen == ["meta", "meta"] and not probe.training
+    recalibrate_bn(probe, [torch.rand(4, 1, 8, 8)], "cpu")  # an explicit device still wins
+    assert probe.seen[-1] == "cpu"
+
+
 def test_width_multiplier_supernet_builds_and_runs():
     space = load_space("digits", width_mult=0.5)
     net = Supernet(space, 1, 10, [0.3], [0.4]).eval()
