@@ -3,7 +3,7 @@
 The int8 interpreter has no gradients, so three attacks stand in, and the report keeps the worst:
 (a) transfer -- PGD crafted on the float PyTorch model, replayed on the int8 model;
 (b) white-box on a fake-quantised PyTorch twin (:mod:`fakequant`), replayed on the int8 model;
-(c) query-only Square attack (:mod:`square`) run against the int8 interpreter itself.
+(c) query-only Square attack (:class:`nasctl.nas.square.Square`) run against the int8 interpreter itself.
 Every adversarial image is rounded to the uint8 pixel grid (k / 255) inside the eps-ball before
 the int8 model sees it, as a camera frame would be. An image counts as robust when the model is
 right on the clean image and on the adversarial one (as :func:`nasctl.nas.attacks.evaluate`). Next
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from nasctl.nas.attacks import PGD
+from nasctl.nas.square import Square
 from torch import nn
 
-from .square import SquareAttack
 from .verify import top1_agreement, torch_logits
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def deployed_robustness(
     t0 = time.perf_counter()
     record("fakequant_pgd", _pgd(twin, x, y, cfg), pgd_settings, "fake-quantised PyTorch twin (STE)", t0)
     t0 = time.perf_counter()
-    square = SquareAttack(eps=cfg.eps, queries=cfg.square_queries, p_init=cfg.square_p_init, seed=cfg.seed)
+    square = Square(eps=cfg.eps, queries=cfg.square_queries, p_init=cfg.square_p_init, seed=cfg.seed)
     x_sq, queries = square.run(
         int8_predict, x, y, project=lambda cand, clean: to_uint8_grid(cand, clean, cfg.eps)
     )

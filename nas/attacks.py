@@ -40,7 +40,8 @@ class Attack:
     on names: ``trainable`` (offered by ``nasctl train --attack``), ``single_step`` (one gradient per
     example: fast, and prone to catastrophic overfitting, so training checks PGD accuracy every epoch),
     ``train_step`` (the step size adversarial training uses, as a fraction of eps; None: the attack's
-    own default), ``needs_clean_logits`` and :meth:`training_loss`.
+    own default), ``needs_clean_logits``, ``query_only`` (logits alone, no gradients: it also runs on
+    an int8 interpreter, and it cannot be fooled by masked gradients) and :meth:`training_loss`.
     """
 
     name: ClassVar[str] = ""
@@ -48,6 +49,7 @@ class Attack:
     single_step: ClassVar[bool] = False
     train_step: ClassVar[float | None] = None
     needs_clean_logits: ClassVar[bool] = False  # the training loss also uses the clean batch's logits
+    query_only: ClassVar[bool] = False
     eps: float = 8 / 255
     model_mode: str = "eval"  # "eval" for evaluation; "train" inside adversarial training
 
@@ -292,3 +294,6 @@ def evaluate(model: nn.Module, batches, attack: Attack | None, device: torch.dev
         model.train(was_training)
     return RobustResult(100.0 * clean / max(n, 1), 100.0 * adv / max(n, 1) if attack else float("nan"), n,
                         attack.to_dict() if attack else {})
+
+
+from . import square  # noqa: E402,F401  (registers the query-only Square attack)

@@ -2,9 +2,10 @@
 
 The search ranks candidates with a cheap proxy; a claim about a chosen network needs the strong
 protocol: eval mode, BN recalibrated, PGD with many steps and random restarts on the test split,
-cross-checked with an independent implementation (the Adversarial Robustness Toolbox's PGD) and,
-where the optional ``pyautoattack`` package is installed, AutoAttack (standard: APGD-CE, APGD-T,
-FAB-T, Square). The reported robust accuracy is the minimum over every attack that ran.
+cross-checked with an independent implementation (the Adversarial Robustness Toolbox's PGD), a
+query-only attack that masked gradients cannot fool (Square, from the attack registry) and, where the
+optional ``pyautoattack`` package is installed, AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square).
+The reported robust accuracy is the minimum over every attack that ran.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attacks import PGD, evaluate
+from .attacks import PGD, evaluate, make_attack
 from .candidates import genome_seed
 from .data import TensorSplit
 from .errors import NasctlError
@@ -32,6 +33,7 @@ class StrongEvalConfig:
     n_images: int | None = None  # None: the whole test split
     art: bool = True  # cross-check with ART's PGD when installed
     autoattack: bool = True  # AutoAttack (standard) when the autoattack package is installed
+    square_queries: int = 1000  # the query-only Square attack's budget per image; 0: skip it
     seed: int = 0
     eps: float | None = None  # L-inf radius on [0, 1] pixels; None: the supernet's training eps
 
@@ -40,6 +42,10 @@ class StrongEvalConfig:
 
         check_at_least_one(self, ("steps", "restarts", "n_images"))
         check_eps(self.eps)
+        if isinstance(self.square_queries, bool) or not isinstance(self.square_queries, int) \
+                or self.square_queries < 0:
+            raise NasctlError(f"square_queries must be 0 (skip the Square attack) or a positive number of "
+                              f"queries per image, got {self.square_queries!r}")
 
 
 def _art_pgd_acc(model: torch.nn.Module, split: TensorSplit, eps: float, steps: int, shape, classes: int,
@@ -106,12 +112,16 @@ def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, e
         if acc is not None:
             out["attacks"]["art_pgd"] = {"acc": acc, "attack": "ART ProjectedGradientDescent",
                                          "steps": cfg.steps, "eps": eps, "restarts": 1}
+    if cfg.square_queries:
+        square = make_attack("square", eps=eps, queries=cfg.square_queries, seed=cfg.seed)
+        sq = evaluate(model, split.batches(1024), square, "cpu")
+        out["attacks"]["square"] = {"acc": sq.adv_acc, **square.to_dict()}
     if cfg.autoattack:
         acc = _autoattack_acc(model, split, eps, cfg.seed)
         if acc is not None:
             out["attacks"]["autoattack"] = {"acc": acc, "attack": "AutoAttack standard", "eps": eps}
         else:
-            log.info("AutoAttack is not installed (pip install pyautoattack): reporting PGD only")
+            log.info("AutoAttack is not installed (pip install pyautoattack): reporting the attacks above")
     out["robust_acc"] = min(a["acc"] for a in out["attacks"].values())
     return out
 
@@ -127,6 +137,7 @@ class EvalConfig:
     arch: list[str] | None = None  # genome strings, with a supernet checkpoint
     steps: int = 50  # PGD-50
     restarts: int = 5  # x 5 random restarts
+    square_queries: int = 1000  # query-only Square attack per image; 0: skip
     eps: float | None = None  # None: the training eps
     n_images: int | None = None  # None: the whole test split
     data_dir: str | None = None
@@ -142,7 +153,7 @@ class EvalConfig:
 
     def protocol(self) -> StrongEvalConfig:
         return StrongEvalConfig(steps=self.steps, restarts=self.restarts, n_images=self.n_images,
-                                seed=self.seed, eps=self.eps)
+                                square_queries=self.square_queries, seed=self.seed, eps=self.eps)
 
 
 @dataclass

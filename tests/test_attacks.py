@@ -7,6 +7,7 @@ import pytest
 import torch
 from nasctl.nas.attacks import ATTACKS, FGSM, FGSMRS, NFGSM, PGD, evaluate, make_attack, trades_loss
 from nasctl.nas.errors import NasctlError
+from nasctl.nas.square import Square
 
 
 def _acc(model, digits, attack, n=397, seed=0):
@@ -21,7 +22,8 @@ def test_undefended_model_is_trained(undefended_model, digits):
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_eps_zero_leaves_accuracy_unchanged(undefended_model, digits, name):
-    attack = make_attack(name, eps=0.0, **({"steps": 5} if "steps" in ATTACKS[name].settings() else {}))
+    short = {"steps": 5, "queries": 20}  # keep iterative and query attacks quick
+    attack = make_attack(name, eps=0.0, **{k: v for k, v in short.items() if k in ATTACKS[name].settings()})
     r = _acc(undefended_model, digits, attack)
     assert r.adv_acc == pytest.approx(r.clean_acc)
 
@@ -44,12 +46,28 @@ def test_restarts_never_weaker(undefended_model, digits):
 
 
 @pytest.mark.parametrize("attack, bound", [(FGSM(eps=0.1), 0.1), (FGSMRS(eps=0.1), 0.1),
-                                           (PGD(eps=0.1, steps=5), 0.1), (NFGSM(eps=0.1), 0.3)])
+                                           (PGD(eps=0.1, steps=5), 0.1), (NFGSM(eps=0.1), 0.3),
+                                           (Square(eps=0.1, queries=30), 0.1)])
 def test_perturbation_stays_in_budget_and_pixel_range(undefended_model, digits, attack, bound):
     x, y = next(digits.test.batches(64))
     x_adv = attack(undefended_model, x, y, torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= bound + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_square_is_a_registered_query_only_attack_that_fools_without_gradients(undefended_model, digits):
+    """The black-box Square attack, through the same registry and evaluate() as PGD: it lowers an
+    undefended model's accuracy using logits alone, and never beats white-box PGD by much."""
+    sq = make_attack("square", eps=0.1, queries=200, seed=0)
+    assert isinstance(sq, Square) and sq.query_only and not PGD.query_only
+    assert sq.to_dict()["attack"] == "square" and sq.to_dict()["queries"] == 200
+    clean = _acc(undefended_model, digits, None, n=200).clean_acc
+    square = _acc(undefended_model, digits, sq, n=200).adv_acc
+    pgd = _acc(undefended_model, digits, PGD(eps=0.1, steps=20), n=200).adv_acc
+    assert square < clean - 20  # it really attacks
+    assert pgd <= square + 5  # gradients are not masked on an undefended model: PGD is at least as strong
+    again = _acc(undefended_model, digits, make_attack("square", eps=0.1, queries=200, seed=0), n=200).adv_acc
+    assert again == square  # seeded
 
 
 def test_attack_restores_model_state(undefended_model, digits):

@@ -24,11 +24,11 @@ from nasctl.export.fakequant import (
 from nasctl.export.prepare import calibration_set, fold_batchnorm, recalibrate
 from nasctl.export.robustness import to_uint8_grid
 from nasctl.export.source import latest_run, pick_from_run
-from nasctl.export.square import SquareAttack, margin_loss, p_schedule
 from nasctl.export.targets import EXTRA_HINT, require_installed
 from nasctl.nas.data import TensorSplit, load_dataset
 from nasctl.nas.select import SelectionError
 from nasctl.nas.space import BLOCKS, GenomeError, SearchSpace, load_space
+from nasctl.nas.square import Square, margin_loss, p_schedule
 from nasctl.nas.supernet import BNCalibration, Supernet
 
 
@@ -237,7 +237,7 @@ def test_square_attack_fools_a_linear_model_within_budget():
     y = predict(x).argmax(1)
     y[:5] = (y[:5] + 1) % 10  # 5 images start misclassified: they must come back unchanged
     calls["n"] = 0
-    attack = SquareAttack(eps=0.1, queries=200, seed=0)
+    attack = Square(eps=0.1, queries=200, seed=0)
     x_adv, queries = attack.run(predict, x, y)
     assert np.abs(x_adv - x).max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert queries.max() <= 200 and calls["n"] == queries.sum()
@@ -245,7 +245,7 @@ def test_square_attack_fools_a_linear_model_within_budget():
     assert (queries[:5] == 1).all()
     fooled = margin_loss(predict(x_adv), y)[5:] < 0
     assert fooled.mean() > 0.5
-    x_again, _ = SquareAttack(eps=0.1, queries=200, seed=0).run(predict, x, y)
+    x_again, _ = Square(eps=0.1, queries=200, seed=0).run(predict, x, y)
     np.testing.assert_array_equal(x_adv, x_again)  # seeded
 
 
@@ -253,7 +253,7 @@ def test_square_attack_uses_the_projection():
     predict, _ = linear_model()
     x = np.random.default_rng(2).random((10, 1, 8, 8)).astype(np.float32)
     y = predict(x).argmax(1)
-    x_adv, _ = SquareAttack(eps=0.1, queries=50).run(
+    x_adv, _ = Square(eps=0.1, queries=50).run(
         predict, x, y, project=lambda c, x0: to_uint8_grid(c, x0, 0.1)
     )
     changed = np.any(x_adv != x, axis=(1, 2, 3))

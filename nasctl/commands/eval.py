@@ -17,6 +17,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--arch", action="append", metavar="GENOME", help="genome string (repeatable)")
     p.add_argument("--steps", type=int, help="PGD steps (default 50)")
     p.add_argument("--restarts", type=int, help="PGD random restarts (default 5)")
+    p.add_argument("--square-queries", type=int, help="query-only Square attack: queries per image "
+                   "(default 1000; 0 skips it)")
     p.add_argument("--eps", type=float, help="L-inf budget (default: the training eps)")
     p.add_argument("--n-images", type=int, help="evaluate on the first N test images only")
     p.add_argument("--data-dir", help="folder of a torchvision data set")

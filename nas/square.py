@@ -11,6 +11,13 @@ Budget: at most ``queries`` model calls per image (the official evaluation uses 
 use a few hundred so the check takes seconds on a CPU -- the report says how many). Every
 candidate goes through ``project`` before it is queried, so the caller can keep candidates on
 the uint8 pixel grid inside the eps-ball.
+
+:class:`Square` is an :class:`~nasctl.nas.attacks.Attack` like the gradient attacks (registered as
+``square``, so ``make_attack("square", eps=...)`` and the registry-wide tests take it), with one more
+capability: ``query_only``. :meth:`Square.run` attacks any predict function on NumPy arrays (the int8
+TFLite interpreter); calling it on a PyTorch model wraps the model as such a function. Its randomness
+comes from its ``seed`` setting (a NumPy generator), since the predict functions it runs on are not
+PyTorch's.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import torch
+
+from .attacks import Attack, register_attack
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, H, W] -> logits [N, K]
 Project = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (candidate, clean) -> allowed image
@@ -58,25 +68,30 @@ def clip_to_ball(candidate: np.ndarray, clean: np.ndarray, eps: float) -> np.nda
     return np.clip(np.clip(candidate, clean - eps, clean + eps), 0.0, 1.0)
 
 
+@register_attack
 @dataclass
-class SquareAttack:
+class Square(Attack):
+    """Square Attack: score-based, query-only (no gradients), so it also runs on an int8 interpreter."""
+
     name: ClassVar[str] = "square"
-    eps: float
+    query_only: ClassVar[bool] = True
     queries: int = 300  # model calls per image, including the initial one
     p_init: float = 0.05
     seed: int = 0
 
     def to_dict(self) -> dict:
-        return {
-            "attack": self.name,
-            "norm": "Linf",
-            "eps": self.eps,
-            "queries": self.queries,
-            "p_init": self.p_init,
-            "seed": self.seed,
-            "loss": "margin",
-            "paper": "Andriushchenko et al., Square Attack, ECCV 2020",
-        }
+        paper = "Andriushchenko et al., Square Attack, ECCV 2020"
+        return {**super().to_dict(), "loss": "margin", "paper": paper}
+
+    def perturb(self, model, x, y, gen):
+        """On a PyTorch model: its logits as the predict function; the eps-ball and [0, 1] as projection."""
+
+        @torch.no_grad()
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return model(torch.from_numpy(batch).to(x.device, x.dtype)).float().cpu().numpy()
+
+        x_adv, _ = self.run(predict, x.detach().cpu().float().numpy(), y.cpu().numpy())
+        return torch.from_numpy(x_adv).to(x.device, x.dtype)
 
     def run(
         self, predict: Predict, x: np.ndarray, y: np.ndarray, project: Project | None = None
