@@ -591,34 +591,30 @@ _MNIST_FILES = (
     "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte"
 )
 
+def _cifar(name: str, classes: int, mean: tuple[float, ...], std: tuple[float, ...],
+           holding: str) -> TorchvisionLoader:
+    """CIFAR-10 and CIFAR-100: the same torchvision layout and offline instructions, other files."""
+    number = name.removeprefix("cifar")
+    archive = f"cifar-{number}-python.tar.gz"
+    return TorchvisionLoader(
+        DatasetInfo(name, 3, 32, classes, mean, std, default_eps=8 / 255),
+        dataset_class=f"CIFAR{number}",
+        split_arg="train",
+        layout="NHWC",
+        expected="{root}/" + holding + f" (the extracted 'CIFAR-{number} python version' archive {archive} "
+        f"from {_CIFAR_URL}; md5-checked, or put the .tar.gz itself in {{root}} and allow the download)",
+    )
+
+
 _LOADERS: tuple[DatasetLoader, ...] = (
     DigitsLoader(
         # mean/std of load_digits().images / 16 over all 1,797 images (computed once, hardcoded)
         DatasetInfo("digits", 1, 8, 10, (0.3053,), (0.3760,), default_eps=0.1),
     ),
-    TorchvisionLoader(
-        DatasetInfo(
-            "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), default_eps=8 / 255
-        ),
-        dataset_class="CIFAR10",
-        split_arg="train",
-        layout="NHWC",
-        expected="{root}/cifar-10-batches-py/ holding data_batch_1..data_batch_5, test_batch "
-        "and batches.meta "
-        f"(the extracted 'CIFAR-10 python version' archive cifar-10-python.tar.gz from {_CIFAR_URL}; "
-        "md5-checked, or put the .tar.gz itself in {root} and allow the download)",
-    ),
-    TorchvisionLoader(
-        DatasetInfo(
-            "cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), default_eps=8 / 255
-        ),
-        dataset_class="CIFAR100",
-        split_arg="train",
-        layout="NHWC",
-        expected="{root}/cifar-100-python/ holding train, test and meta "
-        f"(the extracted 'CIFAR-100 python version' archive cifar-100-python.tar.gz from {_CIFAR_URL}; "
-        "md5-checked, or put the .tar.gz itself in {root} and allow the download)",
-    ),
+    _cifar("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+           "cifar-10-batches-py/ holding data_batch_1..data_batch_5, test_batch and batches.meta"),
+    _cifar("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+           "cifar-100-python/ holding train, test and meta"),
     TorchvisionLoader(
         DatasetInfo(
             "svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), default_eps=8 / 255

@@ -97,14 +97,9 @@ def _recorded_space(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NasctlError(f"{str(path)!r} is not valid JSON ({e}): restore it from the run, or start a new "
-                          f"run") from e
-    if not isinstance(doc, dict):
-        raise NasctlError(f"{str(path)!r} must hold a JSON object: restore it, or start a new run")
-    return doc
+    from nasctl.core import read_json_object
+
+    return read_json_object(path, fix="restore it from the run, or start a new run")
 
 
 def check_supernet_belongs(run_dir: Path, loaded: LoadedSupernet, archive: Archive) -> dict[str, Any]:

@@ -7,11 +7,12 @@ searched (absolute, or relative to the run folder), with one clear error for eac
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nasctl.core import read_json_object
 
 from .errors import NasctlError
 from .space import Genome, GenomeError
@@ -60,18 +61,12 @@ def read_front(run: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
             f"search run {str(run)!r} does not exist: pass the folder of a 'nasctl search' run "
             f"(runs/search/<stamp>-<name>)"
         )
-    if not pareto.is_file():
-        raise SelectionError(
-            f"search run {str(run)!r} has no pareto.json (not finished, or not a search run): "
-            f"resume it with 'nasctl search --resume {run}' or pass --checkpoint CKPT --arch GENOME"
-        )
-    try:
-        doc = json.loads(pareto.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SelectionError(f"{str(pareto)!r} is not valid JSON ({e}): re-run or resume the search") from e
-    front = doc.get("front") if isinstance(doc, dict) else None
+    missing = (f"search run {str(run)!r} has no pareto.json (not finished, or not a search run): "
+               f"resume it with 'nasctl search --resume {run}' or pass --checkpoint CKPT --arch GENOME")
+    doc = read_json_object(pareto, error=SelectionError, fix="re-run or resume the search", missing=missing)
+    front = doc.get("front")
     if not front:
-        limits = doc.get("constraints") if isinstance(doc, dict) else None
+        limits = doc.get("constraints")
         if limits:
             flags = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in limits.items())
             raise SelectionError(

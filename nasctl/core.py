@@ -102,6 +102,27 @@ def versions(extra: Iterable[str] = ()) -> dict[str, str]:
     return out
 
 
+def read_json_object(path: str | os.PathLike, *, missing: str | None = None,
+                     fix: str = "restore it, or start a new run",
+                     error: type[Exception] | None = None) -> dict:
+    """The JSON object in ``path``, or one error line (``error``, default ``NasctlError``): ``missing`` when
+    the file is absent (None: the file is assumed to exist), else that it is not valid JSON or not an
+    object, followed by ``fix``. Every run file a command reads back goes through here."""
+    from nasctl.nas.errors import NasctlError
+
+    error = error or NasctlError
+    path = Path(path)
+    if missing is not None and not path.is_file():
+        raise error(missing)
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{str(path)!r} is not valid JSON ({e}): {fix}") from e
+    if not isinstance(doc, dict):
+        raise error(f"{str(path)!r} must hold a JSON object: {fix}")
+    return doc
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``: the tail of an error line."""
     close = difflib.get_close_matches(str(name), list(choices), n=1)

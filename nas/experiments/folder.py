@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from nasctl.core import atomic_write_json, atomic_write_text
+from nasctl.core import atomic_write_json, atomic_write_text, read_json_object
 
 from ..errors import NasctlError
 from ..runs import make_run_dir, write_run_config
@@ -137,21 +137,11 @@ def start(
 def reopen(path: str | os.PathLike) -> ExperimentFolder:
     """An existing experiment folder, for ``--resume``: its study and recorded config."""
     path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise NasctlError(
-            f"--resume {str(path)!r} is not an experiment folder (no config.json): give "
-            f"runs/experiment/<stamp>-<study>"
-        )
-    try:
-        doc = json.loads(cfg_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise NasctlError(f"{str(cfg_path)!r} is not valid JSON ({e}): start a new experiment") from e
-    if not isinstance(doc, dict) or not str(doc.get("command", "")).startswith(COMMAND) or "study" not in doc:
-        raise NasctlError(
-            f"--resume {str(path)!r} is a {doc.get('command') if isinstance(doc, dict) else '?'!r} "
-            f"run, not an experiment"
-        )
+    doc = read_json_object(path / "config.json", fix="start a new experiment",
+                           missing=f"--resume {str(path)!r} is not an experiment folder (no config.json): "
+                           f"give runs/experiment/<stamp>-<study>")
+    if not str(doc.get("command", "")).startswith(COMMAND) or "study" not in doc:
+        raise NasctlError(f"--resume {str(path)!r} is a {doc.get('command')!r} run, not an experiment")
     return ExperimentFolder(path, str(doc["study"]), doc)
 
 
