@@ -304,13 +304,8 @@ class DigitsLoader:
     info: DatasetInfo
     default_space: str = "digits"  # 8x8 inputs: the space whose range holds the small hand-designed CNNs
 
-    def __call__(
-        self,
-        data_dir: str | os.PathLike | None = None,
-        seed: int = 0,
-        val_size: int | None = None,
-        download: bool = True,
-    ) -> DataSplits:
+    def __call__(self, data_dir: str | os.PathLike | None, seed: int, val_size: int | None,
+                 download: bool) -> DataSplits:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -372,13 +367,8 @@ class TorchvisionLoader:
         labels = torch.as_tensor(np.asarray(raw_labels), dtype=torch.int64).reshape(-1)
         return images.to(torch.uint8).contiguous(), labels
 
-    def __call__(
-        self,
-        data_dir: str | os.PathLike | None = None,
-        seed: int = 0,
-        val_size: int | None = None,
-        download: bool = True,
-    ) -> DataSplits:
+    def __call__(self, data_dir: str | os.PathLike | None, seed: int, val_size: int | None,
+                 download: bool) -> DataSplits:
         name = self.info.name
         if data_dir is None:
             raise NasctlError(
@@ -532,13 +522,8 @@ class IdxLoader:
                 f"(torchvision: {_one_line(exc)})"
             ) from exc
 
-    def __call__(
-        self,
-        data_dir: str | os.PathLike | None = None,
-        seed: int = 0,
-        val_size: int | None = None,
-        download: bool = True,
-    ) -> DataSplits:
+    def __call__(self, data_dir: str | os.PathLike | None, seed: int, val_size: int | None,
+                 download: bool) -> DataSplits:
         name = self.info.name
         if data_dir is None:
             root = Path(self.system_dir)

@@ -70,7 +70,6 @@ def add_parser(sub, name: str, help_text: str) -> None:
         type=float,
         help="points by which transfer may beat white-box before it is flagged (default 5)",
     )
-    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
     w = studies.add_parser(
         "width",
@@ -99,7 +98,6 @@ def add_parser(sub, name: str, help_text: str) -> None:
         metavar="P1,P2,...",
         help="parameter budgets for the matched comparison (default: 5 log-spaced over the shared range)",
     )
-    w.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
     f = studies.add_parser(
         "finetune-vs-scratch",
@@ -115,9 +113,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
         "--epochs", type=int, help="epochs of both trained arms (default: the search's fine-tune epochs)"
     )
     f.add_argument("--lr", type=float, help="learning rate of both trained arms (default 0.05)")
-    f.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
-    for s in (t, w, f):
+    for s in (t, w, f):  # what every study takes
+        s.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
         s.add_argument(
             "--resume",
             metavar="DIR",
