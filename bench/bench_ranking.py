@@ -102,23 +102,24 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{rec['params']:>7,}  search score {rec['clean_acc']:5.1f}/{rec['adv_acc']:5.1f}  {args.mode} "
               f"{clean:5.1f}/{adv:5.1f}  {rec['genome']}", flush=True)
     score = [r["inherited_adv"] for r in rows]
-    truth = [r["trained_adv"] for r in rows]
-    tau_adv = kendalltau(score, truth)
-    tau_params = kendalltau([r["params"] for r in rows], truth)
-    tau_clean = kendalltau([r["inherited_clean"] for r in rows], [r["trained_clean"] for r in rows])
-    lo, hi = bootstrap_tau(score, truth)
-    plo, phi = bootstrap_tau([r["params"] for r in rows], truth)
-    res = {"run": str(run), "mode": args.mode, "epochs": epochs, "eps": eps, "n": len(rows),
-           "kendall_tau_adv": float(tau_adv.statistic), "p_adv": float(tau_adv.pvalue),
-           "kendall_tau_adv_ci95": [lo, hi],
-           "kendall_tau_params": float(tau_params.statistic), "kendall_tau_params_ci95": [plo, phi],
-           "kendall_tau_clean": float(tau_clean.statistic), "p_clean": float(tau_clean.pvalue), "rows": rows}
-    wide = [r["trained_adv_val_test"] for r in rows]
-    tau_wide, tau_wide_params = kendalltau(score, wide), kendalltau([r["params"] for r in rows], wide)
-    res.update(kendall_tau_adv_val_test=float(tau_wide.statistic), p_adv_val_test=float(tau_wide.pvalue),
-               kendall_tau_adv_val_test_ci95=list(bootstrap_tau(score, wide)),
-               kendall_tau_params_val_test=float(tau_wide_params.statistic),
-               kendall_tau_params_val_test_ci95=list(bootstrap_tau([r["params"] for r in rows], wide)))
+    sizes = [r["params"] for r in rows]
+
+    def tau(x: list[float], y: list[float]) -> tuple[float, float, list[float]]:
+        """Kendall's tau, its p-value and its 95 % bootstrap interval."""
+        t = kendalltau(x, y)
+        return float(t.statistic), float(t.pvalue), list(bootstrap_tau(x, y))
+
+    res: dict = {"run": str(run), "mode": args.mode, "epochs": epochs, "eps": eps, "n": len(rows)}
+    for suffix, truth in (("", [r["trained_adv"] for r in rows]),
+                          ("_val_test", [r["trained_adv_val_test"] for r in rows])):
+        res[f"kendall_tau_adv{suffix}"], res[f"p_adv{suffix}"], res[f"kendall_tau_adv{suffix}_ci95"] = \
+            tau(score, truth)
+        res[f"kendall_tau_params{suffix}"], _, res[f"kendall_tau_params{suffix}_ci95"] = tau(sizes, truth)
+    clean_tau = kendalltau([r["inherited_clean"] for r in rows], [r["trained_clean"] for r in rows])
+    res["kendall_tau_clean"], res["p_clean"] = float(clean_tau.statistic), float(clean_tau.pvalue)
+    res["rows"] = rows
+    lo, hi = res["kendall_tau_adv_ci95"]
+    plo, phi = res["kendall_tau_params_ci95"]
     ci, pci = res["kendall_tau_adv_val_test_ci95"], res["kendall_tau_params_val_test_ci95"]
     print(f"against PGD-20 on val + test ({rows[0]['truth_images_val_test'] if rows else 0} images): "
           f"search score {res['kendall_tau_adv_val_test']:.3f} ({ci[0]:.2f} .. {ci[1]:.2f}), "

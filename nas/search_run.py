@@ -171,12 +171,13 @@ def execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks | None 
 def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train_callbacks) -> Path:
     t0 = time.perf_counter()
     stages: dict[str, float] = {}  # wall seconds per stage of this invocation (a resume redoes less)
-    lap = [t0]
+    lap = t0
 
     def stage_done(name: str) -> None:
+        nonlocal lap
         now = time.perf_counter()
-        stages[name] = round(now - lap[0], 1)
-        lap[0] = now
+        stages[name] = round(now - lap, 1)
+        lap = now
         log.info("%s: %.0f s", name.replace("_", " "), stages[name])
 
     objectives = parse_objectives(cfg.objectives)
@@ -207,7 +208,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
         log.info("latency_ms from %s", latency.spec.describe())
     state = SearchState(loaded.space, objectives, evaluator.accuracy,
                         _sizes_fn(loaded.space, loaded.dataset, latency), archive, cfg, callbacks)
-    lap[0] = time.perf_counter()  # loading the supernet and the data is not the search
+    lap = time.perf_counter()  # loading the supernet and the data is not the search
     result = run_generations(state, cfg, run_dir / "history.json")
     stage_done("search")
 
