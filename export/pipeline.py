@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from nasctl.nas.data import DataSplits, load_dataset
 from nasctl.nas.errors import NasctlError
+from nasctl.nas.runs import RunFolder
 
 from nasctl.core import atomic_write_json
 
@@ -58,7 +59,7 @@ OWN_FILES = (ONNX_FILE, FLOAT_FILE, INT8_FILE, CONVERTER_LOG, "metadata.json", "
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(RunFolder):
     """Settings of one export; defaults with their reasons."""
 
     run: str | None = None  # search run folder (or its pareto.json); None: the newest under run_root/search
@@ -87,8 +88,6 @@ class ExportConfig:
     threads: int | None = None  # torch threads for the PyTorch parts while exporting; None: torch's setting.
     # Tiny models run as fast on 1 thread, and much faster on a CPU shared with other jobs.
     out: str | None = None  # output folder; None: <run_root>/export/<stamp>-<name>
-    run_root: str = "runs"
-    name: str = ""  # run folder suffix; default: the genome
 
     def validate(self) -> None:
         if self.arch and not self.checkpoint:
@@ -211,10 +210,8 @@ def _prepare_out_dir(cfg: ExportConfig, genome: str) -> Path:
     run: replacing their ``config.json`` would break ``--resume``), nor one whose ``model.onnx`` or
     ``config.json`` an export did not write.
     """
-    from nasctl.nas.runs import make_run_dir
-
     if not cfg.out:
-        return make_run_dir(cfg.run_root, "export", cfg.name or genome[:80])
+        return cfg.new_run_dir("export", genome[:80])  # default name: the genome
     out_dir = Path(cfg.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {cfg.out!r} is a file, not a folder: give a folder path")

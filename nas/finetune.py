@@ -28,6 +28,7 @@ from nasctl.core import atomic_write_json, resolve_device
 from .attacks import ATTACKS, PGD, evaluate
 from .data import DataSplits
 from .errors import NasctlError, RunInterrupted
+from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def robust_accuracy(model: nn.Module, split, eps: float, steps: int = 20,
 
 # --- fine-tuning chosen subnets of a search run -------------------------------------------------------
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunFolder):
     """``nasctl finetune``: which subnet, how long, and the recipe (the supernet's, shorter)."""
 
     run: str | None = None  # search run folder; None: the newest under run_root/search
@@ -129,8 +130,6 @@ class FinetuneConfig:
     final_restarts: int = 3
     seed: int = 0
     device: str = "auto"
-    run_root: str = "runs"
-    name: str = ""
 
     def validate(self) -> None:
         from .runs import check_at_least_one, check_eps
@@ -188,7 +187,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     path of its ``result.json``. The search run itself is only read, never written."""
     from .checkpoint import load_supernet
     from .data import supernet_data
-    from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
+    from .runs import discard_if_unused, run_lock, write_run_config
     from .select import latest_run, pick_from_run
 
     cfg.validate()
@@ -199,7 +198,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, pick.data_dir)
     data = _search_test_split(data, pick.run_dir)  # scored on the same test images as the run's front
     device = resolve_device(cfg.device)
-    out_dir = make_run_dir(cfg.run_root, "finetune", cfg.name or genome.encode()[:80])
+    out_dir = cfg.new_run_dir("finetune", genome.encode()[:80])
     source = {"run": pick.run_dir, "front_index": pick.index, "knee": pick.is_knee,
               "supernet": loaded.path, "weights": "scratch" if cfg.from_scratch else "inherited"}
     try:

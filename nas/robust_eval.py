@@ -22,6 +22,7 @@ from .attacks import PGD, evaluate, make_attack
 from .candidates import genome_seed
 from .data import TensorSplit
 from .errors import NasctlError
+from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, e
 
 # --- nasctl eval: which subnets, with which weights ------------------------------------------------
 @dataclass
-class EvalConfig:
+class EvalConfig(RunFolder):
     """``nasctl eval``: the subnets to evaluate and the strong protocol's settings."""
 
     run: str | None = None  # search run folder
@@ -142,8 +143,6 @@ class EvalConfig:
     n_images: int | None = None  # None: the whole test split
     data_dir: str | None = None
     seed: int = 0
-    run_root: str = "runs"
-    name: str = ""
 
     def validate(self) -> None:
         self.protocol().validate()
@@ -233,13 +232,13 @@ def evaluate_subnets(cfg: EvalConfig, on_result=None) -> Path:
     """
     from nasctl.core import atomic_write_json
 
-    from .runs import make_run_dir, write_run_config
+    from .runs import write_run_config
 
     cfg.validate()
     data = _Data(cfg.data_dir)
     targets = _targets(cfg, data)
     test = data(targets[0].dataset, targets[0].train_config).test
-    out_dir = make_run_dir(cfg.run_root, "eval", cfg.name)
+    out_dir = cfg.new_run_dir("eval")
     chosen = [{"genome": t.genome, "weights": t.weights, "checkpoint": t.checkpoint} for t in targets]
     write_run_config(out_dir, "eval", cfg, {"subnets": chosen})
     results = []

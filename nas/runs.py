@@ -91,6 +91,22 @@ def build_config(cls: type[C], values: dict[str, Any], source: str) -> C:
     return cfg
 
 
+@dataclasses.dataclass
+class RunFolder:
+    """Where a command's results go: ``run_root/<command>/<stamp>-<name>/``.
+
+    Every command's config derives from it, so ``--run-root`` and ``--name`` mean the same thing
+    everywhere and the folder is made one way (an exclusive mkdir, :func:`make_run_dir`). Being a
+    base class, its two fields come first in each ``config.json``.
+    """
+
+    run_root: str = "runs"
+    name: str = ""  # run folder suffix; each command says its default
+
+    def new_run_dir(self, command: str, default_name: str = "") -> Path:
+        return make_run_dir(self.run_root, command, self.name or default_name)
+
+
 def make_run_dir(root: str | Path, command: str, name: str = "") -> Path:
     """A fresh ``root/command/<timestamp>-<name>`` folder (suffixed if the second is taken).
 

@@ -28,14 +28,14 @@ from .errors import NasctlError
 from .front import HV_REFERENCE
 from .objectives import DEFAULT_OBJECTIVES, parse_objectives
 from .problem import SearchState
-from .runs import check_at_least_one, check_eps
+from .runs import RunFolder, check_at_least_one, check_eps
 
 log = logging.getLogger(__name__)
 
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunFolder):
     supernet: str | None = None  # trained supernet checkpoint; None: train one first (data set defaults)
     dataset: str = "digits"
     data_dir: str | None = None
@@ -73,8 +73,6 @@ class SearchConfig:
     finetune_epochs: int = 40
     seed: int = 0
     device: str = "auto"
-    run_root: str = "runs"
-    name: str = ""
 
     def validate(self) -> None:
         parse_objectives(self.objectives)

@@ -26,7 +26,7 @@ from .front import HV_REFERENCE
 from .objectives import genome_costs, parse_objectives
 from .problem import SearchState
 from .report import write_outputs
-from .runs import build_config, discard_if_unused, make_run_dir, run_lock, write_run_config
+from .runs import build_config, discard_if_unused, run_lock, write_run_config
 from .search import SearchCallbacks, SearchConfig, run_generations
 from .space import Genome, GenomeError
 
@@ -293,7 +293,7 @@ def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_ca
     cfg.validate()
     if cfg.supernet is not None:
         load_supernet(cfg.supernet, expect_space=_expected_space(cfg))  # fail before creating anything
-    run_dir = make_run_dir(cfg.run_root, "search", cfg.name)
+    run_dir = cfg.new_run_dir("search")
     try:
         write_run_config(run_dir, "search", cfg)
         log.info("run folder: %s", run_dir)

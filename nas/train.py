@@ -34,7 +34,7 @@ from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
 from .checkpoint import FORMAT, build_supernet, read_checkpoint
 from .data import DataSplits, default_space, load_dataset, subset_train
 from .errors import NasctlError, RunInterrupted
-from .runs import discard_if_unused, make_run_dir, run_lock, write_run_config
+from .runs import RunFolder, discard_if_unused, run_lock, write_run_config
 from .space import Genome, SearchSpace, load_space
 from .supernet import BNCalibration, Supernet, prepare_subnet
 
@@ -44,7 +44,7 @@ TRAIN_ATTACKS = tuple(training_attacks())  # the registry's trainable attacks (f
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunFolder):
     dataset: str = "digits"  # the embedded default: no download
     data_dir: str | None = None  # where torchvision data sets live (downloaded there when online)
     space: str | None = None  # built-in space name or YAML path; None: 'digits' for digits, else 'tam'
@@ -78,8 +78,6 @@ class TrainConfig:
     limit_train: int | None = None  # use only the first N training images (smoke tests, quick looks)
     # a seeded, class-balanced subset of N training images (CPU budgets: 28x28 sets on 2 cores); None: all
     train_subset: int | None = None
-    run_root: str = "runs"
-    name: str = ""
 
     def validate(self) -> None:
         if self.epochs < 0:
@@ -427,7 +425,7 @@ def train_supernet(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, ru
         try:
             rank, _ = _dist_info()
             if run_dir is None:
-                run_dir = make_run_dir(cfg.run_root, "train", cfg.name) if rank == 0 else None
+                run_dir = cfg.new_run_dir("train") if rank == 0 else None
                 if owns_pg:  # every rank writes into rank 0's folder
                     box = [str(run_dir) if run_dir else None]
                     torch.distributed.broadcast_object_list(box, src=0)

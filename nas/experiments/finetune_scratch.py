@@ -33,7 +33,7 @@ from nasctl.core import atomic_write_text, resolve_device
 
 from ..errors import NasctlError, RunInterrupted
 from ..finetune import FinetuneConfig
-from ..runs import check_at_least_one, discard_if_unused, run_lock
+from ..runs import RunFolder, check_at_least_one, discard_if_unused, run_lock
 from . import folder as folder_mod
 from .run_data import check_members, member_label, member_picks, open_run, read_run
 
@@ -44,7 +44,7 @@ ARMS = ("inherited", "finetuned", "scratch")
 
 
 @dataclass
-class FinetuneScratchConfig:
+class FinetuneScratchConfig(RunFolder):
     """``nasctl experiment finetune-vs-scratch``: which run and members, and the shared training budget."""
 
     run: str | None = None  # search run folder; None: the newest under run_root/search
@@ -57,8 +57,6 @@ class FinetuneScratchConfig:
     attack_steps: int = FinetuneConfig.attack_steps  # PGD-7 training, step eps/4
     seed: int | None = None  # None: the run's (as its fine-tune stage)
     device: str = "auto"
-    run_root: str = "runs"
-    name: str = ""
 
     def validate(self) -> None:
         check_at_least_one(self, ("members", "epochs", "batch_size", "attack_steps"))
@@ -84,9 +82,7 @@ def run_finetune_scratch(cfg: FinetuneScratchConfig, resume: str | Path | None =
         folder = None
     run = open_run(run_dir, doc)
     if folder is None:
-        folder = folder_mod.start(
-            cfg.run_root, STUDY, cfg, [str(run_dir)], {"members": picks, "epochs": epochs}, cfg.name
-        )
+        folder = folder_mod.start(cfg, STUDY, [str(run_dir)], {"members": picks, "epochs": epochs})
     try:
         with run_lock(folder.path):
             return _execute(cfg, folder, run, picks, epochs)

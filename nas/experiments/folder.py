@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from nasctl.core import atomic_write_json, atomic_write_text, read_json_object
 
 from ..errors import NasctlError
-from ..runs import make_run_dir, write_run_config
+from ..runs import RunFolder, make_run_dir, write_run_config
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +112,14 @@ def _cut_last_line(path: Path) -> None:
 
 
 def start(
-    run_root: str | os.PathLike,
-    study: str,
-    config: Any,
-    search_runs: list[str],
-    extra: dict[str, Any] | None = None,
-    name: str = "",
+    config: RunFolder, study: str, search_runs: list[str], extra: dict[str, Any] | None = None
 ) -> ExperimentFolder:
-    """A new ``<run_root>/experiment/<stamp>-<study>[-name]/`` with its ``config.json`` written.
+    """A new ``<run_root>/experiment/<stamp>-<study>[-name]/`` with the study's ``config.json`` written.
 
     ``search_runs``: absolute paths of the search run folders the study reads or makes, so
     ``nasctl report`` finds the study from any of them.
     """
-    path = make_run_dir(run_root, COMMAND, f"{study}-{name}" if name else study)
+    path = make_run_dir(config.run_root, COMMAND, "-".join(filter(None, (study, config.name))))
     doc = write_run_config(
         path,
         f"{COMMAND} {study}",

@@ -35,7 +35,7 @@ import numpy as np
 from nasctl.core import atomic_write_text, resolve_device
 
 from ..errors import NasctlError, RunInterrupted
-from ..runs import check_at_least_one, check_eps, discard_if_unused, run_lock
+from ..runs import RunFolder, check_at_least_one, check_eps, discard_if_unused, run_lock
 from . import folder as folder_mod
 from .run_data import check_members, member_label, member_picks, open_run, read_run
 
@@ -46,7 +46,7 @@ LARGEST = "largest"
 
 
 @dataclass
-class TransferConfig:
+class TransferConfig(RunFolder):
     """``nasctl experiment transfer``: which run, how many members, the attack crafted on each source."""
 
     run: str | None = None  # search run folder; None: the newest under run_root/search
@@ -59,8 +59,6 @@ class TransferConfig:
     masking_margin: float = 5.0  # points by which transfer may beat white-box before it is flagged
     seed: int | None = None  # None: the run's seed (the random starts of its final attack)
     device: str = "auto"
-    run_root: str = "runs"
-    name: str = ""
 
     def validate(self) -> None:
         check_at_least_one(self, ("members", "steps", "restarts"))
@@ -111,15 +109,13 @@ def run_transfer(cfg: TransferConfig, resume: str | Path | None = None) -> Path:
         steps, restarts, seed = int(attack["steps"]), int(attack["restarts"]), int(attack["seed"])
     else:
         folder = folder_mod.start(
-            cfg.run_root,
-            STUDY,
             cfg,
+            STUDY,
             [str(run_dir)],
             {
                 "members": picks,
                 "attack": {"steps": steps, "restarts": restarts, "eps": run.eps, "seed": seed},
             },
-            cfg.name,
         )
     try:
         with run_lock(folder.path):

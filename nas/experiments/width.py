@@ -37,7 +37,7 @@ from nasctl.core import atomic_write_text
 
 from ..errors import NasctlError, RunInterrupted
 from ..front import HV_REFERENCE, hypervolume
-from ..runs import check_at_least_one, discard_if_unused, run_lock, write_run_config
+from ..runs import RunFolder, check_at_least_one, discard_if_unused, run_lock, write_run_config
 from . import folder as folder_mod
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ STUDY = "width"
 
 
 @dataclass
-class WidthConfig:
+class WidthConfig(RunFolder):
     """``nasctl experiment width``: the widths, and the one budget every width gets (reduced, stated)."""
 
     width_mult: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])
@@ -65,8 +65,6 @@ class WidthConfig:
     param_budgets: list[int] | None = None  # None: five log-spaced budgets over the range all fronts reach
     seed: int = 0
     device: str = "auto"
-    run_root: str = "runs"
-    name: str = ""
 
     def validate(self) -> None:
         if not self.width_mult:
@@ -156,7 +154,7 @@ def run_width(cfg: WidthConfig, resume: str | Path | None = None) -> Path:
     folder = (
         folder_mod.reopen(resume)
         if resume is not None
-        else folder_mod.start(cfg.run_root, STUDY, cfg, [], {"budget": cfg.budget()}, cfg.name)
+        else folder_mod.start(cfg, STUDY, [], {"budget": cfg.budget()})
     )
     try:
         with run_lock(folder.path):

@@ -7,6 +7,47 @@ import dataclasses
 import sys
 from typing import Any
 
+RUN_HELP = "search run folder (default: the newest under runs/search)"
+STORE_HELP = "measurement store (default ~/.cache/nasctl/measurements.sqlite)"
+
+
+def command_parser(sub, name: str, help_text: str, details: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A command's parser whose description is its one-line help followed by ``details`` (what it
+    writes, where to read more), so ``nasctl --help`` and ``nasctl CMD --help`` never disagree."""
+    return sub.add_parser(name, help=help_text, description=f"{help_text}. {details}", **kwargs)
+
+
+def add_run_flags(g, run_help: str = RUN_HELP, pick_help: str = "member of the run's front (default knee)",
+                  pick_metavar: str = "knee|INDEX|GENOME") -> None:
+    """``--run RUN --pick WHICH``: a member of a search run's front, as export, finetune and eval take it."""
+    g.add_argument("--run", metavar="RUN", help=run_help)
+    g.add_argument("--pick", metavar=pick_metavar, help=pick_help)
+
+
+def add_device_flag(g) -> None:
+    """``--device`` of the commands that train or attack with torch (not profile's host | adb:SERIAL)."""
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+
+
+def add_phone_flags(g, benchmark_binary: bool = True) -> None:
+    """``--adb`` (and ``--benchmark-binary``): the tools that reach a phone, as devices, bench and profile
+    take them."""
+    g.add_argument("--adb", metavar="PATH", help="adb executable (default: adb on PATH)")
+    if benchmark_binary:
+        g.add_argument("--benchmark-binary", metavar="PATH", help="TFLite's benchmark_model for the "
+                       "phone's ABI (default: ~/.cache/nasctl/benchmark_model/<abi>/benchmark_model; "
+                       "docs/android.md)")
+
+
+def add_timing_flags(g) -> None:
+    """How long one latency measurement runs, as profile and bench take it (defaults: ProfileSettings')."""
+    g.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    g.add_argument("--runs", type=int, default=100, help="timed inferences per measurement, at least "
+                   "(default 100)")
+    g.add_argument("--warmup", type=int, default=10, help="untimed warm-up inferences (default 10)")
+    g.add_argument("--min-seconds", type=float, default=0.5,
+                   help="keep timing until this long has passed (default 0.5)")
+
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")

@@ -12,19 +12,18 @@ import json
 import sys
 from pathlib import Path
 
+from ._common import STORE_HELP, add_phone_flags, add_timing_flags, command_parser
+
+DETAILS = (
+    "Pushes the model and benchmark_model to /data/local/tmp/nasctl/, runs it --repeats times with a "
+    "cool-down between runs, removes the files, and prints and stores latency (median and p90 over the runs) "
+    "and memory. Set-up and where to get benchmark_model: docs/android.md."
+)
+
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text + ". Pushes the model and benchmark_model to /data/local/tmp/nasctl/, runs "
-        "it --repeats times with a cool-down between runs, removes the files, and prints and stores "
-        "latency (median and p90 over the runs) and memory. Set-up and where to get benchmark_model: "
-        "docs/android.md.",
-    )
-    p.add_argument(
-        "models", nargs="+", metavar="MODEL", help=".tflite file(s) (nasctl export --target tflite)"
-    )
+    p = command_parser(sub, name, help_text, DETAILS)
+    p.add_argument("models", nargs="+", metavar="MODEL", help=".tflite files (nasctl export --target tflite)")
     d = p.add_argument_group("phones")
     d.add_argument(
         "--device",
@@ -33,20 +32,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
         help="phone serial from nasctl devices; repeat for several (default: the only phone)",
     )
     d.add_argument("--all", action="store_true", help="every phone adb lists, in parallel")
-    d.add_argument("--adb", metavar="PATH", help="adb executable (default: adb on PATH)")
-    d.add_argument(
-        "--benchmark-binary",
-        metavar="PATH",
-        help="benchmark_model for the phone's ABI (default: "
-        "~/.cache/nasctl/benchmark_model/<abi>/benchmark_model)",
-    )
-    m = p.add_argument_group("measurement")
-    m.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
-    m.add_argument("--runs", type=int, default=100, help="timed inferences per run, at least (default 100)")
-    m.add_argument("--warmup", type=int, default=10, help="warm-up inferences per run (default 10)")
-    m.add_argument(
-        "--min-seconds", type=float, default=0.5, help="keep timing until this long has passed (default 0.5)"
-    )
+    add_phone_flags(d)
+    m = p.add_argument_group("measurement (one benchmark_model run)")
+    add_timing_flags(m)
     m.add_argument(
         "--repeats",
         type=int,
@@ -68,9 +56,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     m.add_argument("--taskset", metavar="MASK", help="pin to the CPUs of this hex mask, e.g. f0 (big cores)")
     m.add_argument("--timeout", type=float, default=600.0, help="seconds one benchmark_model run may take")
     o = p.add_argument_group("output")
-    o.add_argument(
-        "--store", metavar="FILE", help="measurement store (default ~/.cache/nasctl/measurements.sqlite)"
-    )
+    o.add_argument("--store", metavar="FILE", help=STORE_HELP)
     o.add_argument(
         "--precision",
         choices=("int8", "float32"),

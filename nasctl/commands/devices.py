@@ -6,16 +6,16 @@ import argparse
 import json
 import sys
 
+from ._common import add_phone_flags, command_parser
+
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text + ". A phone is ready when its state is 'device'; the fingerprint "
-        "(model, SoC/board, ABI, Android version, cores) keys its measurements and lookup tables. "
-        "Set-up: docs/android.md.",
+    p = command_parser(
+        sub, name, help_text, "A phone is ready when its state is 'device'; the fingerprint (model, "
+        "SoC/board, ABI, Android version, cores) keys its measurements and lookup tables. Set-up: "
+        "docs/android.md."
     )
-    p.add_argument("--adb", metavar="PATH", help="adb executable (default: adb on PATH)")
+    add_phone_flags(p, benchmark_binary=False)
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     p.set_defaults(func=run)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_config_flags, config_overrides
+from ._common import add_config_flags, add_run_flags, command_parser, config_overrides
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, description=help_text + ". Writes runs/eval/<stamp>/eval.json. "
-                       "A front member the search fine-tuned is evaluated with its fine-tuned weights.")
-    p.add_argument("--run", metavar="RUN", help="search run folder (its pareto.json)")
-    p.add_argument("--pick", help="knee (default), all, an index into the front, or a genome string")
+    p = command_parser(sub, name, help_text, "Writes runs/eval/<stamp>/eval.json. A front member the search "
+                       "fine-tuned is evaluated with its fine-tuned weights.")
+    add_run_flags(p, run_help="search run folder (its pareto.json)", pick_metavar="knee|all|INDEX|GENOME",
+                  pick_help="knee (default), all, an index into the front, or a genome string")
     p.add_argument("--checkpoint", "--supernet", dest="checkpoint", metavar="CKPT",
                    help="supernet checkpoint (with --arch), or a fine-tuned subnet.pt (no --arch needed)")
     p.add_argument("--arch", action="append", metavar="GENOME", help="genome string (repeatable)")

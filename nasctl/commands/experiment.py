@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_config_flags, config_overrides
+from ._common import RUN_HELP, add_config_flags, add_device_flag, command_parser, config_overrides
 
 
 def _floats(text: str) -> list[float]:
@@ -31,7 +31,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _run_flags(p: argparse.ArgumentParser, members_default: str) -> None:
-    p.add_argument("--run", metavar="RUN", help="search run folder (default: the newest under runs/search)")
+    p.add_argument("--run", metavar="RUN", help=RUN_HELP)
     p.add_argument(
         "--members",
         type=int,
@@ -43,23 +43,17 @@ def _run_flags(p: argparse.ArgumentParser, members_default: str) -> None:
 def add_parser(sub, name: str, help_text: str) -> None:
     from nasctl.nas.experiments import STUDIES
 
-    p = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text + ". Each writes "
-        "runs/experiment/<stamp>-<study>/ (config.json first, results.jsonl cell by cell, "
-        "result.json, summary.md, CSV and PNG); docs/studies.md says how to read them.",
+    p = command_parser(
+        sub, name, help_text, "Each writes runs/experiment/<stamp>-<study>/ (config.json first, "
+        "results.jsonl cell by cell, result.json, summary.md, CSV and PNG); docs/studies.md says how to read "
+        "them."
     )
     studies = p.add_subparsers(dest="study", metavar="STUDY", required=True)
 
-    t = studies.add_parser(
-        "transfer",
-        help=STUDIES["transfer"].help,
-        description=(
-            "PGD crafted white-box on the supernet's largest path and on K front members, evaluated on "
-            "every member: a (K+1) x K matrix of robust accuracies, its heat map, and whether the knee's "
-            "robustness looks like gradient masking."
-        ),
+    t = command_parser(
+        studies, "transfer", STUDIES["transfer"].help, "PGD crafted white-box on the supernet's largest path "
+        "and on K front members, evaluated on every member: a (K+1) x K matrix of robust accuracies, its "
+        "heat map, and whether the knee's robustness looks like gradient masking."
     )
     _run_flags(t, "min(5, front)")
     t.add_argument("--steps", type=int, help="PGD steps on each source (default: the run's final attack, 20)")
@@ -71,14 +65,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
         help="points by which transfer may beat white-box before it is flagged (default 5)",
     )
 
-    w = studies.add_parser(
-        "width",
-        help=STUDIES["width"].help,
-        description=(
-            "Train and search a supernet at each width multiplier with one (reduced, stated) budget, and "
-            "compare the fronts: hypervolume on one common reference and scale, best PGD accuracy at matched "
-            "parameter budgets. Defaults fit three widths on digits in under 10 minutes on 2 CPU cores."
-        ),
+    w = command_parser(
+        studies, "width", STUDIES["width"].help, "Train and search a supernet at each width multiplier with "
+        "one (reduced, stated) budget, and compare the fronts: hypervolume on one common reference and "
+        "scale, best PGD accuracy at matched parameter budgets. Defaults fit three widths on digits in under "
+        "10 minutes on 2 CPU cores."
     )
     w.add_argument(
         "--width-mult", type=str, metavar="W1,W2,...", help="width multipliers (default 0.5,1.0,1.5)"
@@ -99,14 +90,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
         help="parameter budgets for the matched comparison (default: 5 log-spaced over the shared range)",
     )
 
-    f = studies.add_parser(
-        "finetune-vs-scratch",
-        help=STUDIES["finetune-vs-scratch"].help,
-        description=(
-            "For K front members: inherited weights, fine-tuned from them, and trained from scratch with the "
-            "same budget; clean and PGD test accuracy side by side. Reuses the search's fine-tune stage "
-            "where it trained a member with the same recipe and epochs."
-        ),
+    f = command_parser(
+        studies, "finetune-vs-scratch", STUDIES["finetune-vs-scratch"].help, "For K front members: inherited "
+        "weights, fine-tuned from them, and trained from scratch with the same budget; clean and PGD test "
+        "accuracy side by side. Reuses the search's fine-tune stage where it trained a member with the same "
+        "recipe and epochs."
     )
     _run_flags(f, "the members the search's fine-tune stage trained (6), else min(6, front)")
     f.add_argument(
@@ -115,7 +103,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     f.add_argument("--lr", type=float, help="learning rate of both trained arms (default 0.05)")
 
     for s in (t, w, f):  # what every study takes
-        s.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+        add_device_flag(s)
         s.add_argument(
             "--resume",
             metavar="DIR",

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import add_config_flags, config_overrides
+from ._common import add_config_flags, add_run_flags, command_parser, config_overrides
 
 EPILOG = """examples:
   nasctl export --run runs/search/20250101-120000-digits --target tflite --int8
@@ -22,22 +22,12 @@ writes model.onnx, model_float32.tflite, model_int8.tflite, metadata.json, repor
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text + ". Every hop is checked numerically "
-        "against the previous one; results go to report.json.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        sub, name, help_text, "Every hop is checked numerically against the previous one; results go to "
+        "report.json.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     g = p.add_argument_group("what to export")
-    g.add_argument(
-        "--run",
-        metavar="RUN",
-        dest="run",
-        help="search run folder (default: the newest under runs/search)",
-    )
-    g.add_argument("--pick", metavar="knee|INDEX|GENOME", help="member of the run's front (default knee)")
+    add_run_flags(g)
     g.add_argument(
         "--checkpoint",
         "--supernet",

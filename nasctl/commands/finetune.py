@@ -6,24 +6,21 @@ import argparse
 import json
 import sys
 
-from ._common import add_config_flags, config_overrides
+from ._common import add_config_flags, add_device_flag, add_run_flags, command_parser, config_overrides
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, description=help_text + ". Writes runs/finetune/<stamp>/ with "
-                       "subnet.pt (for nasctl eval/export --checkpoint) and result.json; the search run is "
-                       "only read.")
+    p = command_parser(sub, name, help_text, "Writes runs/finetune/<stamp>/ with subnet.pt (for nasctl "
+                       "eval/export --checkpoint) and result.json; the search run is only read.")
     g = p.add_argument_group("what to train")
-    g.add_argument("--run", metavar="RUN",
-                   help="search run folder (default: the newest under runs/search)")
-    g.add_argument("--pick", metavar="knee|INDEX|GENOME", help="member of the run's front (default knee)")
+    add_run_flags(g)
     g.add_argument("--from-scratch", action="store_true", default=None,
                    help="re-initialise the weights instead of starting from the inherited ones")
     g = p.add_argument_group("recipe (the supernet's: PGD-7 adversarial training, step eps/4, SGD cosine)")
     g.add_argument("--epochs", type=int, help="training epochs (default 40)")
     g.add_argument("--lr", type=float, help="initial learning rate (default 0.05)")
     g.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    add_device_flag(g)
     add_config_flags(p)
     p.set_defaults(func=run)
 

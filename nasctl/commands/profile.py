@@ -6,34 +6,23 @@ import argparse
 import json
 import sys
 
+from ._common import STORE_HELP, add_phone_flags, add_timing_flags, command_parser
+
+DETAILS = (
+    "Three modes: MODEL times a file; --build-lut measures a space's lookup table and calibrates its "
+    "predictor; --arch predicts (and with --measure, measures) one genome. Every number is stored."
+)
+
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text + ". Three modes: MODEL times a file; "
-        "--build-lut measures a space's lookup table and calibrates its predictor; --arch "
-        "predicts (and with --measure, measures) one genome. Every number is stored.",
-    )
-    p.add_argument(
-        "model", nargs="?", metavar="MODEL", help="a .tflite, .onnx or .pt (subnet checkpoint) file"
-    )
+    p = command_parser(sub, name, help_text, DETAILS)
+    p.add_argument("model", nargs="?", metavar="MODEL", help="a .tflite, .onnx or .pt (subnet checkpoint)")
     p.add_argument(
         "--backend", help="litert (.tflite), onnxruntime (.onnx) or torch (.pt); default: by file type"
     )
-    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
-    p.add_argument("--runs", type=int, default=100, help="timed runs, at least (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default 10)")
-    p.add_argument(
-        "--min-seconds",
-        type=float,
-        default=0.5,
-        help="keep timing until this much time has passed (default 0.5)",
-    )
+    add_timing_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument(
-        "--store", metavar="FILE", help="measurement store (default ~/.cache/nasctl/measurements.sqlite)"
-    )
+    p.add_argument("--store", metavar="FILE", help=STORE_HELP)
     t = p.add_argument_group("lookup tables")
     t.add_argument(
         "--build-lut",
@@ -56,15 +45,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
         default="host",
         help="host (default: this machine's LiteRT) or adb:SERIAL (a phone's benchmark_model)",
     )
-    t.add_argument(
-        "--adb", metavar="PATH", help="with --device adb:SERIAL: the adb executable (default: PATH)"
-    )
-    t.add_argument(
-        "--benchmark-binary",
-        metavar="PATH",
-        help="with --device adb:SERIAL: TFLite's benchmark_model for the phone (default: the cache, "
-        "see docs/android.md)",
-    )
+    add_phone_flags(p.add_argument_group("with --device adb:SERIAL"))
     t.add_argument("--int8", action="store_true", help="full-int8 TFLite (default float32)")
     t.add_argument(
         "--calibration-subnets",

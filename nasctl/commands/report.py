@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import command_parser
+
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text + ": config, the front (inherited and "
-        "fine-tuned numbers), its plots, layer statistics, the experiments and exports made from "
-        "it (found under the run root), latency and provenance. Images are embedded, so the HTML "
-        "file can be mailed; the Markdown beside it has the same content.",
+    p = command_parser(
+        sub, name, help_text, "It holds the config, the front (inherited and fine-tuned numbers), its "
+        "plots, layer statistics, the experiments and exports made from it (found under the run root), "
+        "latency and provenance. Images are embedded, so the HTML file can be mailed; the Markdown beside "
+        "it has the same content."
     )
     p.add_argument("run", metavar="RUN", help="search run folder (runs/search/<stamp>)")
     p.add_argument(

@@ -6,17 +6,23 @@ import argparse
 import json
 import sys
 
-from ._common import add_config_flags, config_overrides, epoch_progress
+from ._common import (
+    STORE_HELP,
+    add_config_flags,
+    add_device_flag,
+    command_parser,
+    config_overrides,
+    epoch_progress,
+)
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
     from nasctl.nas.data import dataset_names
     from nasctl.nas.space import builtin_spaces
 
-    p = sub.add_parser(name, help=help_text, description=help_text + ". With no arguments: trains a small "
-                       "supernet on the embedded digits data set, searches it, and writes the front, "
-                       "plots and "
-                       "layer statistics to runs/search/<stamp>/.")
+    p = command_parser(sub, name, help_text, "With no arguments: trains a small supernet on the embedded "
+                       "digits data set, searches it, and writes the front, plots and layer statistics to "
+                       "runs/search/<stamp>/.")
     g = p.add_argument_group("search")
     g.add_argument("--supernet", metavar="CKPT", help="trained supernet (supernet.pt or its run folder); "
                    "without it, one is trained first")
@@ -48,8 +54,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--latency-precision", choices=("int8", "float32"),
                    help="TFLite precision whose latency counts (default int8, what nasctl export ships)")
     g.add_argument("--latency-threads", type=int, help="threads the latency is measured with (default 1)")
-    g.add_argument("--store", metavar="FILE",
-                   help="measurement store (default ~/.cache/nasctl/measurements.sqlite)")
+    g.add_argument("--store", metavar="FILE", help=STORE_HELP)
     g.add_argument("--min-clean-acc", type=float, help="constraint: clean validation accuracy, percent")
     g.add_argument("--eps", type=float, help="L-inf budget (default: the supernet's training eps)")
     g.add_argument("--pgd-steps", type=int, help="search-time PGD steps (default 10)")
@@ -59,7 +64,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    "(default 6; 0: none)")
     g.add_argument("--finetune-epochs", type=int,
                    help="adversarial fine-tuning epochs per member (default 40)")
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    add_device_flag(g)
     g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
     add_config_flags(p)
     p.set_defaults(func=run)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_config_flags, config_overrides, epoch_progress
+from ._common import add_config_flags, add_device_flag, command_parser, config_overrides, epoch_progress
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    p = sub.add_parser(name, help=help_text, description=help_text + ". Checkpoints every epoch into "
-                       "runs/train/<stamp>-<name>/; --resume RUN continues it.")
+    p = command_parser(sub, name, help_text, "Checkpoints every epoch into runs/train/<stamp>-<name>/; "
+                       "--resume RUN continues it.")
     add_train_flags(p)
     p.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its last checkpoint")
     p.set_defaults(func=run)
@@ -40,7 +40,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit-train", type=int, help="train on the first N training images only (smoke runs)")
     g.add_argument("--train-subset", type=int, metavar="N",
                    help="train on a seeded, class-balanced subset of N training images (CPU budgets)")
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    add_device_flag(g)
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
     add_config_flags(p)
 
