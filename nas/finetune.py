@@ -28,6 +28,7 @@ from nasctl.core import atomic_write_json, resolve_device
 from .attacks import ATTACKS, PGD, evaluate
 from .data import DataSplits
 from .errors import NasctlError, RunInterrupted
+from .optim import sgd_cosine
 from .runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,8 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
     ``on_epoch(epoch, loss)`` is called after each epoch (progress display).
     """
     model.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=cfg.nesterov)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    opt, sched = sgd_cosine(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs,
+                            cfg.nesterov)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     images, t0, loss = 0, time.perf_counter(), torch.tensor(0.0)

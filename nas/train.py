@@ -34,6 +34,7 @@ from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
 from .checkpoint import FORMAT, build_supernet, read_checkpoint
 from .data import DataSplits, default_space, load_dataset, subset_train
 from .errors import NasctlError, RunInterrupted
+from .optim import sgd_cosine
 from .runs import RunFolder, discard_if_unused, run_lock, write_run_config
 from .space import Genome, SearchSpace, load_space
 from .supernet import BNCalibration, Supernet, prepare_subnet
@@ -190,9 +191,8 @@ class Trainer:
         self.paths: nn.Module = _Paths(self.supernet)
         if self.world > 1:
             self.paths = nn.parallel.DistributedDataParallel(self.paths, find_unused_parameters=True)
-        self.opt = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay, nesterov=True)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(cfg.epochs, 1))
+        self.opt, self.sched = sgd_cosine(self.supernet.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay,
+                                          cfg.epochs)
         self.rng = np.random.default_rng(cfg.seed)  # path sampling: identical on every rank
         self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order: identical on every rank
         self.attack_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1000 * (self.rank + 1))

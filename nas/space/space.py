@@ -8,13 +8,14 @@ channel numbers are the real channel counts of the subnet.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from nasctl.core import did_you_mean
 
 from .blocks import BLOCKS, SKIP
 from .genome import Genome, GenomeError, LayerGene
@@ -399,8 +400,7 @@ def _op_params(op: str, cin: int, cout: int, stride: int) -> int:
 def _reject_unknown(d: dict, allowed: set[str], what: str) -> None:
     for key in d:
         if key not in allowed:
-            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {sorted(allowed)}"
+            extra = did_you_mean(key, sorted(allowed)) or f"; allowed: {sorted(allowed)}"
             raise ValueError(f"unknown key {key!r} in {what}{extra}")
 
 
