@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,10 +26,11 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="TrainConfig overrides as a JSON object")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--out", default="bench/results/sampling.json")
+    ap.add_argument("--run-root", default="bench/cache", help="where the supernet's run folder goes")
     args = ap.parse_args()
     overrides = json.loads(args.config)
     t0 = time.perf_counter()
-    path, history = train_supernet(TrainConfig(run_root=tempfile.mkdtemp(), **overrides))
+    path, history = train_supernet(TrainConfig(run_root=args.run_root, **overrides))
     seconds = time.perf_counter() - t0
     loaded = load_supernet(path)
     data = load_dataset("digits", seed=0)

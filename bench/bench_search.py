@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -69,10 +68,13 @@ def main() -> None:
     ap.add_argument("--mutation-genes", type=float, default=2.0)
     ap.add_argument("--jobs", type=int, default=1, help="parallel runs (each uses one torch thread)")
     ap.add_argument("--out", default="bench/results/search.json")
+    ap.add_argument("--work", help="folder the search runs go to, kept for bench/hv_ceiling.py (default: "
+                    "bench/cache/bench-search-<stamp>, inside the repository and ignored by git)")
     ap.add_argument("--add", action="store_true",
                     help="add these seeds' runs to the results already in --out (same supernet and settings)")
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    root = Path(args.work or f"bench/cache/bench-search-{time.strftime('%Y%m%d-%H%M%S')}")
+    root.mkdir(parents=True, exist_ok=True)
     if args.supernet:
         ckpt = args.supernet
     else:

@@ -141,61 +141,56 @@ class Exported:
 def exports(tmp_path_factory) -> list[Exported]:
     from nasctl.cli import main
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster, and far faster on a shared CPU
-    try:
-        root = tmp_path_factory.mktemp("export")
-        space = all_blocks_space()
-        digits = load_dataset("digits", seed=SEED)
-        done = []
-        for i, genome in enumerate(covering_genomes(space)):
-            splits = digits if i % 2 == 0 else rgb_digits(digits)
-            ckpt = root / f"supernet{i}.pt"
-            train_path_checkpoint(space, genome, splits, ckpt)
-            out = root / f"export{i}"
-            if i == 0:  # the CLI, as a user runs it (data set by name from the checkpoint)
-                buf = io.StringIO()
-                with contextlib.redirect_stdout(buf):
-                    rc = main(
-                        [
-                            "export",
-                            "--checkpoint",
-                            str(ckpt),
-                            "--arch",
-                            genome.encode(),
-                            "--target",
-                            "tflite",
-                            "--int8",
-                            "--out",
-                            str(out),
-                            "--robust-images",
-                            str(ROBUST["robust_images"]),
-                            "--pgd-steps",
-                            str(ROBUST["pgd_steps"]),
-                            "--square-queries",
-                            str(ROBUST["square_queries"]),
-                        ]
-                    )
-                stdout = buf.getvalue()
-            else:
-                result = export(
-                    ExportConfig(
-                        checkpoint=str(ckpt),
-                        arch=genome.encode(),
-                        target="tflite",
-                        int8=True,
-                        out=str(out),
-                        **ROBUST,
-                    ),
-                    splits=splits,
+    root = tmp_path_factory.mktemp("export")
+    space = all_blocks_space()
+    digits = load_dataset("digits", seed=SEED)
+    done = []
+    for i, genome in enumerate(covering_genomes(space)):
+        splits = digits if i % 2 == 0 else rgb_digits(digits)
+        ckpt = root / f"supernet{i}.pt"
+        train_path_checkpoint(space, genome, splits, ckpt)
+        out = root / f"export{i}"
+        if i == 0:  # the CLI, as a user runs it (data set by name from the checkpoint)
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = main(
+                    [
+                        "export",
+                        "--checkpoint",
+                        str(ckpt),
+                        "--arch",
+                        genome.encode(),
+                        "--target",
+                        "tflite",
+                        "--int8",
+                        "--out",
+                        str(out),
+                        "--robust-images",
+                        str(ROBUST["robust_images"]),
+                        "--pgd-steps",
+                        str(ROBUST["pgd_steps"]),
+                        "--square-queries",
+                        str(ROBUST["square_queries"]),
+                    ]
                 )
-                rc, stdout = (0 if result.ok else 1), ""
-            model = load_source(ckpt, genome.encode()).model
-            recalibrate(model, splits.train, BNCalibration(seed=SEED))  # as the export does
-            done.append(Exported(genome.encode(), out, ckpt, splits, model.eval(), i == 0, stdout, rc))
-        yield done
-    finally:
-        torch.set_num_threads(threads)
+            stdout = buf.getvalue()
+        else:
+            result = export(
+                ExportConfig(
+                    checkpoint=str(ckpt),
+                    arch=genome.encode(),
+                    target="tflite",
+                    int8=True,
+                    out=str(out),
+                    **ROBUST,
+                ),
+                splits=splits,
+            )
+            rc, stdout = (0 if result.ok else 1), ""
+        model = load_source(ckpt, genome.encode()).model
+        recalibrate(model, splits.train, BNCalibration(seed=SEED))  # as the export does
+        done.append(Exported(genome.encode(), out, ckpt, splits, model.eval(), i == 0, stdout, rc))
+    yield done
 
 
 def _for_token(exports: list[Exported], token: str) -> Exported:
