@@ -229,15 +229,16 @@ def build_subnet(space: SearchSpace, genome: Genome | str, in_channels: int, num
     same code as every searched model. Each layer is initialised for its own shape (Kaiming
     fan-out for convs, PyTorch's defaults for BatchNorm and the classifier), seeded by ``seed``."""
     g = space.parse(genome) if isinstance(genome, str) else space.validate(genome)
-    sub = Supernet(space, in_channels, num_classes, mean, std).extract(g)
-    torch.manual_seed(seed)
-    for m in sub.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
-            m.reset_parameters()
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
+    with torch.random.fork_rng(devices=[]):  # seeded draws; the caller's global RNG is left as it was
+        sub = Supernet(space, in_channels, num_classes, mean, std).extract(g)
+        torch.manual_seed(seed)
+        for m in sub.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
+                m.reset_parameters()
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
     return sub.train()
 
 
