@@ -63,9 +63,10 @@ def convert_modules(
     scratch = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir))
     try:
         for item in items:
-            torch.manual_seed(0)
-            model = item.build().eval()
-            x = torch.rand(*item.input_shape)
+            with torch.random.fork_rng(devices=[]):  # the same weights every time; the caller's RNG untouched
+                torch.manual_seed(0)
+                model = item.build().eval()
+                x = torch.rand(*item.input_shape)
             folded, _ = fold_batchnorm(model, x)
             onnx_path = scratch / f"{item.name}.onnx"
             export_onnx(folded, x, onnx_path)
