@@ -40,13 +40,18 @@ def add_phone_flags(g, benchmark_binary: bool = True) -> None:
 
 
 def add_timing_flags(g) -> None:
-    """How long one latency measurement runs, as profile and bench take it (defaults: ProfileSettings')."""
-    g.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
-    g.add_argument("--runs", type=int, default=100, help="timed inferences per measurement, at least "
-                   "(default 100)")
-    g.add_argument("--warmup", type=int, default=10, help="untimed warm-up inferences (default 10)")
-    g.add_argument("--min-seconds", type=float, default=0.5,
-                   help="keep timing until this long has passed (default 0.5)")
+    """How long one latency measurement runs, as profile and bench take it; the defaults are
+    :class:`~nasctl.profiling.backends.ProfileSettings`' own, so host and phone timings match."""
+    from nasctl.profiling.backends import ProfileSettings
+
+    d = ProfileSettings()
+    g.add_argument("--threads", type=int, default=d.threads, help=f"inference threads (default {d.threads})")
+    g.add_argument("--runs", type=int, default=d.runs,
+                   help=f"timed inferences per measurement, at least (default {d.runs})")
+    g.add_argument("--warmup", type=int, default=d.warmup,
+                   help=f"untimed warm-up inferences (default {d.warmup})")
+    g.add_argument("--min-seconds", type=float, default=d.min_seconds,
+                   help=f"keep timing until this long has passed (default {d.min_seconds:g})")
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
