@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("nasctl.commands.train", "adversarially train a weight-sharing supernet"),
     "search": ("nasctl.commands.search", "NSGA-II search for the Pareto front of robust tiny subnets"),
     "eval": ("nasctl.commands.eval",
-             "strong robustness evaluation of chosen subnets (PGD restarts, AutoAttack)"),
+             "strong robustness evaluation of chosen subnets (PGD with restarts, ART's PGD, Square; "
+             "AutoAttack when installed)"),
     "finetune": ("nasctl.commands.finetune",
                  "adversarially fine-tune (or train from scratch) a chosen subnet of a search run"),
     "export": ("nasctl.commands.export", "export a subnet to verified ONNX / TFLite float32 / int8"),
