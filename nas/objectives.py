@@ -61,7 +61,6 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("latency_ms", False, "ms", "latency"),
 )}
 SIZE_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.compute is not None)
-COST_OBJECTIVES = (*SIZE_OBJECTIVES, "latency_ms")  # minimised, scaled by the largest subnet's value
 DEFAULT_OBJECTIVES = ("clean_acc", "adv_acc", "params")
 
 

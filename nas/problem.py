@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .archive import Archive
-from .objectives import COST_OBJECTIVES, minimised
+from .objectives import OBJECTIVES, minimised
 from .space import Genome, SearchSpace
 
 if TYPE_CHECKING:
@@ -58,7 +58,10 @@ class SearchState:
         self.space, self.objectives, self.evaluate_fn, self.sizes = space, objectives, evaluate_fn, sizes
         self.archive, self.cfg, self.cb = archive, cfg, callbacks
         largest = sizes(space.largest())
-        self.scale = {k: float(largest[k]) for k in COST_OBJECTIVES if k in largest}
+        # every minimised objective is divided by the largest subnet's value (read from the registry now,
+        # so an objective registered after import is scaled too)
+        self.scale = {k: float(v) for k, v in largest.items()
+                      if k in OBJECTIVES and not OBJECTIVES[k].maximize}
         self.generation = 0
         self.constraints = [c for c in ("max_params", "min_clean_acc", "max_latency_ms")
                             if getattr(cfg, c) is not None]

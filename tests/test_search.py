@@ -368,3 +368,33 @@ def test_search_sets_any_training_setting_of_the_supernet_it_trains_first(tmp_pa
     assert pareto["final_images"] == 50 and pareto["train_subset"] == 300  # the search used the same subset
     assert "class-balanced subset of 300 training images" in (run / "summary.md").read_text()
     assert json.loads((run / "config.json").read_text())["config"]["train"]["attack"] == "fgsm-rs"
+
+
+def test_a_registered_objective_is_searched_end_to_end(supernet_ckpt, tmp_path, monkeypatch):
+    """docs/design.md §11: a new objective is a function and one registry line. Registered here (as the
+    line in nas/objectives.py would), it is offered to --objectives, recorded for every candidate,
+    scaled by the largest subnet's value and drives the front, with no other edit."""
+    from nasctl.nas.objectives import OBJECTIVES, Objective
+
+    def conv_layers(space, genome, info):  # the design doc's example: depth, what a phone pays per layer
+        return sum(1 for g in genome.layers if g.op != "skip")
+
+    line = Objective("conv_layers", False, "", "searchable layers used", conv_layers)
+    monkeypatch.setitem(OBJECTIVES, "conv_layers", line)
+    doc = json.loads(search(SearchConfig(supernet=str(supernet_ckpt), run_root=str(tmp_path),
+                                         objectives="clean_acc,adv_acc,conv_layers", **SMALL)).read_text())
+    run = tmp_path / "search"
+    records = [json.loads(line) for line in next(run.glob("*/archive.jsonl")).read_text().splitlines()]
+    assert records and all(r["conv_layers"] == conv_layers(None, _parse(supernet_ckpt, r["genome"]), None)
+                           for r in records)
+    front = doc["front"]
+    assert front and all("conv_layers" in m for m in front)
+    # the front is non-dominated in the three objectives it was searched on (none of them params)
+    point = [(m["clean_acc"], m["adv_acc"], -m["conv_layers"]) for m in front]
+    assert not any(q != p and all(qi >= pi for qi, pi in zip(q, p)) for p in point for q in point)
+
+
+def _parse(ckpt, genome: str):
+    from nasctl.nas.checkpoint import load_supernet
+
+    return load_supernet(ckpt).space.parse(genome)
