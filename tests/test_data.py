@@ -410,3 +410,47 @@ def test_wrong_files_named_not_traceback(tmp_path):
     with pytest.raises(NasctlError, match="do not hold mnist") as err:
         load_dataset("mnist", data_dir=tmp_path, download=False)
     _one_line(err)
+
+
+# --- a new data set: one loader and one registry line -------------------------------------------------
+
+
+@dataclasses.dataclass
+class _StripesLoader:
+    """The loader a user would write in its own file: 8x8 grey images of horizontal, vertical or
+    diagonal stripes with noise (3 classes), made from the seed, honouring ``val_size``."""
+
+    info: DatasetInfo = DatasetInfo("stripes", 1, 8, 3, (0.5,), (0.3,), default_eps=0.1)
+    default_space: str = "digits"
+
+    def __call__(self, data_dir, seed: int, val_size: int | None, download: bool) -> DataSplits:
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 3, (420,), generator=g)
+        i, j = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+        patterns = torch.stack([(i % 2), (j % 2), ((i + j) % 2)]).float()
+        x = (0.7 * patterns[y] + 0.3 * torch.rand(420, 8, 8, generator=g)).unsqueeze(1)
+        v = 60 if val_size is None else val_size
+        cut = [0, 60, 60 + v, 420]  # test, val, train
+        parts = [TensorSplit(x[a:b].contiguous(), y[a:b].contiguous()) for a, b in zip(cut, cut[1:])]
+        return DataSplits(self.info, parts[2], parts[1], parts[0])
+
+
+def test_a_registered_data_set_runs_the_main_job_end_to_end(monkeypatch, tmp_path, capsys):
+    """docs/design.md §11: a data set is a loader and one registry line. Registered here (as the line in
+    ``_LOADERS`` would), --dataset offers it, misspellings are answered with it, and ``nasctl search``
+    trains, searches and scores on it with no other edit."""
+    from nasctl.cli import main
+
+    monkeypatch.setitem(DATASETS, "stripes", _StripesLoader())
+    assert "stripes" in dataset_names()
+    with pytest.raises(NasctlError, match="did you mean 'stripes'"):
+        load_dataset("stripe", seed=0)
+    assert main(["search", "--dataset", "stripes", "--run-root", str(tmp_path), "--epochs", "3",
+                 "--pop-size", "4", "--generations", "2", "--val-size", "40", "--pgd-steps", "2",
+                 "--finetune-members", "0"]) == 0
+    run = next((tmp_path / "search").iterdir())
+    doc = json.loads((run / "pareto.json").read_text())
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["dataset"] == "stripes" and doc["front"]
+    assert all(m["final_images"] == 60 for m in doc["front"])  # scored on the loader's own test split
+    assert max(m["final_clean_acc"] for m in doc["front"]) > 60  # stripes are learnable: far above 33 %
