@@ -152,3 +152,35 @@ def test_training_attacks_come_from_the_registry(name):
 def test_to_dict_states_threat_model():
     d = PGD(eps=0.1, steps=20, restarts=2).to_dict()
     assert d["attack"] == "pgd" and d["norm"] == "Linf" and d["eps"] == 0.1 and d["steps"] == 20
+
+
+def test_the_design_docs_new_attack_registers_with_its_one_line(undefended_model, digits, monkeypatch):
+    """docs/design.md §11's MIM example, run as written: importing its file registers it, make_attack
+    builds it by name with its own setting, refuses others, and it fools the undefended model within
+    its budget about as PGD does (momentum changes the path, not the threat model)."""
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    import nasctl.nas.attacks as attacks
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    code = re.search(r"```python\n(.*?class MIM\(PGD\).*?)```", doc, re.S).group(1)
+    monkeypatch.setattr(attacks, "ATTACKS", dict(attacks.ATTACKS))  # the registration is undone afterwards
+    module = types.ModuleType("nasctl.nas.attacks_mim")
+    module.__package__ = "nasctl.nas"
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, "docs/design.md (attacks_mim.py)", "exec"), module.__dict__)
+
+    mim = attacks.make_attack("mim", eps=0.1, steps=20, decay=0.5)
+    assert type(mim).__name__ == "MIM" and mim.decay == 0.5
+    with pytest.raises(NasctlError, match="takes no setting 'queries'"):
+        attacks.make_attack("mim", eps=0.1, queries=10)
+    clean = _acc(undefended_model, digits, None).clean_acc
+    fooled = _acc(undefended_model, digits, mim).adv_acc
+    pgd = _acc(undefended_model, digits, PGD(eps=0.1, steps=20)).adv_acc
+    assert fooled < clean - 30 and abs(fooled - pgd) < 15
+    x, y = digits.test.images[:64].float(), digits.test.labels[:64]
+    x_adv = mim(undefended_model, x, y, torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
