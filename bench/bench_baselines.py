@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 from nasctl.nas.candidates import test_accuracy
-from nasctl.nas.data import DataSplits, load_dataset, subset_train
+from nasctl.nas.data import DataSplits, first_test_images, load_dataset, subset_train
 from nasctl.nas.finetune import FinetuneConfig, SubnetTrainConfig, adversarial_train
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import build_subnet
@@ -139,8 +139,7 @@ def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConf
     test_size = getattr(scfg, "test_size", None)
     if args.test_size is not None:
         test_size = args.test_size or None  # 0: the whole test split
-    if test_size:
-        data = DataSplits(data.info, data.train, data.val, data.test.subset(test_size))
+    data = first_test_images(data, test_size)
     f = FinetuneConfig()
     eps = scfg.eps if scfg.eps is not None else tcfg.eps if tcfg.eps is not None else data.info.default_eps
     recipe = SubnetTrainConfig(epochs=args.epochs or scfg.finetune_epochs, batch_size=f.batch_size, lr=f.lr,

@@ -269,6 +269,12 @@ def class_balanced_indices(labels: torch.Tensor, n: int, rng: np.random.Generato
     return perm[order[:n]]
 
 
+def first_test_images(splits: DataSplits, n: int | None) -> DataSplits:
+    """``splits`` with only the first ``n`` test images (None or 0: the whole test split): a search
+    run's ``test_size``, which its front, its fine-tuned members and every later re-scoring share."""
+    return dataclasses.replace(splits, test=splits.test.subset(int(n))) if n else splits
+
+
 def subset_train(splits: DataSplits, n: int | None, seed: int) -> DataSplits:
     """``splits`` with a seeded, class-balanced subset of ``n`` training images (None: unchanged).
 

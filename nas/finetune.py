@@ -171,15 +171,13 @@ def _search_test_split(data, run_dir: str):
     """The test split the search run scored its front on (its ``test_size`` first images, or all)."""
     import json
 
-    from .data import DataSplits
+    from .data import first_test_images
 
     try:
         size = json.loads((Path(run_dir) / "config.json").read_text()).get("config", {}).get("test_size")
     except (OSError, ValueError):
         size = None
-    if not size:
-        return data
-    return DataSplits(data.info, data.train, data.val, data.test.subset(min(int(size), len(data.test))))
+    return first_test_images(data, size)
 
 
 def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None = None) -> Path:

@@ -20,7 +20,7 @@ from . import train as train_mod
 from .archive import Archive
 from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
-from .data import DataSplits, supernet_data
+from .data import first_test_images, supernet_data
 from .errors import NasctlError, RunInterrupted
 from .front import HV_REFERENCE
 from .objectives import genome_costs, parse_objectives
@@ -195,9 +195,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
         atomic_write_json(run_dir / SUPERNET_RECORD, record)
     eps = cfg.eps if cfg.eps is not None else loaded.eps
     data = supernet_data({**loaded.config, "dataset": cfg.dataset}, cfg.data_dir, cfg.seed)
-    if cfg.test_size:  # the front and the fine-tuned members are scored on the first test_size images
-        test = data.test.subset(min(cfg.test_size, len(data.test)))
-        data = DataSplits(data.info, data.train, data.val, test)
+    data = first_test_images(data, cfg.test_size)  # the front and the fine-tuned members are scored there
     device = resolve_device(cfg.device)
     settings = EvalSettings(pgd_steps=cfg.pgd_steps, val_size=cfg.val_size, calib_batches=cfg.calib_batches)
     evaluator = CandidateEvaluator(loaded.supernet, data, eps, settings, seed=cfg.seed, device=device)

@@ -454,3 +454,13 @@ def test_a_registered_data_set_runs_the_main_job_end_to_end(monkeypatch, tmp_pat
     assert config["dataset"] == "stripes" and doc["front"]
     assert all(m["final_images"] == 60 for m in doc["front"])  # scored on the loader's own test split
     assert max(m["final_clean_acc"] for m in doc["front"]) > 60  # stripes are learnable: far above 33 %
+
+
+def test_first_test_images_cuts_only_the_test_split(digits):
+    from nasctl.nas.data import first_test_images
+
+    cut = first_test_images(digits, 50)
+    assert cut.train is digits.train and cut.val is digits.val and cut.info == digits.info
+    assert torch.equal(cut.test.images, digits.test.images[:50]) and len(digits.test) == 397
+    assert first_test_images(digits, None) is digits and first_test_images(digits, 0) is digits
+    assert len(first_test_images(digits, 10_000).test) == 397  # more than there are: the whole split

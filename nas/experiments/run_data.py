@@ -76,15 +76,13 @@ def member_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
 def open_run(run_dir: Path, doc: dict[str, Any], eps: float | None = None) -> SearchRun:
     """Load the run's supernet (checked against its recorded SHA-256) and its images."""
     from ..checkpoint import load_supernet
-    from ..data import DataSplits, supernet_data
+    from ..data import first_test_images, supernet_data
     from ..select import run_supernet
     from ..supernet import BNCalibration
 
     loaded = load_supernet(run_supernet(run_dir, doc))
     data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, doc.get("data_dir"))
-    n = doc.get("final_images")
-    if n:
-        data = DataSplits(data.info, data.train, data.val, data.test.subset(min(int(n), len(data.test))))
+    data = first_test_images(data, doc.get("final_images"))
     bn = doc.get("bn_calibration") or {}
     calib = BNCalibration(**{k: int(bn[k]) for k in ("batches", "batch_size", "seed") if k in bn})
     run_eps = float(eps if eps is not None else doc.get("eps") if doc.get("eps") is not None else loaded.eps)
