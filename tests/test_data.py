@@ -50,7 +50,7 @@ def test_info_consistent(name):
     assert all(0 < m < 1 for m in info.mean) and all(0 < s < 1 for s in info.std)
     assert 0 < info.default_eps < 1
     d = info.to_dict()
-    assert DatasetInfo(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])}) == info
+    assert DatasetInfo.from_dict(d) == info
     json.dumps(d)
 
 
