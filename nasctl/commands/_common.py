@@ -68,18 +68,83 @@ def config_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
-def epoch_progress():
-    """A TrainCallbacks object that draws one tqdm bar per epoch on stderr."""
-    from tqdm import tqdm
+class LineProgress:
+    """A tqdm stand-in for output that is not a terminal (a log file, CI, ``nohup``, a cluster job).
 
+    A bar redrawn with ``\\r`` turns a log into hundreds of frames per epoch; this prints plain lines
+    instead: one per :meth:`update` (``lines=None``), or at most about ``lines`` over the whole bar, with
+    the same text a bar shows (count, total, postfix). Only the methods nasctl calls are provided.
+    """
+
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", lines: int | None = None,
+                 file=None) -> None:
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        self.postfix = ""
+        self._file = file or sys.stderr
+        self._every = max(1, -(-total // lines)) if (lines and total) else 1
+        self._printed_at = 0
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n - self._printed_at >= self._every or (self.total is not None and self.n >= self.total):
+            self._printed_at = self.n
+            count = f"{self.n}/{self.total}" if self.total is not None else f"{self.n}"
+            tail = f"  {self.postfix}" if self.postfix else ""
+            print(f"{self.desc}: {count} {self.unit}{tail}", file=self._file, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _NoProgress(LineProgress):
+    """Off a terminal, the per-batch bars print nothing: the epoch's own line says it all."""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+
+def on_terminal() -> bool:
+    """Whether progress may be drawn as bars: stderr is a terminal (``NASCTL_PROGRESS=lines`` forces lines,
+    ``=bars`` bars)."""
+    import os
+
+    forced = os.environ.get("NASCTL_PROGRESS", "").lower()
+    if forced in ("lines", "bars"):
+        return forced == "bars"
+    return sys.stderr.isatty()
+
+
+def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True,
+                 lines: int | None = None, per_update: bool = True):
+    """The one place nasctl makes a progress display: a tqdm bar on a terminal; otherwise plain lines
+    (:class:`LineProgress`, at most ``lines`` of them), or nothing when ``per_update`` is false (bars
+    whose steps another line already summarises, like the batches of an epoch)."""
+    if on_terminal():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=leave, dynamic_ncols=True)
+    if not per_update:
+        return _NoProgress(total, desc, unit)
+    return LineProgress(total, desc, unit, lines)
+
+
+def epoch_progress():
+    """A TrainCallbacks object that draws one bar per epoch on stderr (on a terminal) and prints one
+    line per epoch."""
     from nasctl.nas.train import TrainCallbacks
 
     class _Bars(TrainCallbacks):
         bar = None
 
         def on_epoch_start(self, epoch, epochs, n_batches):
-            self.bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", file=sys.stderr, leave=False,
-                            dynamic_ncols=True)
+            self.bar = progress_bar(n_batches, f"epoch {epoch}/{epochs}", "batch", leave=False,
+                                    per_update=False)
 
         def on_batch(self, loss, clean_acc, adv_acc):
             self.bar.update(1)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from ._common import add_config_flags, add_device_flag, add_run_flags, command_parser, config_overrides
+from ._common import (
+    add_config_flags,
+    add_device_flag,
+    add_run_flags,
+    command_parser,
+    config_overrides,
+    progress_bar,
+)
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -26,15 +32,13 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def _progress():
-    from tqdm import tqdm
-
     bar = {}
 
     def on_epoch(epoch: int, loss: float) -> None:
         if "b" not in bar:
-            bar["b"] = tqdm(desc="finetune", unit="epoch", file=sys.stderr, dynamic_ncols=True)
-        bar["b"].update(1)
+            bar["b"] = progress_bar(None, "finetune", "epoch")
         bar["b"].set_postfix(loss=f"{loss:.3f}")
+        bar["b"].update(1)
 
     return on_epoch
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
-from ._common import STORE_HELP, add_phone_flags, add_timing_flags, command_parser
+from ._common import STORE_HELP, add_phone_flags, add_timing_flags, command_parser, progress_bar
 
 DETAILS = (
     "Three modes: MODEL times a file; --build-lut measures a space's lookup table and calibrates its "
@@ -113,18 +114,14 @@ def _profile_file(args, settings, store) -> int:
 
 
 def _build_lut(args, space, info, store, precision, target) -> int:
-    from tqdm import tqdm
-
     from nasctl.profiling.tasks import build_lut
 
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, Any] = {}
 
     def progress(stage, done, total):
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(
-                total=total, desc=stage, file=sys.stderr, dynamic_ncols=True, leave=False
-            )
+            bar = bars[stage] = progress_bar(total, stage, leave=False, lines=10)
         bar.update(done - bar.n)
 
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ._common import (
     STORE_HELP,
@@ -13,6 +12,7 @@ from ._common import (
     command_parser,
     config_overrides,
     epoch_progress,
+    progress_bar,
 )
 
 
@@ -71,8 +71,6 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def _progress():
-    from tqdm import tqdm
-
     from nasctl.nas.objectives import OBJECTIVES
     from nasctl.nas.search import SearchCallbacks
 
@@ -81,7 +79,7 @@ def _progress():
 
         def on_generation(self, st, total):
             if self.bar is None:
-                self.bar = tqdm(total=total, desc="search", unit="gen", file=sys.stderr, dynamic_ncols=True)
+                self.bar = progress_bar(total, "search", "gen")
             best = " ".join(f"{k}={v:.1f}" if OBJECTIVES[k].maximize else
                             (f"{k}={v:.3g}" if k == "latency_ms" else f"{k}={v:,.0f}")
                             for k, v in st.best.items()) or "none meets the constraints yet"
