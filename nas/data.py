@@ -20,6 +20,10 @@ torchvision's own classes read, under ``data_dir``, downloading them if allowed.
 is read from its four idx files by nasctl's own strict reader: without ``data_dir`` where Debian's
 ``dataset-fashion-mnist`` package installs them (``/usr/share/datasets/fashion-mnist/``, in place).
 For CPU budgets, :func:`subset_train` keeps a seeded, class-balanced subset of the training split.
+
+A user's own images are named like a built-in set: ``folder:DIR`` (a folder of class folders) or
+``npz:FILE`` (arrays), with options inside the name (``folder:/data/pets?image_size=64``, made by
+:func:`dataset_spec`); :mod:`.userdata` reads them, and every function here takes those names.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import os
 import pickle
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -63,6 +67,9 @@ class DatasetInfo:
 
     ``mean``/``std`` are per channel, of pixels in [0, 1]; the model normalises with them internally.
     ``default_eps`` is the L-inf radius (in [0, 1] pixel units) of the usual threat model for the set.
+    ``classes`` names label 0, 1, ... where the set has names (empty where it has none, and in
+    checkpoints written before the field existed). For a user's own images (:mod:`.userdata`) ``name``
+    is the canonical ``folder:``/``npz:`` spec string, which reloads the same images.
     """
 
     name: str
@@ -72,19 +79,22 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_eps: float
+    classes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """Plain dict (tuples as lists) for run configs, checkpoints and ``report.json``."""
         d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["mean"], d["std"], d["classes"] = list(self.mean), list(self.std), list(self.classes)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> DatasetInfo:
-        """The inverse of :meth:`to_dict` (a checkpoint's ``dataset``); unknown keys are ignored."""
+        """The inverse of :meth:`to_dict` (a checkpoint's ``dataset``); unknown keys are ignored, and a
+        dict without ``classes`` (written before the field existed) loads with none."""
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        return cls(**{**kw, "mean": tuple(kw["mean"]), "std": tuple(kw["std"])})
+        return cls(**{**kw, "mean": tuple(kw["mean"]), "std": tuple(kw["std"]),
+                      "classes": tuple(str(c) for c in kw.get("classes", ()))})
 
 
 @dataclass
@@ -582,13 +592,19 @@ _MNIST_FILES = (
     "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte"
 )
 
+_DIGIT_NAMES = tuple(str(d) for d in range(10))
+_CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot")
+
+
 def _cifar(name: str, classes: int, mean: tuple[float, ...], std: tuple[float, ...],
-           holding: str) -> TorchvisionLoader:
+           holding: str, names: tuple[str, ...] = ()) -> TorchvisionLoader:
     """CIFAR-10 and CIFAR-100: the same torchvision layout and offline instructions, other files."""
     number = name.removeprefix("cifar")
     archive = f"cifar-{number}-python.tar.gz"
     return TorchvisionLoader(
-        DatasetInfo(name, 3, 32, classes, mean, std, default_eps=8 / 255),
+        DatasetInfo(name, 3, 32, classes, mean, std, default_eps=8 / 255, classes=names),
         dataset_class=f"CIFAR{number}",
         split_arg="train",
         layout="NHWC",
@@ -600,15 +616,17 @@ def _cifar(name: str, classes: int, mean: tuple[float, ...], std: tuple[float, .
 _LOADERS: tuple[DatasetLoader, ...] = (
     DigitsLoader(
         # mean/std of load_digits().images / 16 over all 1,797 images (computed once, hardcoded)
-        DatasetInfo("digits", 1, 8, 10, (0.3053,), (0.3760,), default_eps=0.1),
+        DatasetInfo("digits", 1, 8, 10, (0.3053,), (0.3760,), default_eps=0.1, classes=_DIGIT_NAMES),
     ),
     _cifar("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-           "cifar-10-batches-py/ holding data_batch_1..data_batch_5, test_batch and batches.meta"),
+           "cifar-10-batches-py/ holding data_batch_1..data_batch_5, test_batch and batches.meta",
+           _CIFAR10_NAMES),
     _cifar("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
            "cifar-100-python/ holding train, test and meta"),
     TorchvisionLoader(
         DatasetInfo(
-            "svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), default_eps=8 / 255
+            "svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), default_eps=8 / 255,
+            classes=_DIGIT_NAMES,  # torchvision maps SVHN's label 10 (the digit 0) to 0
         ),
         dataset_class="SVHN",
         split_arg="split",
@@ -617,7 +635,7 @@ _LOADERS: tuple[DatasetLoader, ...] = (
         "http://ufldl.stanford.edu/housenumbers/; md5-checked)",
     ),
     TorchvisionLoader(
-        DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), default_eps=0.3),
+        DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), default_eps=0.3, classes=_DIGIT_NAMES),
         dataset_class="MNIST",
         split_arg="train",
         layout="NHW",
@@ -625,7 +643,8 @@ _LOADERS: tuple[DatasetLoader, ...] = (
         default_space="mnist",
     ),
     IdxLoader(
-        DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), default_eps=0.1),
+        DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), default_eps=0.1,
+                    classes=_FASHION_NAMES),
         system_dir="/usr/share/datasets/fashion-mnist",
         package="dataset-fashion-mnist",
         torchvision_folder="FashionMNIST",
@@ -643,32 +662,51 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
-def _lookup(name: str) -> DatasetLoader:
+Progress = Callable[[int, int], None]  # progress(images decoded, images in all): a user folder's decoding
+
+
+def _lookup(name: str, progress: Progress | None = None) -> DatasetLoader:
+    from . import userdata
+
+    if userdata.is_user_spec(name):
+        return userdata.user_loader(name, progress)
     key = name.strip().lower()
     if key in DATASETS:
         return DATASETS[key]
     hint = did_you_mean(key, dataset_names())
-    raise NasctlError(f"unknown data set {name!r}{hint} (known: {', '.join(dataset_names())})")
+    raise NasctlError(f"unknown data set {name!r}{hint} (known: {', '.join(dataset_names())}; your own "
+                      "images: folder:DIR or npz:FILE)")
+
+
+def dataset_spec(name: str, image_size: int | None = None, channels: int | None = None,
+                 test_fraction: float | None = None, skip_bad_images: bool = False) -> str:
+    """The canonical data set name stored in configs: a built-in name unchanged, a ``folder:``/``npz:``
+    name with an absolute path and these options in it (see :func:`.userdata.dataset_spec`)."""
+    from .userdata import dataset_spec as spec
+
+    return spec(name, image_size, channels, test_fraction, skip_bad_images)
 
 
 def default_space(name: str) -> str:
-    """The built-in search space a data set's supernet uses when no ``--space`` is given."""
+    """The built-in search space a data set's supernet uses when no ``--space`` is given (``auto`` for
+    a user's own images); reads no files."""
     return _lookup(name).default_space
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of a registered set, without loading any data."""
-    return _lookup(name).info
+def dataset_info(name: str, progress: Progress | None = None) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a registered set, without loading any data. A user's folder is
+    decoded the first time (``progress`` hears of it) and cached; later calls read the cached info."""
+    return _lookup(name, progress).info
 
 
 def supernet_data(train_config: dict, data_dir: str | os.PathLike | None = None, fallback_seed: int = 0,
-                  download: bool = True) -> DataSplits:
+                  download: bool = True, progress: Progress | None = None) -> DataSplits:
     """The splits a supernet was trained on, from its training config: the same data set, seed (so the
     same val carve-out), validation size and training subset. The search, the fine-tune stage and
     ``nasctl finetune`` all train and score on exactly these images."""
     seed = int(train_config.get("seed", fallback_seed))
     data = load_dataset(train_config.get("dataset", DEFAULT_DATASET), data_dir, seed=seed,
-                        val_size=train_config.get("val_size"), download=download)
+                        val_size=train_config.get("val_size"), download=download, progress=progress)
     return subset_train(data, train_config.get("train_subset"), seed)
 
 
@@ -678,6 +716,7 @@ def load_dataset(
     seed: int = 0,
     val_size: int | None = None,
     download: bool = True,
+    progress: Progress | None = None,
 ) -> DataSplits:
     """Load a registered data set into memory as train / val / test :class:`TensorSplit`s.
 
@@ -685,7 +724,9 @@ def load_dataset(
     ``val_size`` defaults to 200 for digits and to 5,000 (10 % of small train sets) otherwise.
     ``data_dir`` is required for the torchvision sets; with ``download`` they are fetched when missing.
     ``fashion-mnist`` without ``data_dir`` reads Debian's ``dataset-fashion-mnist`` files in place.
+    ``folder:DIR`` and ``npz:FILE`` load a user's own images (:mod:`.userdata`; ``data_dir`` is not used,
+    the name holds the path); ``progress(done, total)`` hears of a folder's decoding.
     Raises :class:`NasctlError` (one line saying what to do) for unknown names, a missing ``data_dir``
     and files that are absent, corrupted or cannot be downloaded.
     """
-    return _lookup(name)(data_dir=data_dir, seed=seed, val_size=val_size, download=download)
+    return _lookup(name, progress)(data_dir=data_dir, seed=seed, val_size=val_size, download=download)
