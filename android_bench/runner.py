@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nasctl.profiling.backends import ProfileSettings
+from nasctl.profiling.backends import ProfileSettings, check_threads
 from nasctl.profiling.device import DeviceInfo
 from nasctl.profiling.errors import ProfilingError
 from nasctl.profiling.result import DRIFT_WARN, LatencyResult, summarize
@@ -185,6 +185,7 @@ def bench_device(
     handed to ``on_result`` as soon as it exists. Remote files are removed in ``finally``."""
     paths = [str(check_tflite(m)) for m in models]
     info, props, binary, runtime = phone_runtime(adb, serial, options.binary)
+    check_threads(options.threads, info)  # at most the phone's cores: before anything is pushed
     digest = sha256_file(binary)
     run_dir = f"{REMOTE_ROOT}/{uuid.uuid4().hex[:12]}"
     remote_bin = f"{run_dir}/benchmark_model"

@@ -51,14 +51,12 @@ def load_source(checkpoint: str | os.PathLike, arch: str | None) -> ExportSource
     """
     from nasctl.nas.checkpoint import FORMAT, read_checkpoint
     from nasctl.nas.errors import NasctlError
-    from nasctl.nas.subnet_ckpt import SUBNET_FORMAT, subnet_from_checkpoint
+    from nasctl.nas.subnet_ckpt import SUBNET_FORMAT, check_subnet_arch, subnet_from_checkpoint
 
-    ckpt = read_checkpoint(checkpoint, formats=(FORMAT, SUBNET_FORMAT))
+    ckpt = read_checkpoint(checkpoint, formats=(FORMAT, SUBNET_FORMAT))  # its metadata checked there
     if ckpt["format"] == SUBNET_FORMAT:
         sub = subnet_from_checkpoint(ckpt)
-        if arch and sub.space.parse(arch).encode() != sub.genome:
-            raise GenomeError(f"--arch {arch!r} is not the subnet in checkpoint {sub.path!r} ({sub.genome}): "
-                              f"leave --arch out for a fine-tuned subnet checkpoint")
+        check_subnet_arch(sub, [arch] if arch else [])
         for p in sub.model.parameters():
             p.requires_grad_(False)
         return ExportSource(model=sub.model, genome=sub.genome, space=sub.space, dataset=dict(sub.dataset),

@@ -37,6 +37,17 @@ log = logging.getLogger(__name__)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FRONT_TABLE_ID = "front"
+# stamped into every page this module writes, so a later report replaces its own files and nothing else
+HTML_MARKER = '<meta name="generator" content="nasctl report">'
+MD_MARKER = "<!-- generator: nasctl report -->"
+HTML_SUFFIXES = (".html", ".htm")
+# what a run folder (search, training, experiment, export, eval) holds: never a report's name inside a run
+RUN_FILES = frozenset({
+    "config.json", "pareto.json", "summary.md", "archive.jsonl", "history.json", "layer_stats.csv",
+    "supernet.json", "front_projections.png", "layer_heatmap.png", "hypervolume.png", "metrics.jsonl",
+    "checkpoint.pt", "supernet.pt", "subnet.pt", "result.json", "results.jsonl", "eval.json", "report.json",
+    "metadata.json", ".lock",
+})
 
 
 @dataclass
@@ -391,7 +402,7 @@ def render_html(blocks: list[Block], title: str) -> str:
     e = html.escape
     out = [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
+        f'<html lang="en"><head><meta charset="utf-8">{HTML_MARKER}',
         f"<title>{e(title)}</title>",
         f"<style>{CSS}</style></head><body>",
     ]
@@ -425,7 +436,7 @@ def _md_cell(v: Any) -> str:
 
 
 def render_markdown(blocks: list[Block], out_dir: Path) -> str:
-    out: list[str] = []
+    out: list[str] = [MD_MARKER, ""]
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
             out += ["#" * int(b.kind[1]) + " " + b.text, ""]
@@ -455,11 +466,54 @@ def default_run_root(run_dir: Path) -> Path:
     return run_dir.resolve().parent
 
 
+def written_by_report(path: Path) -> bool:
+    """Whether ``path`` is a page this module wrote: its marker (or, for pages of versions before the
+    marker, the exact opening they had) within the first few KB."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    if path.suffix.lower() == ".md":
+        return head.startswith(MD_MARKER) or head.startswith("# nasctl search run ")
+    return HTML_MARKER in head or (head.startswith("<!DOCTYPE html>")
+                                   and "<title>nasctl search run " in head[:400])
+
+
+def check_report_paths(html_path: Path, md_path: Path, run_dir: Path, out: Any = None) -> None:
+    """Refuse to write the page anywhere it would replace a file nasctl's report did not write.
+
+    The page must be an ``.html`` file (its ``.md`` twin goes beside it, so a ``.md`` or ``.json`` name
+    would make the two collide or replace data); neither file may name one of a run folder's own files
+    (:data:`RUN_FILES`) inside the run; and a file already there must be an earlier report (its
+    marker). One :class:`NasctlError` names the file and the fix.
+    """
+    flag = f"--out {str(out)!r}" if out else "the report"
+    fix = "give a new file name ending in .html with --out (or a folder), or leave --out out"
+    if html_path.suffix.lower() not in HTML_SUFFIXES:
+        raise NasctlError(f"{flag} must name an .html file (the Markdown twin is written beside it as .md): "
+                          f"{fix}")
+    run = run_dir.resolve()
+    for path in (html_path, md_path):
+        what = (f"{flag} is" if path == html_path and str(path) == str(out)
+                else f"{flag} would write {str(path)!r}, which is")
+        resolved = path.resolve()
+        if resolved.name in RUN_FILES and (resolved.parent == run or run in resolved.parents):
+            raise NasctlError(f"{what} one of the run's own files: nasctl never replaces a file it did not "
+                              f"write; {fix}")
+        if path.exists() and not path.is_file():
+            raise NasctlError(f"{what} a folder or not a plain file: {fix}")
+        if path.is_file() and not written_by_report(path):
+            raise NasctlError(f"{what} a file that no 'nasctl report' wrote: nasctl never replaces a file it "
+                              f"did not write; {fix} (or move that file away)")
+
+
 def write_report(
     run: str | os.PathLike, out: str | os.PathLike | None = None, run_root: str | os.PathLike | None = None
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (default: inside the run folder) and the same content as ``.md`` beside it;
-    returns both paths. One :class:`NasctlError` line for a run without ``pareto.json``."""
+    returns both paths. One :class:`NasctlError` line for a run without ``pareto.json`` and for an ``out``
+    that would replace a file no report wrote (:func:`check_report_paths`): nothing is written then."""
     from .select import read_front
 
     run_dir, doc = read_front(run)
@@ -468,6 +522,7 @@ def write_report(
     if html_path.is_dir():
         html_path = html_path / f"report-{run_dir.name}.html"
     md_path = html_path.with_suffix(".md")
+    check_report_paths(html_path, md_path, run_dir, out)
     blocks = collect(run_dir, doc, root)
     title = f"nasctl search run {run_dir.name}"
     atomic_write_text(html_path, render_html(blocks, title))

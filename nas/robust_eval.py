@@ -188,15 +188,17 @@ def _targets(cfg: EvalConfig, data: _Data) -> list[_Target]:
     from .candidates import CandidateEvaluator
     from .checkpoint import FORMAT, load_supernet, read_checkpoint
     from .select import pick_from_run, read_front
-    from .subnet_ckpt import SUBNET_FORMAT, subnet_from_checkpoint
+    from .subnet_ckpt import SUBNET_FORMAT, check_subnet_arch, subnet_from_checkpoint
 
-    def fine_tuned(path: str) -> _Target:
-        sub = subnet_from_checkpoint(read_checkpoint(path, formats=(SUBNET_FORMAT,)))
+    def fine_tuned(ckpt: dict[str, Any], arch: list[str] | None = None) -> _Target:
+        sub = subnet_from_checkpoint(ckpt)
+        check_subnet_arch(sub, arch or [])  # an --arch that is not its genome would be silently ignored
         return _Target(sub.genome, sub.model, "fine-tuned", sub.path, sub.eps, sub.dataset, sub.train_config)
 
     if cfg.checkpoint and not cfg.run:
-        if read_checkpoint(cfg.checkpoint, formats=(FORMAT, SUBNET_FORMAT))["format"] == SUBNET_FORMAT:
-            return [fine_tuned(cfg.checkpoint)]
+        ckpt = read_checkpoint(cfg.checkpoint, formats=(FORMAT, SUBNET_FORMAT))
+        if ckpt["format"] == SUBNET_FORMAT:
+            return [fine_tuned(ckpt, cfg.arch)]
         if not cfg.arch:
             raise NasctlError(f"checkpoint {cfg.checkpoint!r} is a supernet: say which subnet with "
                               f"--arch GENOME")
@@ -215,7 +217,7 @@ def _targets(cfg: EvalConfig, data: _Data) -> list[_Target]:
     for arch, finetuned in wanted:
         genome = loaded.space.parse(arch)
         if finetuned:
-            out.append(fine_tuned(finetuned))
+            out.append(fine_tuned(read_checkpoint(finetuned, formats=(SUBNET_FORMAT,))))
             continue
         if evaluator is None:
             evaluator = CandidateEvaluator(loaded.supernet, data(loaded.dataset, loaded.config), loaded.eps,

@@ -21,11 +21,14 @@ from typing import Any, Iterator, TypeVar
 
 import yaml
 
-from nasctl.core import atomic_write_json, did_you_mean, versions
+from nasctl.core import atomic_write_json, did_you_mean, torch_threads, versions
 
 from .errors import NasctlError
 
 C = TypeVar("C")
+
+MAX_NAME_BYTES = 100  # a run folder's name is <stamp>-<name>: well inside the file systems' 255 bytes
+
 
 def merge_config(cls: type[C], yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> C:
     """Build config ``cls`` from its defaults, then a YAML file, then non-None ``overrides``."""
@@ -103,16 +106,51 @@ class RunFolder:
     run_root: str = "runs"
     name: str = ""  # run folder suffix; each command says its default
 
+    def __post_init__(self) -> None:
+        # every command's config passes here (the CLI's merge_config, a resumed config.json, the API), so a
+        # --name that would put the run folder somewhere else is refused before any work
+        if isinstance(self.name, str):
+            check_run_name(self.name)
+
     def new_run_dir(self, command: str, default_name: str = "") -> Path:
         return make_run_dir(self.run_root, command, self.name or default_name)
+
+
+def check_run_name(name: str) -> str:
+    """``--name`` is one path component: the suffix of ``<stamp>-<name>`` inside the command's folder.
+
+    A separator, ``.``/``..``, a NUL or another control character, a name of only spaces or one over
+    :data:`MAX_NAME_BYTES` bytes would put the run folder outside ``run_root/<command>/`` (or fail to
+    make it): each is one :class:`NasctlError` naming the flag and the fix. ``""`` means the default.
+    """
+    if not isinstance(name, str):
+        raise NasctlError(f"--name must be text, not {type(name).__name__} {name!r}: give a folder name")
+    problem = None
+    if any(sep in name for sep in ("/", "\\", os.sep, os.altsep) if sep):
+        problem = "contains a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "contains a control character (NUL, newline, ...)"
+    elif name.strip() in (".", ".."):
+        problem = "is '.' or '..'"
+    elif name and not name.strip():
+        problem = "is only spaces"
+    elif len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        problem = f"is longer than {MAX_NAME_BYTES} bytes"
+    if problem:
+        raise NasctlError(f"--name {name!r} {problem}: it is the suffix of the run folder's name, one path "
+                          f"component inside <run-root>/<command>/; give a plain name such as 'digits-w2' "
+                          f"(use --run-root to choose where run folders go)")
+    return name
 
 
 def make_run_dir(root: str | Path, command: str, name: str = "") -> Path:
     """A fresh ``root/command/<timestamp>-<name>`` folder (suffixed if the second is taken).
 
     Claimed with an exclusive ``mkdir``, not an existence check, so runs started in the same second
-    by parallel processes each get their own folder.
+    by parallel processes each get their own folder. ``name`` must be one path component
+    (:func:`check_run_name`), so the folder never lands outside ``root/command``.
     """
+    check_run_name(name)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(root) / command / (f"{stamp}-{name}" if name else stamp)
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +167,8 @@ def write_run_config(run_dir: Path, command: str, config: Any, extra: dict[str, 
     """Write ``config.json`` (config, seed, versions, command line) before work starts."""
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     doc = {"command": command, "argv": sys.argv, "config": cfg, "seed": cfg.get("seed"),
-           "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
+           "versions": versions(), "threads": torch_threads(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           **(extra or {})}
     atomic_write_json(run_dir / "config.json", doc)
     return doc
 
@@ -195,3 +234,14 @@ def check_eps(eps: float | None, hint: str = "") -> None:
     """An L-inf radius on [0, 1] pixels must be in (0, 1] (None: the caller's default)."""
     if eps is not None and not 0 < eps <= 1:
         raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got {eps}{hint}")
+
+
+def check_width(width_mult: object, flag: str = "--width-mult") -> None:
+    """A width multiplier is a finite number in (0, MAX_WIDTH_MULT] (inf would overflow the channel counts,
+    nan compare false everywhere): one line naming ``flag`` otherwise. None: the caller's default."""
+    from .space.space import MAX_WIDTH_MULT, check_width_mult
+
+    if width_mult is not None and not check_width_mult(width_mult):
+        raise NasctlError(f"{flag} must be a finite number in (0, {MAX_WIDTH_MULT:g}] (it multiplies every "
+                          f"channel choice; 1 is the space as written), got {width_mult!r}: give e.g. 0.5, 1 "
+                          f"or 2")

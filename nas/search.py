@@ -28,7 +28,7 @@ from .errors import NasctlError
 from .front import HV_REFERENCE
 from .objectives import DEFAULT_OBJECTIVES, parse_objectives
 from .problem import SearchState
-from .runs import RunFolder, check_at_least_one, check_eps
+from .runs import RunFolder, check_at_least_one, check_eps, check_width
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,11 @@ class SearchConfig(RunFolder):
         if self.max_latency_ms is not None and not self.max_latency_ms > 0:
             raise NasctlError(f"--max-latency-ms must be > 0, got {self.max_latency_ms}")
         check_eps(self.eps, " (leave it out to use the supernet's training eps)")
-        if self.train:
-            if self.supernet:
-                raise NasctlError("the 'train' settings configure the supernet trained first: leave them out "
-                                  "when --supernet is given")
+        check_width(self.width_mult)
+        if self.train and self.supernet:
+            raise NasctlError("the 'train' settings configure the supernet trained first: leave them out "
+                              "when --supernet is given")
+        if self.supernet is None:  # the supernet trained first: its settings, and that it fits in memory
             self.train_config()
         check_at_least_one(self, {
             "val_size": "validation images per candidate", "pgd_steps": "search-time PGD steps",
@@ -113,8 +114,6 @@ class SearchConfig(RunFolder):
         if self.finetune_members < 0 or self.finetune_epochs < 1:
             raise NasctlError(f"--finetune-members must be >= 0 (0: no fine-tune stage) and "
                               f"--finetune-epochs >= 1 (got {self.finetune_members}, {self.finetune_epochs})")
-        if self.width_mult is not None and not self.width_mult > 0:
-            raise NasctlError(f"--width-mult must be > 0, got {self.width_mult}")
         if self.min_clean_acc is not None and not 0 <= self.min_clean_acc <= 100:
             raise NasctlError(f"--min-clean-acc is a percentage: it must be in [0, 100], got "
                               f"{self.min_clean_acc}")

@@ -9,6 +9,7 @@ and :func:`load_subnet` rebuilds the exact module without any other file.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,9 @@ from torch import nn
 
 from nasctl.core import atomic_torch_save
 
-from .checkpoint import build_supernet, read_checkpoint
+from .checkpoint import SUBNET_FORMAT, build_supernet, read_checkpoint
 from .errors import NasctlError
-from .space import SearchSpace
-
-SUBNET_FORMAT = "nasctl.subnet.v1"
+from .space import GenomeError, SearchSpace
 
 
 @dataclass
@@ -60,15 +59,36 @@ def load_subnet(path: str | os.PathLike) -> LoadedSubnet:
 
 
 def subnet_from_checkpoint(ckpt: dict[str, Any]) -> LoadedSubnet:
+    """The subnet of a checkpoint dict from :func:`read_checkpoint` (whose metadata it has checked)."""
     space = SearchSpace.from_dict(ckpt["space"])
     genome = space.parse(ckpt["genome"])
     model = build_supernet(space, ckpt["dataset"]).extract(genome)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
         raise NasctlError(f"checkpoint {ckpt['path']!r} does not match its own genome "
                           f"({str(e).splitlines()[0][:120]}): it was written by another nasctl version"
                           ) from e
     return LoadedSubnet(model.eval(), genome.encode(), space, ckpt["dataset"], float(ckpt["eps"]),
-                        ckpt.get("config", {}), ckpt.get("train_config", {}), ckpt.get("source", {}),
+                        ckpt.get("config") or {}, ckpt.get("train_config") or {}, ckpt.get("source") or {},
                         ckpt["path"])
+
+
+def check_subnet_arch(sub: LoadedSubnet, arch: Sequence[str]) -> None:
+    """Refuse an ``--arch`` that is not the one genome a fine-tuned subnet checkpoint holds.
+
+    ``eval`` and ``export`` take ``--checkpoint subnet.pt`` without ``--arch``; with one naming another
+    genome they would use the checkpoint's own network and say nothing (a silent wrong answer). An
+    ``--arch`` equal to the checkpoint's genome (in any spelling the space parses) is fine.
+    """
+    fix = ("drop --arch to use this subnet, or give the supernet (--checkpoint SUPERNET.pt --arch GENOME) "
+           "for another genome")
+    for text in arch:
+        try:
+            same = sub.space.parse(text).encode() == sub.genome
+        except GenomeError as e:
+            raise GenomeError(f"--arch {text!r} is not a genome of the space of checkpoint {sub.path!r} "
+                              f"({e}), a fine-tuned subnet that holds genome {sub.genome}: {fix}") from e
+        if not same:
+            raise GenomeError(f"--arch {text!r} is not the subnet in checkpoint {sub.path!r}: it is a "
+                              f"fine-tuned subnet that holds genome {sub.genome}; {fix}")

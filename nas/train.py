@@ -31,11 +31,11 @@ from torch import nn
 from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
 
 from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
-from .checkpoint import FORMAT, build_supernet, read_checkpoint
+from .checkpoint import FORMAT, build_supernet, check_supernet_fits, read_checkpoint
 from .data import DataSplits, default_space, load_dataset, subset_train
 from .errors import NasctlError, RunInterrupted
 from .optim import sgd_cosine
-from .runs import RunFolder, discard_if_unused, run_lock, write_run_config
+from .runs import RunFolder, check_width, discard_if_unused, run_lock, write_run_config
 from .space import Genome, SearchSpace, load_space
 from .supernet import BNCalibration, Supernet, prepare_subnet
 
@@ -92,8 +92,7 @@ class TrainConfig(RunFolder):
             raise NasctlError(f"unknown --sampling {self.sampling!r}: choose uniform or sandwich")
         if self.eps is not None and not 0 <= self.eps <= 1:
             raise NasctlError(f"--eps must be in [0, 1] (pixels are in [0, 1]), got {self.eps}")
-        if self.width_mult <= 0:
-            raise NasctlError(f"--width-mult must be > 0, got {self.width_mult}")
+        check_width(self.width_mult)
         if self.train_subset is not None and not self.train_subset > 0:
             raise NasctlError(f"--train-subset must be a positive number of training images, got "
                               f"{self.train_subset}")
@@ -103,6 +102,15 @@ class TrainConfig(RunFolder):
         if self.limit_train is not None and self.limit_train < self.batch_size:
             raise NasctlError(f"--limit-train {self.limit_train} is smaller than one batch "
                               f"({self.batch_size})")
+        # the supernet these settings build must fit in memory: refused here, before anything is allocated (an
+        # allocator error about a 147 GB tensor is no message); an unregistered data set is left to the loader
+        from .data import dataset_info
+
+        try:
+            info = dataset_info(self.dataset)
+        except NasctlError:
+            return
+        check_supernet_fits(resolve_space(self), info.in_channels, info.num_classes)
 
 
 def resolve_space(cfg: TrainConfig) -> SearchSpace:

@@ -23,7 +23,7 @@ import numpy as np
 
 from nasctl.core import did_you_mean
 
-from .device import DeviceInfo, host_device
+from .device import DeviceInfo, affinity, host_device
 from .errors import ProfilingError
 from .result import DRIFT_WARN, LatencyResult, summarize
 
@@ -54,6 +54,28 @@ class ProfileSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+PHONE_MAX_THREADS = 16  # the cap on a phone whose core count is unknown: no phone SoC has more cores
+
+
+def check_threads(threads: int, device: DeviceInfo | None = None) -> int:
+    """``--threads`` for timing on ``device`` (None or ``host``: this machine): at least 1 and at most its
+    cores -- on the host the CPUs this process may run on (its affinity), on a phone its core count
+    (:data:`PHONE_MAX_THREADS` where unknown). More threads than cores time contention, not the model,
+    and key the store on a setting no deployment uses. Returns ``threads``."""
+    if device is None or device.name == "host":
+        limit = max(1, len(affinity()))
+        where = f"the cores this process may use on this machine: {limit}"
+    elif device.cores > 0:
+        limit, where = device.cores, f"phone {device.name!r} has {device.cores} cores"
+    else:
+        limit = PHONE_MAX_THREADS
+        where = f"phone {device.name!r} did not say its core count; no phone has more than {limit}"
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ProfilingError(f"--threads must be between 1 and {limit} ({where}), got {threads!r}: give a "
+                             f"number in that range")
+    return threads
 
 
 @dataclass(frozen=True)
@@ -185,6 +207,7 @@ def measure_host(
 ) -> list[LatencyResult]:
     """Time ``paths`` in one fresh worker process; ``reference`` (default: the first model) is re-timed
     through the batch, and the drift of its median is recorded with every result."""
+    check_threads(settings.threads)  # every host timing starts here
     device = device or host_device()
     version = backend.runtime_version()
     job = {

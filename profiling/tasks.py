@@ -12,7 +12,7 @@ from nasctl.nas.space import SearchSpace, load_space
 
 from nasctl.core import sha256_file
 
-from .backends import ProfileSettings, measure
+from .backends import ProfileSettings, check_threads, measure
 from .errors import ProfilingError
 from .lut import build_table, calibrate, load_table, lut_settings, measure_genomes
 from .result import LatencyResult
@@ -74,6 +74,7 @@ def build_lut(
     t0 = time.perf_counter()
     settings = lut_settings(threads)
     target = target or resolve_target("host", threads)
+    check_threads(threads, target.device)  # before the first of hundreds of measurements
     table, facts = build_table(
         space,
         info,
@@ -122,6 +123,7 @@ def predict_arch(
     except (GenomeError, ValueError) as e:
         raise ProfilingError(f"--arch {genome_text!r} is not a genome of space {space.name!r}: {e}") from e
     target = target or resolve_target("host", threads)
+    check_threads(threads, target.device)
     scope = target.scope(precision)
     table = load_table(store, space, info, scope, device=target.label)
     out: dict[str, Any] = {

@@ -37,7 +37,7 @@ from nasctl.core import atomic_write_text
 
 from ..errors import NasctlError, RunInterrupted
 from ..front import HV_REFERENCE, hypervolume
-from ..runs import RunFolder, check_at_least_one, discard_if_unused, run_lock, write_run_config
+from ..runs import RunFolder, check_at_least_one, check_width, discard_if_unused, run_lock, write_run_config
 from . import folder as folder_mod
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,8 @@ class WidthConfig(RunFolder):
     def validate(self) -> None:
         if not self.width_mult:
             raise NasctlError("--width-mult needs at least one width multiplier, e.g. 0.5,1.0,1.5")
-        bad = [w for w in self.width_mult if not (isinstance(w, (int, float)) and w > 0)]
-        if bad:
-            raise NasctlError(
-                f"--width-mult values must be > 0 (they multiply every channel choice), got {bad[0]}"
-            )
+        for w in self.width_mult:
+            check_width(w)
         if len(set(self.width_mult)) != len(self.width_mult):
             raise NasctlError(f"--width-mult lists a width twice: {self.width_mult}")
         check_at_least_one(
@@ -91,7 +88,8 @@ class WidthConfig(RunFolder):
         )
         if self.param_budgets is not None and (not self.param_budgets or min(self.param_budgets) < 1):
             raise NasctlError(f"--param-budgets must be positive parameter counts, got {self.param_budgets}")
-        self.train_config(self.width_mult[0]).validate()
+        for w in self.width_mult:  # each width's supernet must fit in memory (refused before any is trained)
+            self.train_config(w).validate()
         self.search_config("x", self.width_mult[0]).validate()
 
     def train_config(self, width: float):

@@ -8,6 +8,7 @@ channel numbers are the real channel counts of the subnet.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from .genome import Genome, GenomeError, LayerGene
 from .layers import BNSpec, ConvSpec, out_size
 
 BUILTIN_DIR = Path(__file__).parent
+# the largest width multiplier a space takes: 64x the tiny-network spaces is already a supernet of billions of
+# parameters (digits: 1.9 G, tam: 4.9 G); beyond it a width is a typo, and channel counts overflow long before
+MAX_WIDTH_MULT = 64.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,12 @@ class LayerChoices:
     stride: int
     ops: tuple[str, ...]
     channels: tuple[int, ...]
+
+
+def check_width_mult(mult: object) -> bool:
+    """Whether ``mult`` is a width multiplier a space takes: a finite number in (0, MAX_WIDTH_MULT]."""
+    return (isinstance(mult, (int, float)) and not isinstance(mult, bool) and math.isfinite(mult)
+            and 0 < mult <= MAX_WIDTH_MULT)
 
 
 def scale_channels(c: int, mult: float) -> int:
@@ -77,8 +87,9 @@ class SearchSpace:
         unknown = [b for b in self.blocks if b != SKIP and b not in BLOCKS]
         if unknown:
             raise ValueError(f"space {self.name!r}: unknown block types {unknown}; known: {sorted(BLOCKS)}")
-        if self.width_mult <= 0:
-            raise ValueError(f"space {self.name!r}: width_mult must be > 0, got {self.width_mult}")
+        if not check_width_mult(self.width_mult):
+            raise ValueError(f"space {self.name!r}: width_mult must be a finite number in "
+                             f"(0, {MAX_WIDTH_MULT:g}], got {self.width_mult}")
         stems, heads = _choices(self.stem_channels), _choices(self.head_channels)
         if any(c <= 0 for c in stems) or any(c < 0 for c in heads):
             raise ValueError(f"space {self.name!r}: stem widths must be > 0 and head widths >= 0 (0: no head "

@@ -16,7 +16,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
     )
     p.add_argument("run", metavar="RUN", help="search run folder (runs/search/<stamp>)")
     p.add_argument(
-        "--out", metavar="FILE", help="HTML file to write (default RUN/report.html); the .md goes beside it"
+        "--out",
+        metavar="FILE",
+        help="HTML file to write, ending in .html, or a folder (default RUN/report.html); the .md goes "
+        "beside it. Only ever replaces pages an earlier 'nasctl report' wrote",
     )
     p.add_argument(
         "--run-root",
