@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from . import __version__, threads
 
 # command name -> (module, one-line help). Modules are imported only for the chosen command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,6 +52,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    threads.prepare_openmp()  # before anything imports torch
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     from nasctl.nas.errors import NasctlError, RunInterrupted
 
     try:
+        if args.command in TORCH_COMMANDS:
+            _set_threads(getattr(args, "torch_threads", None))
         return int(args.func(args) or 0)
     except NasctlError as e:
         _close_progress_bars()
@@ -82,6 +85,20 @@ def main(argv: list[str] | None = None) -> int:
             hint = " (continue with --resume and the run folder printed above)"
         print(f"nasctl: interrupted; everything finished so far is on disk{hint}", file=sys.stderr)
         return 130
+
+
+# commands whose own process trains or attacks with torch: they get nasctl's thread rules
+TORCH_COMMANDS = ("train", "search", "finetune", "eval", "experiment")
+
+
+def _set_threads(requested: int | None) -> None:
+    from nasctl.nas.errors import NasctlError
+
+    try:
+        choice = threads.choose_threads(requested)
+    except ValueError as e:
+        raise NasctlError(f"{e}: give a positive thread count") from None
+    threads.apply_threads(choice)
 
 
 def _close_progress_bars() -> None:

@@ -129,6 +129,13 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def torch_threads() -> int | None:
+    """torch's intra-op thread count in this process (it can change floating-point results, so every run
+    records it), or None where torch was never imported."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 def resolve_device(name: str):
     """``auto`` -> CUDA when available, else CPU; a CUDA device asked for on a machine without one is
     one clear error (raised as the caller's ``NasctlError``)."""

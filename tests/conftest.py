@@ -8,6 +8,9 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One thread for every torch in the session: the library calls (the fixture below), the CLI's own
+# thread rule (nasctl.threads reads OMP_NUM_THREADS) and the nasctl processes tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,17 @@ def add_run_flags(g, run_help: str = RUN_HELP, pick_help: str = "member of the r
 
 
 def add_device_flag(g) -> None:
-    """``--device`` of the commands that train or attack with torch (not profile's host | adb:SERIAL)."""
+    """``--device`` and ``--threads`` of the commands that train or attack with torch (not profile's
+    host | adb:SERIAL, whose ``--threads`` are the timed model's)."""
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    add_threads_flag(g)
+
+
+def add_threads_flag(g) -> None:
+    """``--threads`` for torch's own work (read by the CLI, see :mod:`nasctl.threads`)."""
+    g.add_argument("--threads", dest="torch_threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: OMP_NUM_THREADS, else the cores this process may "
+                   "use; recorded in config.json). Jobs side by side on the same cores: 1 each")
 
 
 def add_phone_flags(g, benchmark_binary: bool = True) -> None:

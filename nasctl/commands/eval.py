@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_config_flags, add_run_flags, command_parser, config_overrides
+from ._common import add_config_flags, add_run_flags, add_threads_flag, command_parser, config_overrides
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -22,6 +22,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--eps", type=float, help="L-inf budget (default: the training eps)")
     p.add_argument("--n-images", type=int, help="evaluate on the first N test images only")
     p.add_argument("--data-dir", help="folder of a torchvision data set")
+    add_threads_flag(p)
     add_config_flags(p)
     p.set_defaults(func=run)
 

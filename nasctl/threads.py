@@ -1,0 +1,113 @@
+"""How many CPU threads nasctl's torch work takes, and how they wait, so that jobs sharing cores do not
+collapse.
+
+Why: torch's OpenMP threads spin while they wait for work. Two processes that each run one thread per
+core on the same cores then burn each other's time slices spinning: measured here, a Fashion-MNIST
+search beside another search trained at 0.3-0.4 batches/s instead of 7.5 (about 20x slower). Three
+rules avoid it (``docs/design.md``, "Threads"):
+
+* **Passive waiting** (``OMP_WAIT_POLICY=PASSIVE``, set before torch starts OpenMP unless the user set
+  it): an idle thread sleeps instead of spinning, so two jobs on the same cores share them at about
+  half speed each instead of 20x slower. Waiting never changes a result.
+* **A fixed thread count**: ``--threads`` when given, else ``OMP_NUM_THREADS``, else the cores this
+  process may use (its CPU affinity, capped by a cgroup CPU quota, which ``os.cpu_count`` ignores). It
+  is deliberately *not* chosen from the machine's load: the thread count changes floating-point
+  reduction order, and the same seed must give the same result on the same machine. It is recorded in
+  every run's ``config.json``.
+* **One warning** when the machine is already busy at start (the 1-minute load average leaves fewer
+  idle cores than the threads about to start), with the fix for heavy jobs side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import MutableMapping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The intra-op thread count a process uses, where it came from, and the machine it saw."""
+
+    threads: int
+    cores: int  # the cores this process may use
+    source: str  # "--threads", "OMP_NUM_THREADS" or "cores"
+    load: float | None  # 1-minute load average at start (None where the OS has none)
+
+    def busy_warning(self) -> str | None:
+        """One line when the threads about to start do not fit into the idle cores, else None."""
+        if self.load is None or self.load < 1.0 or self.load + self.threads <= self.cores + 0.5:
+            return None
+        return (f"the machine is busy (load {self.load:.1f} on {self.cores} cores) and nasctl starts "
+                f"{self.threads} thread(s): both jobs slow down. For heavy jobs side by side give each "
+                f"--threads 1 (or OMP_NUM_THREADS=1)")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2/v1 CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(n, quota) if quota else n)
+
+
+def _cgroup_cpu_quota() -> int | None:
+    try:
+        parts = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if parts and parts[0] != "max":
+            return math.ceil(int(parts[0]) / int(parts[1]))
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
+        pass
+    try:
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if q > 0 and p > 0:
+            return math.ceil(q / p)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def choose_threads(requested: int | None = None,
+                   environ: MutableMapping[str, str] | None = None) -> ThreadChoice:
+    """The thread count for this process: ``requested`` (``--threads``), else a valid
+    ``OMP_NUM_THREADS``, else :func:`usable_cores`. Raises ValueError for a requested count < 1."""
+    env = os.environ if environ is None else environ
+    cores = usable_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be >= 1, got {requested}")
+        return ThreadChoice(requested, cores, "--threads", load)
+    omp = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp.isdigit() and int(omp) >= 1:
+        return ThreadChoice(int(omp), cores, "OMP_NUM_THREADS", load)
+    return ThreadChoice(cores, cores, "cores", load)
+
+
+def prepare_openmp(environ: MutableMapping[str, str] | None = None) -> None:
+    """Make OpenMP threads wait passively (unless the user chose a policy). Must run before torch is
+    imported: OpenMP reads the variable once, when it starts."""
+    env = os.environ if environ is None else environ
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def apply_threads(choice: ThreadChoice) -> None:
+    """Set torch's intra-op threads (and OMP_NUM_THREADS, which worker processes inherit)."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(choice.threads)
+    torch.set_num_threads(choice.threads)
+    warning = choice.busy_warning()
+    if warning:
+        log.warning("nasctl: warning: %s", warning)

@@ -1,0 +1,96 @@
+"""Threads that do not fight and logs fit for a file: nasctl/threads.py and the CLI's progress lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasctl import threads
+from nasctl.cli import main
+
+
+def test_the_thread_count_comes_from_the_flag_then_the_environment_then_the_cores():
+    cores = threads.usable_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    assert threads.choose_threads(3, {}).threads == 3 and threads.choose_threads(3, {}).source == "--threads"
+    got = threads.choose_threads(None, {"OMP_NUM_THREADS": "5"})
+    assert (got.threads, got.source) == (5, "OMP_NUM_THREADS")
+    got = threads.choose_threads(None, {"OMP_NUM_THREADS": "junk"})
+    assert (got.threads, got.source, got.cores) == (cores, "cores", cores)
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
+        threads.choose_threads(0, {})
+
+
+def test_the_busy_warning_fires_only_when_the_threads_do_not_fit_the_idle_cores():
+    quiet = threads.ThreadChoice(threads=2, cores=2, source="cores", load=0.3)
+    busy = threads.ThreadChoice(threads=2, cores=2, source="cores", load=1.9)
+    roomy = threads.ThreadChoice(threads=2, cores=16, source="cores", load=3.0)
+    assert quiet.busy_warning() is None and roomy.busy_warning() is None
+    assert "load 1.9 on 2 cores" in busy.busy_warning() and "--threads 1" in busy.busy_warning()
+    assert threads.ThreadChoice(1, 2, "cores", None).busy_warning() is None
+
+
+def test_openmp_waits_passively_unless_the_user_chose():
+    env: dict[str, str] = {}
+    threads.prepare_openmp(env)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    threads.prepare_openmp(env)
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_nasctl_process_waits_passively_and_records_its_threads(tmp_path):
+    """A real ``nasctl train`` process: OpenMP's policy is set before torch starts (the child sees it in
+    its environment), ``--threads`` wins over OMP_NUM_THREADS, and config.json records the count."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = ("import os, sys; from nasctl.cli import main; rc = main(sys.argv[1:]); "
+            "print('POLICY', os.environ.get('OMP_WAIT_POLICY')); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, "train", "--epochs", "1", "--train-subset", "64",
+                          "--threads", "2", "--run-root", str(tmp_path)],
+                         env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "POLICY PASSIVE" in out.stdout
+    doc = json.loads(next((tmp_path / "train").glob("*/config.json")).read_text())
+    assert doc["threads"] == 2
+
+
+def test_a_bad_thread_count_is_one_line(capsys):
+    assert main(["train", "--threads", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--threads must be >= 1" in err
+
+
+def test_the_library_leaves_torch_threads_alone_and_the_cli_applies_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    assert main(["train", "--epochs", "1", "--train-subset", "64", "--run-root", str(tmp_path)]) == 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(before)
+
+
+def test_a_search_logged_to_a_file_has_one_line_per_epoch_and_generation(tmp_path):
+    """``nasctl search > log.txt 2>&1``: no carriage-return frames, one line per supernet epoch, per
+    generation and per fine-tuned member."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        args = ["search", "--epochs", "2", "--train-subset", "200", "--pop-size", "4", "--generations", "2",
+                "--val-size", "40", "--pgd-steps", "1", "--finetune-members", "1", "--finetune-epochs", "1",
+                "--test-size", "50", "--run-root", str(tmp_path / "runs")]
+        rc = subprocess.run([sys.executable, "-m", "nasctl.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                            cwd=tmp_path, timeout=600).returncode
+    text = log.read_text()
+    assert rc == 0, text
+    assert "\r" not in text and "\x1b[" not in text
+    lines = text.splitlines()
+    assert [ln.split()[1] for ln in lines if ln.startswith("epoch ")] == ["1", "2"]
+    assert [ln.split()[1] for ln in lines if ln.startswith("search: ") and " gen " in ln] == ["1/2", "2/2"]
+    assert sum(ln.startswith("fine-tuning 1/1:") for ln in lines) == 1
+    assert len(lines) == len(set(lines)) or all("training on a class-balanced" in ln for ln in lines
+                                                   if lines.count(ln) > 1)
+    assert Path(lines[-1].split()[2]).is_dir()  # "run folder: PATH  (read summary.md first)"
