@@ -285,28 +285,30 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _images_in(folder: Path, root: Path) -> tuple[list[str], int]:
-    """Image files under ``folder`` (paths relative to ``root``, in torchvision's ImageFolder order) and
-    the number of other, non-hidden files."""
+def _images_in(folder: Path, root: Path) -> tuple[list[str], list[tuple[int, int]], int]:
+    """Image files under ``folder`` (paths relative to ``root``, in torchvision's ImageFolder order), their
+    (size, mtime) and the number of other, non-hidden files. Plain strings: 70,000 files take ~0.3 s."""
     walked, other = [], 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         walked.append((dirpath, filenames))
-    found = []
+    found, stamps = [], []
     for dirpath, filenames in sorted(walked):
+        rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
         for f in sorted(filenames):
             if f.startswith("."):
                 continue
             if f.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(os.path.relpath(os.path.join(dirpath, f), root)).as_posix())
+                found.append(f"{rel}/{f}")
+                stamps.append(_stamp(os.path.join(dirpath, f)))
             else:
                 other += 1
-    return found, other
+    return found, stamps, other
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def _stamp(path: str) -> tuple[int, int]:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:  # a dangling link: decoding names it
         return -1, -1
     return st.st_size, st.st_mtime_ns
@@ -325,7 +327,7 @@ def _scan(spec: UserSpec) -> _Listing:
     layout = (f"{root}/<class>/<image> (one folder per class) or {root}/train/<class>/ and "
               f"{root}/test/<class>/")
     if not subdirs:
-        loose, _ = _images_in(root, root)
+        loose = _images_in(root, root)[0]
         if loose:
             raise NasctlError(f"{where}: {root} holds {len(loose)} images but no class folders: put each "
                               f"class's images in a folder of its own, {root}/<class>/")
@@ -364,15 +366,16 @@ def _scan(spec: UserSpec) -> _Listing:
     if len(classes) < 2:
         raise NasctlError(f"{where}: {root / parts[0]} holds one class folder ({classes[0]!r}): a classifier "
                           "needs at least two classes, one folder each")
-    files, labels, part_of, ignored = [], [], [], 0
+    files, stamps, labels, part_of, ignored = [], [], [], [], 0
     for p in parts:
         for c, cls in enumerate(classes):
-            found, other = _images_in(root / p / cls, root)
+            found, stamped, other = _images_in(root / p / cls, root)
             ignored += other
             if not found:
                 raise NasctlError(f"{where}: the class folder {root / p / cls} holds no images ({other} "
                                   f"other files; images are {', '.join(IMAGE_EXTENSIONS)})")
             files += found
+            stamps += stamped
             labels += [c] * len(found)
             part_of += [SPLIT_FOLDERS.index(p) if p else TRAIN] * len(found)
     if len(parts) == 1:  # files beside the class folders
@@ -381,7 +384,7 @@ def _scan(spec: UserSpec) -> _Listing:
         log.info("ignoring %d files in %s that are not images (by their extension: %s)", ignored, root,
                  " ".join(IMAGE_EXTENSIONS))
     return _Listing(root, len(parts) > 1, tuple(classes), tuple(files), np.asarray(labels, dtype=np.int64),
-                    np.asarray(part_of, dtype=np.uint8), tuple(_stamp(root / f) for f in files), ignored)
+                    np.asarray(part_of, dtype=np.uint8), tuple(stamps), ignored)
 
 
 @dataclass(frozen=True)
