@@ -28,15 +28,21 @@ ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _write_chunk(folder: str, first: int, images, labels, names: list[str]) -> int:
+def _write_chunk(folder: str, first: int, images, labels, names: list[str], pad_to: int | None = None,
+                 rgb: bool = False) -> int:
+    import numpy as np
     from PIL import Image
 
     for i, (a, y) in enumerate(zip(images, labels)):
-        Image.fromarray(a).save(os.path.join(folder, names[int(y)], f"{first + i:05d}.png"))
+        if pad_to:  # black border around the 28x28 image, as CIFAR-sized inputs
+            p = pad_to - a.shape[0]
+            a = np.pad(a, ((p // 2, p - p // 2), (p // 2, p - p // 2)))
+        img = Image.fromarray(a).convert("RGB") if rgb else Image.fromarray(a)
+        img.save(os.path.join(folder, names[int(y)], f"{first + i:05d}.png"))
     return len(labels)
 
 
-def write_folder(dest: Path, limit: int | None) -> float | None:
+def write_folder(dest: Path, limit: int | None, pad_to: int | None = None, rgb: bool = False) -> float | None:
     """Write the PNG folder (into ``dest.partial``, renamed when complete); None when it is there."""
     if dest.is_dir():
         return None
@@ -60,7 +66,7 @@ def write_folder(dest: Path, limit: int | None) -> float | None:
                 (tmp / split / name).mkdir(parents=True, exist_ok=True)
             for s in range(0, len(labels), 2000):
                 futures.append(pool.submit(_write_chunk, str(tmp / split), s, images[s:s + 2000],
-                                           labels[s:s + 2000], names))
+                                           labels[s:s + 2000], names, pad_to, rgb))
         written = sum(f.result() for f in futures)
     tmp.rename(dest)
     seconds = time.perf_counter() - t0
@@ -74,6 +80,10 @@ def main() -> None:
                     help="where the PNG folder is written (and read)")
     ap.add_argument("--limit", type=int, default=None,
                     help="only the first N images of each split (a quick check; use another --folder)")
+    ap.add_argument("--pad-to", type=int, default=None, metavar="N",
+                    help="pad each 28x28 image with a black border to N x N (32: CIFAR-sized inputs)")
+    ap.add_argument("--rgb", action="store_true", help="write RGB PNGs (three equal channels)")
+    ap.add_argument("--write-only", action="store_true", help="write the folder, time nothing")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "folder_decode.json"))
     args = ap.parse_args()
     if not FASHION.is_dir():
@@ -88,7 +98,9 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     folder = Path(args.folder).resolve()
-    write_s = write_folder(folder, args.limit)
+    write_s = write_folder(folder, args.limit, args.pad_to, args.rgb)
+    if args.write_only:
+        return
     cache = ROOT / "bench" / "cache" / "folder_decode_cache"
     shutil.rmtree(cache, ignore_errors=True)
     os.environ["NASCTL_CACHE_DIR"] = str(cache)

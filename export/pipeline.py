@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nasctl.nas.data import DataSplits, load_dataset
+from nasctl.nas.data import DatasetInfo, DataSplits, load_dataset
 from nasctl.nas.errors import NasctlError
 from nasctl.nas.runs import RunFolder
 
-from nasctl.core import atomic_write_json
+from nasctl.core import atomic_write_json, atomic_write_text
 
 from .errors import ExportError
 from .source import ExportSource, RunPick, latest_run, load_source, pick_from_run, sha256_file
@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 
 METADATA_FORMAT = "nasctl.export.v1"
 REPORT_FORMAT = "nasctl.export-report.v1"
-OWN_FILES = (ONNX_FILE, FLOAT_FILE, INT8_FILE, CONVERTER_LOG, "metadata.json", "report.json", "config.json")
+LABELS_FILE = "labels.txt"  # one class name a line, in output-index order (TFLite's label-file convention)
+OWN_FILES = (ONNX_FILE, FLOAT_FILE, INT8_FILE, CONVERTER_LOG, LABELS_FILE, "metadata.json", "report.json",
+             "config.json")
 
 
 @dataclass
@@ -167,6 +169,12 @@ def _artifacts(out_dir: Path) -> dict[str, dict[str, Any]]:
         if p.is_file():
             out[name] = {"size_bytes": p.stat().st_size, "sha256": sha256_file(p)}
     return out
+
+
+def class_labels(info: DatasetInfo) -> list[str]:
+    """The label of each output index: the data set's class names (a folder's are its sorted class
+    folders), else the index itself for sets that name no classes."""
+    return list(info.classes) if info.classes else [str(i) for i in range(info.num_classes)]
 
 
 def _check_data(source: ExportSource, splits: DataSplits) -> None:
@@ -281,12 +289,15 @@ def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
         out_dir, "export", cfg, extra={"genome": source.genome, "source": provenance, "resolved": resolved}
     )
     info = splits.info
+    labels = class_labels(info)
+    atomic_write_text(out_dir / LABELS_FILE, "\n".join(labels) + "\n")
     metadata: dict[str, Any] = {
         "format": METADATA_FORMAT,
         "genome": source.genome,
         "space": source.space.to_dict(),
         "dataset": info.to_dict(),
         "num_classes": info.num_classes,
+        "labels": {"file": LABELS_FILE, "names": labels, "named": bool(info.classes)},
         "seed": seed,
         "data_seed": data_seed,
         "source": provenance,
@@ -305,6 +316,7 @@ def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
         "target": target.name,
         "int8": cfg.int8,
         "plan": list(target.plan(cfg.int8)),
+        "labels": LABELS_FILE,
         "config": resolved,
         "source": provenance,
         "steps": [],
@@ -348,7 +360,7 @@ STEP_FILES = {"onnx": (ONNX_FILE,), "tflite_float32": (FLOAT_FILE, CONVERTER_LOG
 
 
 def _planned_files(ctx: ExportContext) -> set[str]:
-    own = {"config.json", "report.json", "metadata.json"}
+    own = {"config.json", "report.json", "metadata.json", LABELS_FILE}
     return own | {f for step in ctx.target.plan(ctx.cfg.int8) for f in STEP_FILES.get(step, ())}
 
 

@@ -100,6 +100,7 @@ def _overview(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
             if doc.get("train_subset")
             else ""
         ),
+        f"classes ({len(doc.get('classes') or [])}): {', '.join(doc.get('classes') or []) or 'not named'}",
         f"space: {space}",
         f"threat model: L-inf, eps = {doc.get('eps', float('nan')):.4g} on [0, 1] pixels",
         f"search: {doc.get('algorithm')}, population {doc.get('pop_size')}, "

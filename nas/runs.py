@@ -167,8 +167,8 @@ def write_run_config(run_dir: Path, command: str, config: Any, extra: dict[str, 
     """Write ``config.json`` (config, seed, versions, command line) before work starts."""
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     doc = {"command": command, "argv": sys.argv, "config": cfg, "seed": cfg.get("seed"),
-           "versions": versions(), "threads": torch_threads(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           **(extra or {})}
+           "versions": versions(), "threads": torch_threads(),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
     atomic_write_json(run_dir / "config.json", doc)
     return doc
 

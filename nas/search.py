@@ -24,11 +24,13 @@ from nasctl.core import did_you_mean
 
 from . import front as front_mod
 from .algorithms import ALGORITHMS
+from .data import dataset_spec
 from .errors import NasctlError
 from .front import HV_REFERENCE
 from .objectives import DEFAULT_OBJECTIVES, parse_objectives
 from .problem import SearchState
 from .runs import RunFolder, check_at_least_one, check_eps, check_width
+from .userdata import is_user_spec
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ class SearchConfig(RunFolder):
             parse_latency_source(self.latency_source, self.latency_precision, self.latency_threads)
         if self.max_latency_ms is not None and not self.max_latency_ms > 0:
             raise NasctlError(f"--max-latency-ms must be > 0, got {self.max_latency_ms}")
+        if is_user_spec(self.dataset):  # a user's images: stored with an absolute path, options in order
+            self.dataset = dataset_spec(self.dataset)
         check_eps(self.eps, " (leave it out to use the supernet's training eps)")
         check_width(self.width_mult)
         if self.train and self.supernet:

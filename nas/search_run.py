@@ -219,7 +219,8 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
         finetune_front(cfg, run_dir, loaded, data, eps, front, device)
         stage_done("finetune_stage")
     history = json.loads((run_dir / "history.json").read_text())["generations"]
-    meta = {"run": run_dir.name, "dataset": cfg.dataset, "data_dir": cfg.data_dir,
+    meta = {"run": run_dir.name, "dataset": cfg.dataset, "classes": list(data.info.classes),
+            "data_dir": cfg.data_dir,
             "supernet": record["path"], "supernet_sha256": record["sha256"],
             "space": loaded.space.to_dict(), "eps": eps, "algorithm": cfg.algorithm,
             "objectives": list(objectives), "constraints": cfg.constraints(),

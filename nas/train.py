@@ -32,12 +32,13 @@ from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
 
 from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
 from .checkpoint import FORMAT, build_supernet, check_supernet_fits, read_checkpoint
-from .data import DataSplits, default_space, load_dataset, subset_train
+from .data import DataSplits, dataset_info, dataset_spec, default_space, load_dataset, subset_train
 from .errors import NasctlError, RunInterrupted
 from .optim import sgd_cosine
 from .runs import RunFolder, check_width, discard_if_unused, run_lock, write_run_config
-from .space import Genome, SearchSpace, load_space
+from .space import AUTO, Genome, SearchSpace, space_for
 from .supernet import BNCalibration, Supernet, prepare_subnet
+from .userdata import is_user_spec
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class TrainConfig(RunFolder):
     train_subset: int | None = None
 
     def validate(self) -> None:
+        if is_user_spec(self.dataset):  # a user's images: stored with an absolute path, options in order
+            self.dataset = dataset_spec(self.dataset)
         if self.epochs < 0:
             raise NasctlError(f"--epochs must be >= 0, got {self.epochs}")
         if self.batch_size <= 0:
@@ -104,8 +107,6 @@ class TrainConfig(RunFolder):
                               f"({self.batch_size})")
         # the supernet these settings build must fit in memory: refused here, before anything is allocated (an
         # allocator error about a 147 GB tensor is no message); an unregistered data set is left to the loader
-        from .data import dataset_info
-
         try:
             info = dataset_info(self.dataset)
         except NasctlError:
@@ -114,9 +115,11 @@ class TrainConfig(RunFolder):
 
 
 def resolve_space(cfg: TrainConfig) -> SearchSpace:
+    """The space a training config names (``auto``: built from the data set's resolution)."""
     name = cfg.space or default_space(cfg.dataset)
     try:
-        return load_space(name, cfg.width_mult)
+        resolution = dataset_info(cfg.dataset).resolution if name.strip().lower() == AUTO else 0
+        return space_for(name, resolution, cfg.width_mult)
     except ValueError as e:
         raise NasctlError(str(e)) from e
 

@@ -15,7 +15,8 @@ rules avoid it (``docs/design.md``, "Threads"):
   reduction order, and the same seed must give the same result on the same machine. It is recorded in
   every run's ``config.json``.
 * **One warning** when the machine is already busy at start (the 1-minute load average leaves fewer
-  idle cores than the threads about to start), with the fix for heavy jobs side by side.
+  idle cores than the threads about to start) and the user did not choose a count, with the fix for
+  heavy jobs side by side.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class ThreadChoice:
 
     def busy_warning(self) -> str | None:
         """One line when the threads about to start do not fit into the idle cores, else None."""
+        if self.source != "cores":  # the user chose the count (--threads, OMP_NUM_THREADS): no advice
+            return None
         if self.load is None or self.load < 1.0 or self.load + self.threads <= self.cores + 0.5:
             return None
         return (f"the machine is busy (load {self.load:.1f} on {self.cores} cores) and nasctl starts "

@@ -104,10 +104,12 @@ def test_onnx_target_from_a_run(run_dir, tmp_path, capsys):
     assert "[1/2] prepare" in stdout and "[2/2] onnx" in stdout and "model.onnx" in stdout and " ok" in stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
+        "labels.txt",
         "metadata.json",
         "model.onnx",
         "report.json",
     ]
+    assert (out / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]  # digits' class names
     report = json.loads((out / "report.json").read_text())
     assert (
         report["status"] == "ok" and report["plan"] == ["prepare", "onnx"] and report["genome"] == GENOMES[2]

@@ -34,6 +34,7 @@ def test_the_busy_warning_fires_only_when_the_threads_do_not_fit_the_idle_cores(
     assert quiet.busy_warning() is None and roomy.busy_warning() is None
     assert "load 1.9 on 2 cores" in busy.busy_warning() and "--threads 1" in busy.busy_warning()
     assert threads.ThreadChoice(1, 2, "cores", None).busy_warning() is None
+    assert threads.ThreadChoice(2, 2, "OMP_NUM_THREADS", 1.9).busy_warning() is None  # the user chose
 
 
 def test_openmp_waits_passively_unless_the_user_chose():

@@ -48,6 +48,42 @@ def add_phone_flags(g, benchmark_binary: bool = True) -> None:
                        "docs/android.md)")
 
 
+def add_dataset_flags(g, dataset_help: str = "default digits, embedded") -> None:
+    """``--dataset`` / ``--data-dir`` and the options of a user's own images, as train, search and the
+    width study take them (:func:`dataset_from_args` folds the options into the name)."""
+    from nasctl.nas.data import dataset_names
+
+    g.add_argument("--dataset", metavar="NAME", help=f"{', '.join(dataset_names())} ({dataset_help}), or "
+                   "your own images: folder:DIR (DIR/<class>/* or DIR/train|val|test/<class>/*) or "
+                   "npz:FILE (x_train, y_train, x_test, y_test)")
+    g.add_argument("--data-dir", help="folder of a torchvision data set (downloaded there when online)")
+    g.add_argument("--image-size", type=int, metavar="N",
+                   help="folder:DIR: resize every image to N x N (default: their own size, when all equal)")
+    g.add_argument("--channels", type=int, choices=(1, 3),
+                   help="folder:DIR: 1 (gray) or 3 (RGB) channels (default: what the images are)")
+    g.add_argument("--test-fraction", type=float, metavar="F",
+                   help="folder:DIR without test/: share of each class held out as test (default 0.2)")
+    g.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="folder:DIR: skip (and count) images that cannot be decoded instead of stopping")
+
+
+def dataset_from_args(args: argparse.Namespace) -> None:
+    """Fold ``--image-size``, ``--channels``, ``--test-fraction`` and ``--skip-bad-images`` into
+    ``args.dataset`` (``folder:/abs/DIR?image_size=32``): the name is what every config and checkpoint
+    stores, so later stages reload exactly the same images."""
+    from nasctl.nas.data import dataset_spec
+    from nasctl.nas.errors import NasctlError
+
+    opts = {k: getattr(args, k, None) for k in ("image_size", "channels", "test_fraction", "skip_bad_images")}
+    if getattr(args, "dataset", None) is None:
+        given = [f"--{k.replace('_', '-')}" for k, v in opts.items() if v is not None]
+        if given:
+            raise NasctlError(f"{', '.join(given)} apply to --dataset folder:DIR: add --dataset")
+        return
+    args.dataset = dataset_spec(args.dataset, opts["image_size"], opts["channels"], opts["test_fraction"],
+                                bool(opts["skip_bad_images"]))
+
+
 def add_timing_flags(g) -> None:
     """How long one latency measurement runs, as profile and bench take it; the defaults are
     :class:`~nasctl.profiling.backends.ProfileSettings`' own, so host and phone timings match."""

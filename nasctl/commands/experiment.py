@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import RUN_HELP, add_config_flags, add_device_flag, command_parser, config_overrides
+from ._common import (
+    RUN_HELP,
+    add_config_flags,
+    add_dataset_flags,
+    add_device_flag,
+    command_parser,
+    config_overrides,
+    dataset_from_args,
+)
 
 
 def _floats(text: str) -> list[float]:
@@ -74,8 +82,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     w.add_argument(
         "--width-mult", type=str, metavar="W1,W2,...", help="width multipliers (default 0.5,1.0,1.5)"
     )
-    w.add_argument("--dataset", help="data set (default digits)")
-    w.add_argument("--data-dir", help="folder of a torchvision data set")
+    add_dataset_flags(w)
     w.add_argument("--space", help="search space (default: the data set's own)")
     w.add_argument("--epochs", type=int, help="supernet epochs per width (default 30, half the usual 60)")
     w.add_argument("--train-subset", type=int, metavar="N", help="class-balanced training subset")
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             args.width_mult = _floats(args.width_mult)
         if getattr(args, "param_budgets", None) is not None:
             args.param_budgets = _ints(args.param_budgets)
+        dataset_from_args(args)
         cfg = merge_config(cls, args.config, config_overrides(args, cls))
         path = run_study(cfg)
     doc = json.loads((path / "result.json").read_text())

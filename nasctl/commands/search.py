@@ -8,16 +8,17 @@ import json
 from ._common import (
     STORE_HELP,
     add_config_flags,
+    add_dataset_flags,
     add_device_flag,
     command_parser,
     config_overrides,
+    dataset_from_args,
     epoch_progress,
     progress_bar,
 )
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
-    from nasctl.nas.data import dataset_names
     from nasctl.nas.space import builtin_spaces
 
     p = command_parser(sub, name, help_text, "With no arguments: trains a small supernet on the embedded "
@@ -26,11 +27,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--supernet", metavar="CKPT", help="trained supernet (supernet.pt or its run folder); "
                    "without it, one is trained first")
-    g.add_argument("--dataset", help=f"{', '.join(dataset_names())} (default digits)")
-    g.add_argument("--data-dir", help="folder of a torchvision data set")
-    g.add_argument("--space", help=f"space for the supernet trained first ({', '.join(builtin_spaces())} "
-                   "or a YAML "
-                   "file; default: the data set's own)")
+    add_dataset_flags(g)
+    g.add_argument("--space", help="space for the supernet trained first (auto, "
+                   f"{', '.join(builtin_spaces())} or a YAML file; default: the data set's own, auto for "
+                   "folder: and npz: data)")
     g.add_argument("--width-mult", type=float, help="width multiplier of the supernet trained first")
     g.add_argument("--epochs", type=int, help="epochs of the supernet trained first")
     g.add_argument("--train-subset", type=int, metavar="N",
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         path = resume_search(args.resume, _progress(), epoch_progress())
     else:
+        dataset_from_args(args)
         overrides = config_overrides(args, SearchConfig)
         cfg = merge_config(SearchConfig, args.config, overrides)
         if args.train_subset is not None:  # a setting of the supernet trained first

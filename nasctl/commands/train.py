@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_config_flags, add_device_flag, command_parser, config_overrides, epoch_progress
+from ._common import (
+    add_config_flags,
+    add_dataset_flags,
+    add_device_flag,
+    command_parser,
+    config_overrides,
+    dataset_from_args,
+    epoch_progress,
+)
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
@@ -16,16 +24,14 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
-    from nasctl.nas.data import dataset_names
     from nasctl.nas.space import builtin_spaces
     from nasctl.nas.train import TRAIN_ATTACKS
 
     g = p.add_argument_group("supernet training")
-    g.add_argument("--dataset",
-                   help=f"{', '.join(dataset_names())} (default digits, embedded)")
-    g.add_argument("--data-dir", help="folder of a torchvision data set (downloaded there when online)")
-    g.add_argument("--space", help=f"search space: a built-in name ({', '.join(builtin_spaces())}) or a YAML "
-                   "file (default: the data set's own)")
+    add_dataset_flags(g)
+    g.add_argument("--space", help=f"search space: auto (built from the input size), a built-in name "
+                   f"({', '.join(builtin_spaces())}) or a YAML file (default: the data set's own; auto for "
+                   "folder: and npz: data)")
     g.add_argument("--width-mult", type=float, help="width multiplier on every channel choice (default 1.0)")
     g.add_argument("--epochs", type=int, help="training epochs (default 60)")
     g.add_argument("--batch-size", type=int)
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         path, history = resume_training(args.resume, epoch_progress(), epochs=args.epochs)
     else:
+        dataset_from_args(args)
         cfg = merge_config(TrainConfig, args.config, config_overrides(args, TrainConfig))
         path, history = train_supernet(cfg, epoch_progress())
     if history:
