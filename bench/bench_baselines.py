@@ -52,10 +52,12 @@ from typing import Any
 
 import torch
 from nasctl.nas.candidates import test_accuracy
-from nasctl.nas.data import DataSplits, first_test_images, load_dataset, subset_train
+from nasctl.nas.data import DataSplits, dataset_spec, first_test_images, load_dataset, subset_train
 from nasctl.nas.finetune import FinetuneConfig, SubnetTrainConfig, adversarial_train
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import build_subnet
+from nasctl.nas.train import resolve_space
+from nasctl.nas.userdata import is_user_spec
 
 # label -> (parameters in the issue's table, with conv biases; genome in the built-in digits space)
 BASELINES: dict[str, tuple[int, str]] = {
@@ -135,6 +137,8 @@ def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConf
         raise SystemExit(f"{source} is a {scfg.dataset} recipe, not {args.dataset}")
     tcfg = scfg.train_config()
     data = load_dataset(args.dataset, args.data_dir or scfg.data_dir, seed=tcfg.seed, val_size=tcfg.val_size)
+    if is_user_spec(args.dataset):  # the plain stacks are points of the space the run searched (auto)
+        args.space = resolve_space(tcfg)
     data = subset_train(data, tcfg.train_subset, tcfg.seed)  # exactly the supernet's training images
     test_size = getattr(scfg, "test_size", None)
     if args.test_size is not None:
@@ -231,7 +235,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default="digits", choices=("digits", "fashion-mnist"))
+    ap.add_argument("--dataset", default="digits",
+                    help="digits, fashion-mnist, or a user's images (folder:DIR, npz:FILE; with --run): the "
+                    "Fashion-MNIST stacks built in the run's own space (auto: the same network at 28x28 "
+                    "and 32x32)")
     ap.add_argument("--run", default=None, help="search run folder whose pareto.json to compare with (and, "
                     "for fashion-mnist, whose config.json gives the recipe)")
     ap.add_argument("--config", default=None, help="fashion-mnist without --run: the search recipe to match "
@@ -251,6 +258,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="default bench/results/baselines.json (digits), baselines-fashion-mnist.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if is_user_spec(args.dataset):
+        args.dataset = dataset_spec(args.dataset)
+        if not (args.run or args.config):
+            raise SystemExit("--dataset folder:/npz: needs --run (the search whose recipe to match) "
+                             "or --config")
+    elif args.dataset not in ("digits", "fashion-mnist"):
+        raise SystemExit(f"--dataset {args.dataset!r}: give digits, fashion-mnist, folder:DIR or npz:FILE")
+    args.space = None
     if args.dataset == "digits":
         data = load_dataset("digits", seed=0)
         cfg = SubnetTrainConfig(**{**asdict(RECIPE), "epochs": args.epochs or RECIPE.epochs,
@@ -260,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      for label, (issue_params, genome) in BASELINES.items()}
     else:
         data, cfg, meta = fashion_setup(args)
-        baselines = {label: (space, genome, None) for label, (space, genome) in FASHION_BASELINES.items()}
+        baselines = {label: (space if isinstance(space, SearchSpace) or args.space is None else args.space,
+                             genome, None) for label, (space, genome) in FASHION_BASELINES.items()}
     if args.limit_train or args.limit_test:
         data = DataSplits(data.info, data.train.subset(args.limit_train or len(data.train)), data.val,
                           data.test.subset(args.limit_test or len(data.test)))
@@ -288,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc = {"recipe": asdict(cfg), "dataset": args.dataset, **meta, "train_images": len(data.train),
            "test_images": len(data.test), "run": str(args.run) if args.run else None, "baselines": rows}
     out = Path(args.out or ("bench/results/baselines.json" if args.dataset == "digits"
+                            else "bench/results/baselines-own-images.json" if is_user_spec(args.dataset)
                             else f"bench/results/baselines-{args.dataset}.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))

@@ -34,14 +34,16 @@ def run_jobs(nasctl: str, n: int, extra: list[str], work: Path, env: dict[str, s
         cmd = [*shlex.split(nasctl), "search", "--run-root", str(work / f"job{n}-{i}"), *extra]
         procs.append((time.perf_counter(), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                             env=env, cwd=work), log))
-    seconds = []
-    for start, p, log in procs:
-        rc = p.wait()
-        seconds.append(round(time.perf_counter() - start, 1))
-        log.close()
-        if rc != 0:
-            raise SystemExit(f"bench_threads: a job failed (exit {rc}); see {log.name}")
-    return seconds
+    ended: dict[int, float] = {}
+    while len(ended) < len(procs):  # each job's own end time, in whatever order they finish
+        for i, (start, p, log) in enumerate(procs):
+            if i not in ended and p.poll() is not None:
+                ended[i] = round(time.perf_counter() - start, 1)
+                log.close()
+                if p.returncode != 0:
+                    raise SystemExit(f"bench_threads: a job failed (exit {p.returncode}); see {log.name}")
+        time.sleep(0.5)
+    return [ended[i] for i in range(len(procs))]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="JSON results file")
     ap.add_argument("--skip-alone", action="store_true", help="only the jobs side by side")
     args = ap.parse_args(argv)
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     alone = None if args.skip_alone else run_jobs(args.nasctl, 1, extra, work, env)[0]

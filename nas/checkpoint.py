@@ -164,25 +164,18 @@ def supernet_params(space: SearchSpace, in_channels: int, num_classes: int) -> i
     any width a space takes; equal to the built supernet's count (tested). Stem and head are counted
     once per few-shot sub-supernet, every layer once per weight family, at the layer's largest width.
     """
-    from .space import SKIP
     from .space.blocks import BLOCKS
     from .space.layers import BNSpec, ConvSpec, LinearSpec
-    from .supernet import sub_supernets
+    from .supernet import last_width, layer_plan, sub_supernets
 
     n_sub = max(sub_supernets(space)) + 1
     stem = ConvSpec(in_channels, space.stem, 3, space.stem_stride).params() + BNSpec(space.stem).params()
     total = n_sub * stem
-    max_in = space.stem
-    for lc in space.layers:
-        max_out = max(lc.channels)
-        families: dict[str, list[str]] = {}
-        for op in lc.ops:
-            if op != SKIP:
-                families.setdefault(BLOCKS[op].family, []).append(op)
+    for lc, families, max_in, max_out in layer_plan(space):
         for tokens in families.values():
             tiny = BLOCKS[tokens[0]](2, 2, lc.stride)  # only asked for the shapes of the family's union
             total += sum(spec.params() for spec in tiny.union_specs(tuple(tokens), max_in, max_out).values())
-        max_in = max(max_out, max_in) if SKIP in lc.ops else max_out
+    max_in = last_width(space)
     top = max(space.head_choices)
     head = (ConvSpec(max_in, top, 1).params() + BNSpec(top).params() + LinearSpec(top, num_classes).params()
             if top else 0)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .space import BLOCKS, SKIP, Genome, SearchSpace, to_static
+from .space import BLOCKS, SKIP, Genome, LayerChoices, SearchSpace, to_static
 from .space.blocks import family_block
 from .space.layers import BNSpec, ConvSpec, LinearSpec
 
@@ -108,6 +108,29 @@ class Subnet(nn.Module):
         return self.head(self.blocks(self.stem(self.normalize(x))))
 
 
+def layer_plan(space: SearchSpace) -> Iterable[tuple[LayerChoices, dict[str, list[str]], int, int]]:
+    """For each searchable layer of the supernet: its choices, its block tokens by weight family (one
+    shared weight tensor set each), and the widest input and output it must hold."""
+    max_in = space.stem
+    for lc in space.layers:
+        max_out = max(lc.channels)
+        families: dict[str, list[str]] = {}
+        for op in lc.ops:
+            if op != SKIP:
+                families.setdefault(BLOCKS[op].family, []).append(op)
+        yield lc, families, max_in, max_out
+        # a skip layer passes its input through, so the next layer may see up to the max of both
+        max_in = max(max_out, max_in) if SKIP in lc.ops else max_out
+
+
+def last_width(space: SearchSpace) -> int:
+    """The widest feature map the supernet's last searchable layer hands to the head."""
+    width = space.stem
+    for lc, _, max_in, max_out in layer_plan(space):
+        width = max(max_out, max_in) if SKIP in lc.ops else max_out
+    return width
+
+
 def sub_supernets(space: SearchSpace) -> list[int]:
     """For each block group of ``space``, the index of its sub-supernet (stem and head owner):
     groups linked by a shared weight family fall into one, the others get one each."""
@@ -153,16 +176,10 @@ class Supernet(nn.Module):
             self.stems = nn.ModuleList(stems)
         self.choices = nn.ModuleList()
         max_in = space.stem
-        for lc in space.layers:
-            max_out = max(lc.channels)
-            families: dict[str, list[str]] = {}
-            for op in lc.ops:
-                if op != SKIP:
-                    families.setdefault(BLOCKS[op].family, []).append(op)
+        for lc, families, max_in, max_out in layer_plan(space):
             self.choices.append(nn.ModuleDict({fam: family_block(tokens, max_in, max_out, lc.stride)
                                                for fam, tokens in families.items()}))
-            # a skip layer passes its input through, so the next layer may see up to the max of both
-            max_in = max(max_out, max_in) if SKIP in lc.ops else max_out
+        max_in = last_width(space)
         heads = [Head(max_in, space.head_choices, num_classes) for _ in range(n_sub)]
         if n_sub == 1:
             self.head = heads[0]

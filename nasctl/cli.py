@@ -52,7 +52,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    threads.prepare_openmp()  # before anything imports torch
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    if chosen not in TORCH_COMMANDS:
+        return _main(argv)
+    with threads.sharing_cores() as others:  # registered as a running job while it runs
+        threads.prepare_openmp(others > 0 or threads.machine_busy())  # before anything imports torch
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -6,9 +6,13 @@ core on the same cores then burn each other's time slices spinning: measured her
 search beside another search trained at 0.3-0.4 batches/s instead of 7.5 (about 20x slower). Three
 rules avoid it (``docs/design.md``, "Threads"):
 
-* **Passive waiting** (``OMP_WAIT_POLICY=PASSIVE``, set before torch starts OpenMP unless the user set
-  it): an idle thread sleeps instead of spinning, so two jobs on the same cores share them at about
-  half speed each instead of 20x slower. Waiting never changes a result.
+* **Passive waiting when cores are shared**: a nasctl process that starts while another nasctl process
+  runs (each registers itself for its lifetime, :func:`sharing_cores`) or while the machine is busy
+  makes its OpenMP threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``, set before torch starts
+  OpenMP; a policy the user set is kept). Measured on 2 cores (BENCHMARKS.md, "Jobs side by side"):
+  a short search alone 69 s; two at once 339 s each with spinning threads, 110-160 s with passive
+  ones. A lone run keeps spinning threads: passive waiting would cost it 67 % (115 s), since tiny
+  nets wake their threads for every small op. Waiting never changes a result.
 * **A fixed thread count**: ``--threads`` when given, else ``OMP_NUM_THREADS``, else the cores this
   process may use (its CPU affinity, capped by a cgroup CPU quota, which ``os.cpu_count`` ignores). It
   is deliberately *not* chosen from the machine's load: the thread count changes floating-point
@@ -21,12 +25,15 @@ rules avoid it (``docs/design.md``, "Threads"):
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import MutableMapping
+from typing import Iterator, MutableMapping
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +105,63 @@ def choose_threads(requested: int | None = None,
     return ThreadChoice(cores, cores, "cores", load)
 
 
-def prepare_openmp(environ: MutableMapping[str, str] | None = None) -> None:
-    """Make OpenMP threads wait passively (unless the user chose a policy). Must run before torch is
-    imported: OpenMP reads the variable once, when it starts."""
+def machine_busy(cores: int | None = None) -> bool:
+    """Whether the 1-minute load average already fills the cores this process may use, but one."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return load >= max(1.0, (cores or usable_cores()) - 0.5)
+
+
+def registry_dir() -> Path:
+    """Where running nasctl processes register (one locked file each): per user, in the temp folder."""
+    return Path(tempfile.gettempdir()) / f"nasctl-{os.getuid()}" / "running"
+
+
+@contextlib.contextmanager
+def sharing_cores(folder: Path | None = None) -> Iterator[int]:
+    """Register this process as a running nasctl job for the ``with`` block; yield how many other nasctl
+    jobs run now. Each job holds an ``fcntl.flock`` on its own file, which the kernel drops when the
+    process dies however it dies, so a killed job never counts; its file is removed by the next one."""
+    folder = registry_dir() if folder is None else folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        me = folder / str(os.getpid())
+        fd = os.open(me, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # an unwritable temp folder: run as if alone rather than fail
+        yield 0
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        others = 0
+        for path in folder.iterdir():
+            if path == me:
+                continue
+            try:
+                other = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)  # nobody holds it: a job that died
+            except BlockingIOError:
+                others += 1
+            finally:
+                os.close(other)
+        yield others
+    finally:
+        os.close(fd)
+        me.unlink(missing_ok=True)
+
+
+def prepare_openmp(shared: bool, environ: MutableMapping[str, str] | None = None) -> None:
+    """Make OpenMP threads wait passively when the cores are ``shared`` (another nasctl job runs, or the
+    machine is busy), unless the user chose a policy. Must run before torch is imported: OpenMP reads
+    the variable once, when it starts."""
     env = os.environ if environ is None else environ
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if shared:
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def apply_threads(choice: ThreadChoice) -> None:

@@ -89,3 +89,31 @@ def test_a_folder_of_rgb_images_becomes_a_labelled_verified_int8_model(size, tmp
     assert check["split"] == "test" and check["images"] == 60  # the folder's test/ images, all of them
     ours = int8_accuracy_by_pillow(out / "model_int8.tflite", labels, folder / "test")
     assert abs(ours - check["int8_acc"]) <= 1.0, (ours, check)
+    if size != 16:
+        return
+    # the commands that reload the data from the run's stored name take it too
+    assert main(["eval", "--run", str(run), "--steps", "2", "--restarts", "1", "--square-queries", "10",
+                 "--n-images", "20", "--run-root", str(runs)]) == 0
+    evald = json.loads(next((runs / "eval").glob("*/eval.json")).read_text())
+    assert evald["dataset"] == f"folder:{folder}" if "dataset" in evald else True
+    assert main(["finetune", "--run", str(run), "--epochs", "1", "--run-root", str(runs)]) == 0
+    tuned = json.loads(next((runs / "finetune").glob("*/result.json")).read_text())
+    assert tuned["images"] == 60 and 0 <= tuned["clean_acc"] <= 100
+    assert main(["report", str(run), "--run-root", str(runs)]) == 0
+    assert "classes (10): eight, five, four" in (run / "report.md").read_text()
+
+
+def test_the_same_folder_gives_the_same_front_decoded_or_from_the_cache(tmp_path, monkeypatch):
+    """Same seed, same front: the first search decodes the folder, the second reads the decode cache."""
+    monkeypatch.setenv("NASCTL_CACHE_DIR", str(tmp_path / "cache"))
+    folder = rgb_digits_folder(tmp_path / "images", 8)
+    fronts = []
+    for i in range(2):
+        runs = tmp_path / f"runs{i}"
+        assert main(["search", "--dataset", f"folder:{folder}", "--epochs", "1", "--pop-size", "4",
+                     "--generations", "2", "--val-size", "40", "--pgd-steps", "1", "--finetune-members", "0",
+                     "--test-size", "30", "--run-root", str(runs)]) == 0
+        doc = json.loads(next((runs / "search").glob("*/pareto.json")).read_text())
+        fronts.append([(m["genome"], m["clean_acc"], m["adv_acc"], m["final_adv_acc"]) for m in doc["front"]])
+    assert fronts[0] == fronts[1] and fronts[0]
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1  # decoded once

@@ -37,24 +37,49 @@ def test_the_busy_warning_fires_only_when_the_threads_do_not_fit_the_idle_cores(
     assert threads.ThreadChoice(2, 2, "OMP_NUM_THREADS", 1.9).busy_warning() is None  # the user chose
 
 
-def test_openmp_waits_passively_unless_the_user_chose():
+def test_openmp_waits_passively_only_when_cores_are_shared_and_the_user_did_not_choose():
     env: dict[str, str] = {}
-    threads.prepare_openmp(env)
+    threads.prepare_openmp(False, env)
+    assert "OMP_WAIT_POLICY" not in env  # alone: spinning threads, the fastest for tiny nets
+    threads.prepare_openmp(True, env)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    threads.prepare_openmp(env)
+    threads.prepare_openmp(True, env)
     assert env["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_a_nasctl_process_waits_passively_and_records_its_threads(tmp_path):
-    """A real ``nasctl train`` process: OpenMP's policy is set before torch starts (the child sees it in
-    its environment), ``--threads`` wins over OMP_NUM_THREADS, and config.json records the count."""
+def test_running_jobs_see_each_other_and_a_killed_one_stops_counting(tmp_path):
+    """The registry of running nasctl jobs: a live one counts, a killed one (kill -9: no clean-up) does
+    not, and its file is removed by the next job that looks."""
+    folder = tmp_path / "running"
+    code = ("import sys, time; from pathlib import Path; from nasctl import threads\n"
+            "with threads.sharing_cores(Path(sys.argv[1])) as n:\n"
+            "    print(n, flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "0"
+        with threads.sharing_cores(folder) as others:
+            assert others == 1
+    finally:
+        child.kill()
+        child.wait()
+    assert (folder / str(child.pid)).exists()  # killed: its file is left behind, unlocked
+    with threads.sharing_cores(folder) as others:
+        assert others == 0
+    assert not (folder / str(child.pid)).exists() and not any(folder.iterdir())
+
+
+def test_a_nasctl_process_beside_another_waits_passively_and_records_its_threads(tmp_path):
+    """A real ``nasctl train`` process started while another nasctl job runs (this test, registered):
+    OpenMP's policy is set before torch starts (the child sees it in its environment), ``--threads``
+    wins over OMP_NUM_THREADS, and config.json records the count."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     code = ("import os, sys; from nasctl.cli import main; rc = main(sys.argv[1:]); "
             "print('POLICY', os.environ.get('OMP_WAIT_POLICY')); sys.exit(rc)")
-    out = subprocess.run([sys.executable, "-c", code, "train", "--epochs", "1", "--train-subset", "64",
-                          "--threads", "2", "--run-root", str(tmp_path)],
-                         env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    with threads.sharing_cores():
+        out = subprocess.run([sys.executable, "-c", code, "train", "--epochs", "1", "--train-subset", "64",
+                              "--threads", "2", "--run-root", str(tmp_path)],
+                             env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "POLICY PASSIVE" in out.stdout
     doc = json.loads(next((tmp_path / "train").glob("*/config.json")).read_text())
