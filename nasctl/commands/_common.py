@@ -82,6 +82,30 @@ def dataset_from_args(args: argparse.Namespace) -> None:
         return
     args.dataset = dataset_spec(args.dataset, opts["image_size"], opts["channels"], opts["test_fraction"],
                                 bool(opts["skip_bad_images"]))
+    decode_with_progress(args.dataset)
+
+
+def decode_with_progress(dataset: str) -> None:
+    """Decode (or find in the cache) a user's image folder now, with a progress display, so that a bad
+    folder fails before any run folder exists and later loads come from the cache."""
+    from nasctl.nas.data import dataset_info
+    from nasctl.nas.userdata import is_user_spec
+
+    if not is_user_spec(dataset):
+        return
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(total, "decoding", "img", lines=10)
+        bar.update(done - bar.n)
+
+    try:
+        dataset_info(dataset, progress)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def add_timing_flags(g) -> None:
