@@ -20,7 +20,7 @@ from . import train as train_mod
 from .archive import Archive
 from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
-from .data import first_test_images, supernet_data
+from .data import DataSplits, first_test_images, subset_train, supernet_data
 from .errors import NasctlError, RunInterrupted
 from .front import HV_REFERENCE
 from .objectives import genome_costs, parse_objectives
@@ -35,7 +35,7 @@ SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written b
 log = logging.getLogger(__name__)
 
 
-def _train_first(cfg: SearchConfig, run_dir: Path, train_callbacks) -> Path:
+def _train_first(cfg: SearchConfig, run_dir: Path, train_callbacks, data: DataSplits | None = None) -> Path:
     """Train (or resume training) the supernet inside the search run folder."""
     sub = run_dir / "supernet"
     if (sub / "supernet.pt").exists():
@@ -47,7 +47,7 @@ def _train_first(cfg: SearchConfig, run_dir: Path, train_callbacks) -> Path:
     tcfg = cfg.train_config()
     log.info("no --supernet given: training one first (%d epochs, %s attack, %s sampling) in %s",
              tcfg.epochs, tcfg.attack, tcfg.sampling, sub)
-    return train_mod.train_supernet(tcfg, train_callbacks, run_dir=sub)[0]
+    return train_mod.train_supernet(tcfg, train_callbacks, run_dir=sub, data=data)[0]
 
 
 def _expected_space(cfg: SearchConfig):
@@ -159,16 +159,18 @@ def _no_feasible_message(cfg: SearchConfig, archive: Archive) -> str:
 
 
 def execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks | None = None,
-            train_callbacks=None) -> Path:
+            train_callbacks=None, data: DataSplits | None = None) -> Path:
     """Run (or continue) the search in ``run_dir``; returns the path of ``pareto.json``.
 
     Holds the run folder's lock throughout, so a second process cannot resume the same run at once.
+    ``data``: splits in hand instead of the data set ``cfg.dataset`` names (see :func:`search`).
     """
     with run_lock(run_dir):
-        return _execute(cfg, run_dir, callbacks or SearchCallbacks(), train_callbacks)
+        return _execute(cfg, run_dir, callbacks or SearchCallbacks(), train_callbacks, data)
 
 
-def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train_callbacks) -> Path:
+def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train_callbacks,
+             given: DataSplits | None = None) -> Path:
     t0 = time.perf_counter()
     stages: dict[str, float] = {}  # wall seconds per stage of this invocation (a resume redoes less)
     lap = t0
@@ -181,7 +183,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
         log.info("%s: %.0f s", name.replace("_", " "), stages[name])
 
     objectives = parse_objectives(cfg.objectives)
-    ckpt_path = cfg.supernet or str(_train_first(cfg, run_dir, train_callbacks))
+    ckpt_path = cfg.supernet or str(_train_first(cfg, run_dir, train_callbacks, given))
     if not cfg.supernet:
         stage_done("supernet_training")
     loaded = load_supernet(ckpt_path, expect_space=_expected_space(cfg))
@@ -194,7 +196,11 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
     if not (run_dir / SUPERNET_RECORD).is_file():
         atomic_write_json(run_dir / SUPERNET_RECORD, record)
     eps = cfg.eps if cfg.eps is not None else loaded.eps
-    data = supernet_data({**loaded.config, "dataset": cfg.dataset}, cfg.data_dir, cfg.seed)
+    if given is None:
+        data = supernet_data({**loaded.config, "dataset": cfg.dataset}, cfg.data_dir, cfg.seed)
+    else:  # the caller's splits, cut as the supernet's trainer cut them
+        seed = int(loaded.config.get("seed", cfg.seed))
+        data = subset_train(given, loaded.config.get("train_subset"), seed)
     data = first_test_images(data, cfg.test_size)  # the front and the fine-tuned members are scored there
     device = resolve_device(cfg.device)
     settings = EvalSettings(pgd_steps=cfg.pgd_steps, val_size=cfg.val_size, calib_batches=cfg.calib_batches)
@@ -287,8 +293,15 @@ def _finetune_recipe() -> str:
             f"batch {f.batch_size}, from inherited weights with BN recalibrated")
 
 
-def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_callbacks=None) -> Path:
-    """Start a new search run folder under ``cfg.run_root``; returns the path of ``pareto.json``."""
+def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_callbacks=None,
+           data: DataSplits | None = None) -> Path:
+    """Start a new search run folder under ``cfg.run_root``; returns the path of ``pareto.json``.
+
+    ``data``: ready :class:`DataSplits` (a notebook's own arrays) instead of loading ``cfg.dataset``;
+    ``cfg.dataset`` becomes their ``info.name``, and a name nasctl cannot load gets the ``auto`` space.
+    A resume of such a run needs the same splits again (:func:`resume_search`'s ``data``)."""
+    if data is not None:
+        cfg.dataset = data.info.name
     cfg.validate()
     if cfg.supernet is not None:
         load_supernet(cfg.supernet, expect_space=_expected_space(cfg))  # fail before creating anything
@@ -296,7 +309,7 @@ def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_ca
     try:
         write_run_config(run_dir, "search", cfg)
         log.info("run folder: %s", run_dir)
-        return execute(cfg, run_dir, callbacks, train_callbacks)
+        return execute(cfg, run_dir, callbacks, train_callbacks, data)
     except NasctlError:
         discard_if_unused(run_dir)  # bad input found before any work: leave no empty run behind
         raise
@@ -315,8 +328,9 @@ def config_from_run(doc: dict[str, Any], source: str = "the run's config.json") 
 
 
 def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,
-                  train_callbacks=None) -> Path:
-    """Continue a search run after a crash or interrupt, with the run's own config and seed."""
+                  train_callbacks=None, data: DataSplits | None = None) -> Path:
+    """Continue a search run after a crash or interrupt, with the run's own config and seed (and the
+    ``data`` it was started with, if :func:`search` was given splits)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
@@ -328,6 +342,6 @@ def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,
     cfg = config_from_run(doc, f"{str(cfg_path)!r}")
     log.info("resuming search %s", run_dir)
     try:
-        return execute(cfg, run_dir, callbacks, train_callbacks)
+        return execute(cfg, run_dir, callbacks, train_callbacks, data)
     except KeyboardInterrupt as e:
         raise RunInterrupted(run_dir) from e

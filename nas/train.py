@@ -32,7 +32,16 @@ from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
 
 from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
 from .checkpoint import FORMAT, build_supernet, check_supernet_fits, read_checkpoint
-from .data import DataSplits, dataset_info, dataset_spec, default_space, load_dataset, subset_train
+from .data import (
+    DatasetInfo,
+    DataSplits,
+    dataset_info,
+    dataset_names,
+    dataset_spec,
+    default_space,
+    load_dataset,
+    subset_train,
+)
 from .errors import NasctlError, RunInterrupted
 from .optim import sgd_cosine
 from .runs import RunFolder, check_width, discard_if_unused, run_lock, write_run_config
@@ -114,11 +123,19 @@ class TrainConfig(RunFolder):
         check_supernet_fits(resolve_space(self), info.in_channels, info.num_classes)
 
 
-def resolve_space(cfg: TrainConfig) -> SearchSpace:
-    """The space a training config names (``auto``: built from the data set's resolution)."""
-    name = cfg.space or default_space(cfg.dataset)
+def resolve_space(cfg: TrainConfig, info: DatasetInfo | None = None) -> SearchSpace:
+    """The space a training config names (``auto``: built from the data set's resolution). ``info``: the
+    data in hand (splits a caller passed in), whose name need not be registered; such data without a
+    ``space`` gets ``auto``."""
+    if cfg.space:
+        name = cfg.space
+    elif info is not None and info.name not in dataset_names() and not is_user_spec(info.name):
+        name = AUTO
+    else:
+        name = default_space(cfg.dataset)
     try:
-        resolution = dataset_info(cfg.dataset).resolution if name.strip().lower() == AUTO else 0
+        auto = name.strip().lower() == AUTO
+        resolution = (info or dataset_info(cfg.dataset)).resolution if auto else 0
         return space_for(name, resolution, cfg.width_mult)
     except ValueError as e:
         raise NasctlError(str(e)) from e
@@ -192,7 +209,7 @@ class Trainer:
         if cfg.limit_train:
             self.data = DataSplits(self.data.info, self.data.train.subset(cfg.limit_train), self.data.val,
                                    self.data.test)
-        self.space = resolve_space(cfg)
+        self.space = resolve_space(cfg, self.data.info)
         self.eps = cfg.eps if cfg.eps is not None else self.data.info.default_eps
         # weight init from the seed, without touching the caller's global RNG state (fork_rng restores it);
         # all later randomness uses the generators below

@@ -117,3 +117,26 @@ def test_the_same_folder_gives_the_same_front_decoded_or_from_the_cache(tmp_path
         fronts.append([(m["genome"], m["clean_acc"], m["adv_acc"], m["final_adv_acc"]) for m in doc["front"]])
     assert fronts[0] == fronts[1] and fronts[0]
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1  # decoded once
+
+
+def test_the_search_takes_ready_splits_and_gives_the_front_of_the_same_data_by_name(tmp_path):
+    """``search(cfg, data=splits)``: the splits a caller has in hand. The built-in digits passed as splits
+    give exactly the front of the search that loads them by name; the same arrays under a name nasctl
+    does not know are searched in the ``auto`` space built for their resolution."""
+    import dataclasses
+
+    from nasctl.nas.data import DataSplits, load_dataset
+    from nasctl.nas.search import SearchConfig
+    from nasctl.nas.search_run import search
+
+    small = dict(epochs=1, pop_size=4, generations=2, val_size=40, pgd_steps=1, finetune_members=0,
+                 test_size=30, train={"train_subset": 300})
+    by_name = json.loads(search(SearchConfig(run_root=str(tmp_path / "a"), **small)).read_text())
+    digits = load_dataset("digits", seed=0)
+    given = json.loads(search(SearchConfig(run_root=str(tmp_path / "b"), **small), data=digits).read_text())
+    assert given["front"] and [m["genome"] for m in given["front"]] == [m["genome"] for m in by_name["front"]]
+    assert ([(m["clean_acc"], m["adv_acc"], m["final_adv_acc"]) for m in given["front"]]
+            == [(m["clean_acc"], m["adv_acc"], m["final_adv_acc"]) for m in by_name["front"]])
+    mine = DataSplits(dataclasses.replace(digits.info, name="my-digits"), digits.train, digits.val, digits.test)
+    doc = json.loads(search(SearchConfig(run_root=str(tmp_path / "c"), **small), data=mine).read_text())
+    assert doc["dataset"] == "my-digits" and doc["space"]["name"] == "auto-8" and doc["front"]
