@@ -90,25 +90,27 @@ def test_same_generator_seed_same_result(undefended_model, digits):
 
 
 def test_pgd_agrees_with_adversarial_robustness_toolbox(undefended_model, digits):
-    """Our PGD and ART's independent ProjectedGradientDescent, same eps/step/steps: within 2 points."""
+    """Our PGD and ART's independent ProjectedGradientDescent, same eps/step/steps/restarts: within 2
+    points. Five random restarts each: with one, the random start alone moved the two by 2.8 points on
+    the ``default`` kernel (ATEN_CPU_CAPABILITY=default), where the fixture trains another model."""
     pytest.importorskip("art")
     from art.attacks.evasion import ProjectedGradientDescent
     from art.estimators.classification import PyTorchClassifier
 
-    eps, steps = 0.1, 20
+    eps, steps, restarts = 0.1, 20, 5
     clf = PyTorchClassifier(model=undefended_model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8),
                             nb_classes=10, clip_values=(0.0, 1.0))
     x = digits.test.numpy_images()
     y = digits.test.labels.numpy()
     art_pgd = ProjectedGradientDescent(clf, norm=np.inf, eps=eps, eps_step=2.5 * eps / steps, max_iter=steps,
-                                       num_random_init=1, batch_size=400, verbose=False)
+                                       num_random_init=restarts, batch_size=400, verbose=False)
     np.random.seed(0)  # ART draws its random start from numpy's global generator
     x_adv = art_pgd.generate(x=x)
     with torch.no_grad():
         clean_ok = undefended_model(torch.from_numpy(x)).argmax(1).numpy() == y
         art_acc = 100.0 * np.mean(clean_ok
                                   & (undefended_model(torch.from_numpy(x_adv)).argmax(1).numpy() == y))
-    ours = _acc(undefended_model, digits, PGD(eps=eps, steps=steps)).adv_acc
+    ours = _acc(undefended_model, digits, PGD(eps=eps, steps=steps, restarts=restarts)).adv_acc
     assert abs(ours - art_acc) <= 2.0, (ours, art_acc)
     assert ours < 70.0  # and the attack does real work at this budget
 
