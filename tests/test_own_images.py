@@ -137,6 +137,7 @@ def test_the_search_takes_ready_splits_and_gives_the_front_of_the_same_data_by_n
     assert given["front"] and [m["genome"] for m in given["front"]] == [m["genome"] for m in by_name["front"]]
     assert ([(m["clean_acc"], m["adv_acc"], m["final_adv_acc"]) for m in given["front"]]
             == [(m["clean_acc"], m["adv_acc"], m["final_adv_acc"]) for m in by_name["front"]])
-    mine = DataSplits(dataclasses.replace(digits.info, name="my-digits"), digits.train, digits.val, digits.test)
+    info = dataclasses.replace(digits.info, name="my-digits")
+    mine = DataSplits(info, digits.train, digits.val, digits.test)
     doc = json.loads(search(SearchConfig(run_root=str(tmp_path / "c"), **small), data=mine).read_text())
     assert doc["dataset"] == "my-digits" and doc["space"]["name"] == "auto-8" and doc["front"]
