@@ -45,7 +45,7 @@ from .data import (
 from .errors import NasctlError, RunInterrupted
 from .optim import sgd_cosine
 from .runs import RunFolder, check_width, discard_if_unused, run_lock, write_run_config
-from .space import AUTO, Genome, SearchSpace, space_for
+from .space import AUTO, Genome, SearchSpace, is_auto, space_for
 from .supernet import BNCalibration, Supernet, prepare_subnet
 from .userdata import is_user_spec
 
@@ -134,7 +134,7 @@ def resolve_space(cfg: TrainConfig, info: DatasetInfo | None = None) -> SearchSp
     else:
         name = default_space(cfg.dataset)
     try:
-        auto = name.strip().lower() == AUTO
+        auto = is_auto(name)
         resolution = (info or dataset_info(cfg.dataset)).resolution if auto else 0
         return space_for(name, resolution, cfg.width_mult)
     except ValueError as e:

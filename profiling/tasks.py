@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nasctl.nas.data import DatasetInfo, dataset_info, dataset_names, default_space
-from nasctl.nas.space import AUTO, SearchSpace, space_for
+from nasctl.nas.space import SearchSpace, is_auto, space_for
 
 from nasctl.core import sha256_file
 
@@ -29,7 +29,7 @@ def resolve_space(space: str, dataset: str | None) -> tuple[SearchSpace, Dataset
     """A space and the input shape its models take: ``--dataset``, or the built-in space's own (digits
     spaces: the 8x8 digits; tam: 32x32 CIFAR-10). A YAML space names no input, so it needs ``--dataset``.
     Only the shape is used: no data is loaded."""
-    auto = space.strip().lower() == AUTO
+    auto = is_auto(space)
     if auto and dataset is None:
         raise ProfilingError("--space auto is built from the input size: add --dataset (the data set its "
                              "supernet trains on, e.g. folder:DIR)")

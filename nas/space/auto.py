@@ -64,9 +64,14 @@ def auto_space(resolution: int, width_mult: float = 1.0, depthwise: bool = False
                        block_groups=groups)
 
 
+def is_auto(name: str) -> bool:
+    """Whether a ``--space`` value names the ``auto`` space (built from the data's resolution)."""
+    return name.strip().lower() == AUTO
+
+
 def space_for(name: str, resolution: int, width_mult: float | None = None) -> SearchSpace:
     """A space by name for inputs of ``resolution`` pixels: ``auto`` is built by the rule above, any
     other name or YAML path is :func:`load_space`'s (raises ValueError for an unknown one)."""
-    if name.strip().lower() == AUTO:
+    if is_auto(name):
         return auto_space(resolution, 1.0 if width_mult is None else width_mult)
     return load_space(name, width_mult)
