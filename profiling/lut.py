@@ -251,7 +251,7 @@ def build_table(
             [(e.key, lambda e=e: e.build(info), e.input_shape) for e in batch], precision, settings, target
         )
         drifts += [r.drift for r in results[:1] if r.drift is not None]
-        store.add_many("block", [(e.key, r) for e, r in zip(batch, results)], precision)
+        store.add_missing("block", [(e.key, r) for e, r in zip(batch, results)], precision)
         done += len(batch)
         if progress:
             progress(done, len(entries))
@@ -318,7 +318,11 @@ def measure_genomes(
             for k, g in batch
         ]
         results = measure_modules(items, precision, settings, target)
-        store.add_many("genome", [(k, r) for (k, _), r in zip(batch, results)], precision)
+        rows = [(k, r) for (k, _), r in zip(batch, results)]
+        if use_cache:  # a cached genome is measured once per scope
+            store.add_missing("genome", rows, precision)
+        else:  # measured again on purpose (--arch --measure): one more row
+            store.add_many("genome", rows, precision)
         cached.update({k: r for (k, _), r in zip(batch, results)})
     return [cached[k] for k in keys]
 

@@ -5,12 +5,18 @@ Why SQLite: several processes (a search and a ``nasctl profile`` beside it, one 
 append to it at once. WAL journaling plus a busy timeout lets them wait for each other instead of
 failing; every write is one transaction, so a killed process leaves either its row or nothing.
 Rows are never updated or deleted: a newer measurement of the same key is added, and lookups take
-the newest. Default location: ``$XDG_CACHE_HOME/nasctl/measurements.sqlite`` (``~/.cache``).
+the newest -- except table entries and cached genomes, which are measured once per scope
+(:meth:`MeasurementStore.add_missing`), and table builds on one device, which take
+:meth:`MeasurementStore.measuring_lock` so that two at once do not measure (and store) everything
+twice. A file is only used when it is empty or a nasctl store (its SQLite ``application_id``, or the
+tables of a store from before it): another program's database is refused before anything is
+written to it. Default location: ``$XDG_CACHE_HOME/nasctl/measurements.sqlite`` (``~/.cache``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -22,8 +28,17 @@ from typing import Any
 from .errors import ProfilingError
 from .result import LatencyResult
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised, add_missing still keeps one row per key
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
+# the SQLite header's application id of every store (ASCII "nasM"): a file without it that holds tables
+# is another program's (or a store from before the stamp, recognised by its meta table)
+APPLICATION_ID = 0x6E61734D
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +108,11 @@ class MeasurementStore:
 
     # --- opening ---------------------------------------------------------------------------
     def open(self) -> "MeasurementStore":
+        """Open the store, creating it when the file is missing or empty.
+
+        Why the order: the file's identity (``PRAGMA application_id``, else the known tables) is read
+        before anything is written, so an SQLite file of another program, or one of a newer nasctl, is
+        refused with its bytes and journal mode exactly as they were."""
         if self.path.is_dir():
             raise ProfilingError(f"store {str(self.path)!r} is a folder: pass a file path to --store")
         try:
@@ -104,34 +124,66 @@ class MeasurementStore:
             ) from e
         try:
             conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
+        except sqlite3.Error as e:
+            raise self._error(e, "open") from e
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return self
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Check the file is a nasctl store (read only), then make it one: WAL, tables, identity."""
+        try:
+            conn.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))  # a setting, not a write
+            kind = self._identify(conn)
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if tables and "measurements" not in tables:
-                conn.close()
-                raise ProfilingError(
-                    f"store {str(self.path)!r} is an SQLite file of another program (tables: "
-                    f"{', '.join(sorted(tables))}); it was left untouched: pass another --store"
-                )
             with _transaction(conn):
+                if kind == "new":
+                    self._identify(conn)  # again under the write lock: nobody else made it meanwhile
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(stmt)
                 conn.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
-            version = int(conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         except sqlite3.DatabaseError as e:
             raise self._error(e, "open") from e
+
+    def _identify(self, conn: sqlite3.Connection) -> str:
+        """``new`` (an empty file), ``ours`` (stamped with :data:`APPLICATION_ID`) or ``legacy`` (a
+        store of a nasctl from before the stamp: its ``meta`` names a schema version); anything else
+        raises, having read and written nothing but the header and the schema."""
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables and "measurements" not in tables):
+            what = f"application id {app_id:#x}, " if app_id else ""
+            raise ProfilingError(
+                f"store {str(self.path)!r} is an SQLite file of another program ({what}tables: "
+                f"{', '.join(sorted(tables)) or 'none'}); it was left untouched: pass another --store"
+            )
+        if not tables:
+            return "new"
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else None
+        except (sqlite3.DatabaseError, ValueError, TypeError):
+            version = None
+        if version is None:
+            raise ProfilingError(
+                f"store {str(self.path)!r} has a measurements table but no nasctl schema version (tables: "
+                f"{', '.join(sorted(tables))}): it is not a nasctl store and was left untouched; pass "
+                f"another --store"
+            )
         if version > SCHEMA_VERSION:
-            conn.close()
             raise ProfilingError(
                 f"store {str(self.path)!r} was written by a newer nasctl (schema {version}): "
                 f"upgrade nasctl or pass another --store"
             )
-        self._conn = conn
-        return self
+        return "ours" if app_id == APPLICATION_ID else "legacy"
 
     def close(self) -> None:
         if self._conn is not None:
@@ -171,6 +223,19 @@ class MeasurementStore:
         self.add_many(kind, [(key, result)], precision)
 
     def add_many(self, kind: str, rows: list[tuple[str, LatencyResult]], precision: str) -> None:
+        """Append every row (one transaction): a newer measurement of a key is added beside the old."""
+        self._insert(kind, rows, precision, missing_only=False)
+
+    def add_missing(self, kind: str, rows: list[tuple[str, LatencyResult]], precision: str) -> int:
+        """Append the rows whose key this scope does not hold yet (checked and written in one
+        transaction) and return how many were added. Why: a table entry or a cached genome is measured
+        once per scope; a second build that measured the same keys (another process, a lock the file
+        system does not honour) must not double the table."""
+        return self._insert(kind, rows, precision, missing_only=True)
+
+    def _insert(
+        self, kind: str, rows: list[tuple[str, LatencyResult]], precision: str, missing_only: bool
+    ) -> int:
         now = time.time()
         values = [
             (
@@ -190,6 +255,8 @@ class MeasurementStore:
         ]
         try:
             with _transaction(self.conn):
+                if missing_only:
+                    values = [v for v in values if not self._has(v)]
                 self.conn.executemany(
                     "INSERT INTO measurements (device_fingerprint, device, backend, runtime_version, "
                     "precision, "
@@ -198,17 +265,75 @@ class MeasurementStore:
                 )
         except sqlite3.Error as e:
             raise self._error(e, "write") from e
+        return len(values)
 
-    def add_calibration(self, scope: Scope, space: str, fit: dict[str, Any]) -> None:
+    def _has(self, v: tuple) -> bool:
+        """Whether the scope and kind of row ``v`` already hold its key."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM measurements WHERE device_fingerprint=? AND backend=? AND runtime_version=? "
+                "AND precision=? AND threads=? AND kind=? AND key=? LIMIT 1",
+                (v[0], v[2], v[3], v[4], v[5], v[6], v[7]),
+            ).fetchone()
+            is not None
+        )
+
+    def add_calibration(self, scope: Scope, space: str, fit: dict[str, Any]) -> bool:
+        """Store a fit unless it is the newest one of ``scope`` and ``space`` already (a repeated build
+        of the same table on the same subnets fits the same line); returns whether a row was added."""
+        text = json.dumps(fit)
         try:
             with _transaction(self.conn):
+                row = self.conn.execute(
+                    "SELECT fit FROM calibrations WHERE device_fingerprint=? AND backend=? AND "
+                    "runtime_version=? AND precision=? AND threads=? AND space=? ORDER BY id DESC LIMIT 1",
+                    (*scope, space),
+                ).fetchone()
+                if row is not None and json.loads(row[0]) == json.loads(text):
+                    return False
                 self.conn.execute(
                     "INSERT INTO calibrations (device_fingerprint, backend, runtime_version, precision,"
                     " threads, space, fit, created) VALUES (?,?,?,?,?,?,?,?)",
-                    (*scope, space, json.dumps(fit), time.time()),
+                    (*scope, space, text, time.time()),
                 )
         except sqlite3.Error as e:
             raise self._error(e, "write") from e
+        return True
+
+    @contextmanager
+    def measuring_lock(self, scope: Scope) -> Iterator[None]:
+        """Hold this store's lock for measuring on ``scope``'s device (``flock`` on a hidden sibling
+        file named by the device fingerprint), waiting for a holder to finish.
+
+        Why: two table builds on one device at once would each measure every entry (the second
+        reads the store before the first wrote it), time each other's load instead of the model, and
+        store every row twice. Serialised, the second finds the first's numbers and measures nothing.
+        Builds on other devices take other locks and run side by side."""
+        real = Path(os.path.realpath(self.path))
+        lock = real.with_name(f".{real.name}.{scope[0]}.lock")
+        if fcntl is None:
+            yield
+            return
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise ProfilingError(
+                f"cannot create the store's lock file {str(lock)!r}: {e.strerror}; pass another --store"
+            ) from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info(
+                    "another nasctl is measuring on device %s into %s: waiting for it to finish "
+                    "(what it measures is then reused)",
+                    scope[0],
+                    self.path,
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     # --- reading -----------------------------------------------------------------------------
     def latest(self, scope: Scope, kind: str, keys: list[str] | None = None) -> dict[str, LatencyResult]:

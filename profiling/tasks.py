@@ -75,10 +75,27 @@ def build_lut(
 ) -> dict[str, Any]:
     """Measure the lookup table on ``target`` (default: the host; what the store lacks), then fit the
     predictor on seeded whole models measured on the same target."""
-    t0 = time.perf_counter()
     settings = lut_settings(threads)
     target = target or resolve_target("host", threads)
     check_threads(threads, target.device)  # before the first of hundreds of measurements
+    with store.measuring_lock(target.scope(precision)):  # one build per device and store at a time
+        return _build_lut(space, info, store, precision, threads, calibration_subnets, seed, progress,
+                          target, settings)
+
+
+def _build_lut(
+    space: SearchSpace,
+    info: DatasetInfo,
+    store: MeasurementStore,
+    precision: str,
+    threads: int,
+    calibration_subnets: int,
+    seed: int,
+    progress: Callable[[str, int, int], None] | None,
+    target: MeasureTarget,
+    settings: ProfileSettings,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
     table, facts = build_table(
         space,
         info,
