@@ -35,6 +35,15 @@ class AdbError(ProfilingError):
     """adb or the phone failed; the message is one line with the fix."""
 
 
+class AdbTimeout(AdbError):
+    """An adb call did not finish within ``seconds``. The message names no flag: which one sets the
+    limit (if any) depends on the command and the call, so the caller that knows adds it."""
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(message)
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class ListedDevice:
     """One line of ``adb devices -l``: serial, state (device, unauthorized, offline, no permissions, ...)
@@ -94,10 +103,11 @@ class Adb:
             )
         except subprocess.TimeoutExpired as e:
             who = f"phone {serial!r}" if serial else "the adb server"
-            raise AdbError(
-                f"adb {_short(args)} on {who} did not answer within {timeout:.0f} s: the phone may be "
+            raise AdbTimeout(
+                f"adb {_short(args)} on {who} did not answer within {timeout:g} s: the phone may be "
                 f"asleep, hung or disconnected; unlock it, reconnect it (or run adb reconnect), and run "
-                f"again (raise --timeout for slow models)"
+                f"again",
+                timeout,
             ) from e
         except FileNotFoundError as e:
             raise AdbError(f"adb disappeared from {self.path!r}: {INSTALL_HINT}") from e

@@ -52,7 +52,8 @@ def where_to_get(abi: str) -> str:
         if url
         else BUILD_HINT.format(arch={"x86_64": "x86_64", "x86": "x86"}.get(abi, abi))
     )
-    return f"{source} to {cache_path(abi)} (or pass --benchmark-binary PATH)"
+    # the flag is bench's and profile's: search finds the binary in the cache only
+    return f"{source} to {cache_path(abi)} (nasctl bench and profile also take --benchmark-binary PATH)"
 
 
 def elf_abis(path: str | os.PathLike) -> tuple[str, ...] | None:
@@ -66,6 +67,31 @@ def elf_abis(path: str | os.PathLike) -> tuple[str, ...] | None:
     return ELF_MACHINES.get(machine, (f"e_machine {machine}",))
 
 
+def check_explicit_binary(explicit: str | os.PathLike, abi: str) -> Path:
+    """``--benchmark-binary PATH`` as a file. Why each case has its own words: a folder "does not exist"
+    sent users looking for a path that was there; what the flag needs is the executable file itself."""
+    path = Path(explicit).expanduser()
+    if path.is_dir():
+        inside = path / "benchmark_model"
+        fix = (
+            f"pass --benchmark-binary {inside}"
+            if inside.is_file()
+            else f"pass the path of the file itself; to get one, {where_to_get(abi)}"
+        )
+        raise ProfilingError(
+            f"--benchmark-binary {str(path)!r} is a directory, but the flag takes TFLite's benchmark_model "
+            f"executable file: {fix}"
+        )
+    if not path.exists():
+        raise ProfilingError(f"--benchmark-binary {str(path)!r} does not exist: {where_to_get(abi)}")
+    if not path.is_file():
+        raise ProfilingError(
+            f"--benchmark-binary {str(path)!r} is not a regular file: pass the benchmark_model executable; "
+            f"{where_to_get(abi)}"
+        )
+    return path
+
+
 def find_binary(abilist: list[str], explicit: str | os.PathLike | None = None) -> Path:
     """The ``benchmark_model`` to push to a phone that runs ``abilist`` (primary ABI first).
 
@@ -74,9 +100,7 @@ def find_binary(abilist: list[str], explicit: str | os.PathLike | None = None) -
     runs."""
     primary = abilist[0]
     if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ProfilingError(f"--benchmark-binary {str(path)!r} does not exist: {where_to_get(primary)}")
+        path = check_explicit_binary(explicit, primary)
     else:
         found = [cache_path(abi) for abi in abilist if cache_path(abi).is_file()]
         if not found:

@@ -103,7 +103,7 @@ def parse_benchmark_output(text: str) -> dict[str, Any]:
     out["first_inference_us"] = _num(match["first"]) if fmt == "summary" else None
     out["warmup_avg_us"] = _num(match["warmup"])
     out["inference_avg_us"] = _num(match["avg"])
-    if not math.isfinite(out["inference_avg_us"]):
+    if out["inference_avg_us"] is None:
         raise BenchmarkOutputError(
             f"benchmark_model timed no inference run (Inference (avg): {match['avg']}); check "
             f"--runs and the model; its last lines: {_tail(text)}"
@@ -136,12 +136,15 @@ def parse_benchmark_output(text: str) -> dict[str, Any]:
     return out
 
 
-def _num(s: str) -> float:
-    return float(s)
+def _num(s: str) -> float | None:
+    """A printed number; None for ``nan`` / ``inf`` (the tool prints ``nan`` for the average of no runs,
+    e.g. ``Warmup (avg)`` after zero warm-up runs): a value that was not measured is absent, not nan."""
+    value = float(s)
+    return value if math.isfinite(value) else None
 
 
 def _stat_fields(line: str) -> dict[str, float]:
-    return {k: float(v) for k, v in _STAT_FIELD.findall(line)}
+    return {k: v for k, text in _STAT_FIELD.findall(line) if (v := _num(text)) is not None}
 
 
 def _last(pattern: re.Pattern, text: str) -> re.Match | None:

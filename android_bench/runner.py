@@ -16,11 +16,14 @@ thread as soon as each model is done, so the store gets them even when another p
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import queue
 import re
 import shlex
+import tempfile
 import threading
 import time
 import uuid
@@ -35,10 +38,11 @@ from nasctl.profiling.backends import ProfileSettings, check_threads
 from nasctl.profiling.device import DeviceInfo
 from nasctl.profiling.errors import ProfilingError
 from nasctl.profiling.result import DRIFT_WARN, LatencyResult, summarize
+from nasctl.profiling.store import finite_or_none
 
-from nasctl.core import atomic_write_json, atomic_write_text, sha256_file
+from nasctl.core import sha256_file
 
-from .adb import Adb, AdbError, classify, state_error
+from .adb import Adb, AdbError, AdbTimeout, classify, state_error
 from .binary import check_tflite, find_binary
 from .device import READY, device_info
 from .parse import BenchmarkOutputError, parse_benchmark_output
@@ -68,6 +72,7 @@ class BenchOptions:
     use_xnnpack: bool = True  # the CPU delegate apps use; false = TFLite's built-in kernels
     taskset: str | None = None  # hex CPU mask for `taskset` (e.g. f0: the big cores of many phones)
     timeout_s: float = 600.0  # one benchmark_model run
+    timeout_flag: str | None = "--timeout"  # the caller's flag that sets timeout_s (None: it has none)
     binary: str | None = None  # --benchmark-binary; default: the cache (see binary.py)
     out_dir: str | None = None  # raw outputs and results as files, per phone
 
@@ -79,8 +84,8 @@ class BenchOptions:
             raise ProfilingError(f"--repeats must be at least 1, got {self.repeats}")
         if self.cooldown_s < 0:
             raise ProfilingError(f"--cooldown must be >= 0 seconds, got {self.cooldown_s}")
-        if self.timeout_s <= 0:
-            raise ProfilingError(f"--timeout must be > 0 seconds, got {self.timeout_s}")
+        if not math.isfinite(self.timeout_s) or self.timeout_s <= 0:
+            raise ProfilingError(f"--timeout must be a number of seconds > 0, got {self.timeout_s}")
         if self.taskset is not None and not re.fullmatch(r"(0x)?[0-9a-fA-F]+", self.taskset):
             raise ProfilingError(f"--taskset takes a hex CPU mask such as f0, got {self.taskset!r}")
 
@@ -96,9 +101,17 @@ class BenchOptions:
         return asdict(self)
 
     @classmethod
-    def for_profiling(cls, settings: ProfileSettings, binary: str | None = None) -> BenchOptions:
+    def for_profiling(
+        cls,
+        settings: ProfileSettings,
+        binary: str | None = None,
+        timeout_s: float | None = None,
+        timeout_flag: str | None = None,
+    ) -> BenchOptions:
         """What a lookup table or a calibration run asks of a phone: one run per model, no cool-down
-        (the profiler's reference re-timing and the store's batches do the rest)."""
+        (the profiler's reference re-timing and the store's batches do the rest). ``timeout_flag``:
+        the flag of the calling command that set ``timeout_s``, named when a run times out (None: the
+        command has none, e.g. search, and the default limit applies)."""
         return cls(
             threads=settings.threads,
             runs=settings.runs,
@@ -106,6 +119,8 @@ class BenchOptions:
             min_seconds=settings.min_seconds,
             repeats=1,
             cooldown_s=0.0,
+            timeout_s=cls.timeout_s if timeout_s is None else timeout_s,
+            timeout_flag=timeout_flag,
             binary=binary,
         )
 
@@ -236,11 +251,11 @@ def bench_device(
                 command,
                 options,
             )
-            if options.out_dir:
-                _write_files(options.out_dir, serial, path, i, result)
             results.append(result)
             if on_result is not None:
-                on_result(result)
+                on_result(result)  # stored first: a file that cannot be written loses no measurement
+            if options.out_dir:
+                _write_files(options.out_dir, serial, path, i, result)
             adb.shell(serial, f"rm -f {remote_model}", check=False)
     finally:
         _cleanup(adb, serial, run_dir)
@@ -252,7 +267,10 @@ def _one_run(
 ) -> dict[str, Any]:
     thermal = read_thermal(adb, serial)
     started = time.time()
-    proc = adb.shell(serial, command, timeout_s=options.timeout_s, check=False)
+    try:
+        proc = adb.shell(serial, command, timeout_s=options.timeout_s, check=False)
+    except AdbTimeout as e:
+        raise AdbTimeout(f"{e}{_slow_model_hint(options)}", e.seconds) from e
     seconds = time.time() - started
     # both streams: the tool logs to one or the other depending on its version (see parse.py)
     text = "\n".join(t.rstrip("\n") for t in (proc.stdout, proc.stderr) if t.strip()) + "\n"
@@ -274,6 +292,14 @@ def _one_run(
         "seconds": round(seconds, 3),
         "repeat": r,
     }
+
+
+def _slow_model_hint(options: BenchOptions) -> str:
+    """The fix for a benchmark that was just slow, naming the flag that sets the limit where the
+    command has one (a hint to raise a flag the command lacks only sends the user to --help)."""
+    if options.timeout_flag is None:
+        return ""
+    return f" (a model this slow needs more: raise {options.timeout_flag}, now {options.timeout_s:g} s)"
 
 
 def summarize_runs(
@@ -485,9 +511,72 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
-def _write_files(out_dir: str, serial: str, model: str, index: int, result: LatencyResult) -> None:
+def out_files(out_dir: str | Path, serial: str, model: str, index: int, repeats: int) -> list[Path]:
+    """The files ``--out`` gets for one model on one phone: each run's raw output, then the result."""
     folder = Path(out_dir) / _safe(serial)
     stem = f"{index:02d}-{_safe(Path(model).stem)}"
-    for k, raw in enumerate(result.extra["raw_output"]):
-        atomic_write_text(folder / f"{stem}.run{k + 1}.txt", raw)
-    atomic_write_json(folder / f"{stem}.json", result.to_dict())
+    return [folder / f"{stem}.run{k + 1}.txt" for k in range(repeats)] + [folder / f"{stem}.json"]
+
+
+def check_out_dir(out_dir: str | None, serials: Sequence[str], models: Sequence[str], repeats: int) -> None:
+    """Refuse, before any phone is used, an ``--out`` that already holds a file this run would write.
+    Why: an earlier run's results are measurements that cannot be redone exactly (another day, another
+    temperature); nasctl never replaces them."""
+    if not out_dir:
+        return
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise ProfilingError(f"--out {out_dir!r} is a file, not a folder: give a folder path")
+    taken = [
+        p
+        for serial in serials
+        for i, model in enumerate(models)
+        for p in out_files(root, serial, model, i, repeats)
+        if os.path.lexists(p)
+    ]
+    if taken:
+        more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+        raise ProfilingError(
+            f"--out {out_dir!r} already holds {str(taken[0])!r}{more} from an earlier run: nasctl bench "
+            f"never overwrites results; give a new or empty --out folder (or move those files away)"
+        )
+
+
+def _write_files(out_dir: str, serial: str, model: str, index: int, result: LatencyResult) -> None:
+    *raws, summary = out_files(out_dir, serial, model, index, len(result.extra["raw_output"]))
+    for path, raw in zip(raws, result.extra["raw_output"]):
+        write_new_file(path, raw)
+    doc = finite_or_none(result.to_dict())  # what could not be measured is null, as in the store
+    write_new_file(summary, json.dumps(doc, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, and only where no file is: a temp file beside it, fsynced,
+    then hard-linked to the real name. Why not ``os.replace``: it would silently replace a file that
+    another run wrote since :func:`check_out_dir` looked; a link fails instead (``EEXIST``). A file
+    system without hard links gets the temp file renamed into place after a last check."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600: give the file ordinary permissions
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise ProfilingError(
+                f"{str(path)!r} appeared while nasctl bench was running (another run with the same --out?): "
+                f"it was left as it is and this result is only in the store; give each run its own --out"
+            ) from None
+        except OSError:  # no hard links here (some FUSE or FAT file systems)
+            if os.path.lexists(path):
+                raise ProfilingError(
+                    f"{str(path)!r} already exists: give a new or empty --out folder"
+                ) from None
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,8 +32,10 @@ from .result import DRIFT_WARN, LatencyResult, summarize
 @dataclass(frozen=True)
 class ProfileSettings:
     """How to time: ``runs`` timed invocations at least, continued until ``min_seconds`` have passed
-    (at most ``max_runs``), after ``warmup`` untimed ones; the reference model is re-timed after every
-    ``reference_every`` models of a batch to catch drift (a busy or throttling machine)."""
+    (at most ``max_runs``: it caps what ``min_seconds`` adds, never the ``runs`` asked for; a result
+    the cap stopped has ``extra["max_runs_hit"]``), after ``warmup`` untimed ones; the reference model
+    is re-timed after every ``reference_every`` models of a batch to catch drift (a busy or throttling
+    machine)."""
 
     threads: int = 1
     runs: int = 100
@@ -47,9 +50,10 @@ class ProfileSettings:
                 raise ProfilingError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
-        if self.warmup < 0 or self.min_seconds < 0:
+        if self.warmup < 0 or not math.isfinite(self.min_seconds) or self.min_seconds < 0:
             raise ProfilingError(
-                f"--warmup and --min-seconds must be >= 0, got {self.warmup}, {self.min_seconds}"
+                f"--warmup and --min-seconds must be >= 0 (and --min-seconds a finite number of seconds), "
+                f"got {self.warmup}, {self.min_seconds}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,7 +259,7 @@ def measure_host(
                 f"cannot measure {msg['model']!r} with {backend.name}: {msg['error']} "
                 f"(is it a valid, complete model file? export it again)"
             )
-    refs = tail["reference_medians_ms"]
+    refs = [r for r in tail["reference_medians_ms"] if math.isfinite(r)]
     drift = float(max(abs(r / refs[0] - 1.0) for r in refs)) if len(refs) > 1 and refs[0] > 0 else None
     return [_result(m, backend, version, settings, device, drift, tuple(tail["affinity"])) for m in raw]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -237,6 +238,7 @@ class MeasurementStore:
         self, kind: str, rows: list[tuple[str, LatencyResult]], precision: str, missing_only: bool
     ) -> int:
         now = time.time()
+        stored = [(key, r, storable(key, r)) for key, r in rows]  # every row checked before any is written
         values = [
             (
                 r.device_fingerprint,
@@ -248,10 +250,10 @@ class MeasurementStore:
                 kind,
                 key,
                 r.p50_ms,
-                json.dumps(r.to_dict()),
+                json.dumps(d, allow_nan=False),
                 now,
             )
-            for key, r in rows
+            for key, r, d in stored
         ]
         try:
             with _transaction(self.conn):
@@ -384,6 +386,35 @@ class MeasurementStore:
             return int(self.conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0])
         except sqlite3.Error as e:
             raise self._error(e, "read") from e
+
+
+LATENCY_FIELDS = ("mean_ms", "p50_ms", "p90_ms", "std_ms", "min_ms")
+
+
+def storable(key: str, result: LatencyResult) -> dict[str, Any]:
+    """``result`` as the store keeps it. Why: a nan in the store reads back as a latency, and every
+    table sum, fit and search objective it touches turns nan with it. A result whose latency is not a
+    finite number was not measured: it is refused (one line, nothing stored); any other number that
+    could not be measured (a phone's warm-up average, a drift) is stored as absent (null), never nan."""
+    for name in LATENCY_FIELDS:
+        value = getattr(result, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ProfilingError(
+                f"the measurement of {result.model_path or key!r} has {name} = {value}: it could not be "
+                f"made, so nothing was stored; measure it again (with -v for the runtime's output)"
+            )
+    return finite_or_none(result.to_dict())
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every nan / inf float, at any depth of dicts and lists, made None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 @contextmanager

@@ -48,10 +48,18 @@ def check_device_name(device: str) -> str:
 
 
 def resolve_target(
-    device: str = "host", threads: int = 1, adb: str | None = None, benchmark_binary: str | None = None
+    device: str = "host",
+    threads: int = 1,
+    adb: str | None = None,
+    benchmark_binary: str | None = None,
+    timeout_s: float | None = None,
+    timeout_flag: str | None = None,
 ) -> MeasureTarget:
     """The target named ``host`` or ``adb:SERIAL`` (adb from ``adb`` or PATH; the phone's
-    ``benchmark_model`` from ``benchmark_binary`` or the cache, see docs/android.md)."""
+    ``benchmark_model`` from ``benchmark_binary`` or the cache, see docs/android.md). A phone is asked
+    who it is here, so a serial adb does not list fails now, before anything is measured or stored.
+    ``timeout_s`` limits one benchmark_model run on a phone (default 600 s); ``timeout_flag`` is the
+    caller's flag that set it, named when a run times out."""
     check_device_name(device)
     if device == "host":
         backend = get_backend("litert")
@@ -68,10 +76,12 @@ def resolve_target(
     from nasctl.android_bench.runner import BenchOptions, bench_device, phone_runtime
 
     serial = device[len(ADB_PREFIX) :]
+    BenchOptions.for_profiling(ProfileSettings(threads=threads), None, timeout_s)  # bad flags fail first
     tool = Adb(adb)
     info, _, binary, version = phone_runtime(tool, serial, benchmark_binary)
 
     def measure(paths: list[str], s: ProfileSettings) -> list[LatencyResult]:
-        return bench_device(tool, serial, paths, BenchOptions.for_profiling(s, str(binary)))
+        options = BenchOptions.for_profiling(s, str(binary), timeout_s, timeout_flag)
+        return bench_device(tool, serial, paths, options)
 
     return MeasureTarget(device, info, get_backend("adb"), version, threads, measure)

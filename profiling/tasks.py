@@ -53,9 +53,14 @@ def profile_file(
     settings: ProfileSettings,
     store: MeasurementStore | None,
     precision: str | None = None,
+    target: MeasureTarget | None = None,
 ) -> LatencyResult:
-    """Time one model file and append the result to the store (keyed by the file's SHA-256)."""
-    result = measure([path], backend, settings)[0]
+    """Time one model file on ``backend`` (host) or ``target`` (a phone) and append the result to the
+    store (keyed by the file's SHA-256)."""
+    if target is not None and target.label != "host":
+        result = target.measure([path], settings)[0]
+    else:
+        result = measure([path], backend, settings)[0]
     if store is not None:
         prec = precision or ("int8" if "int8" in path.rsplit("/", 1)[-1] else "float32")
         store.add("model", sha256_file(path), result, prec)

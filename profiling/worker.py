@@ -113,9 +113,12 @@ def _random_input(shape, dtype: np.dtype) -> np.ndarray:
     return rng.random(shape, dtype=np.float32).astype(dtype)
 
 
-def time_runner(runner, runs: int, warmup: int, min_seconds: float, max_runs: int) -> list[float]:
+def time_runner(
+    runner, runs: int, warmup: int, min_seconds: float, max_runs: int
+) -> tuple[list[float], float]:
     """Warm up, then time single invocations until ``runs`` are done and ``min_seconds`` have passed
-    (at most ``max_runs``): tiny models get many runs, so their median is stable too."""
+    (at most ``max_runs``): tiny models get many runs, so their median is stable too. Returns the
+    times (ms) and the seconds the timed loop took (short of ``min_seconds``: the cap ended it)."""
     for _ in range(warmup):
         runner.invoke()
     times: list[float] = []
@@ -125,7 +128,15 @@ def time_runner(runner, runs: int, warmup: int, min_seconds: float, max_runs: in
         t0 = clock()
         runner.invoke()
         times.append((clock() - t0) / 1e6)
-    return times
+    return times, time.perf_counter() - start
+
+
+def cap_hit(n_runs: int, seconds: float, runs: int, min_seconds: float, max_runs: int) -> dict | None:
+    """What to record when ``max_runs``, not ``min_seconds``, ended the timing (None when it did not):
+    a user who asked for 30 s must learn that the run stopped at the cap instead."""
+    if n_runs >= max_runs and n_runs >= runs and seconds < min_seconds:
+        return {"max_runs": max_runs, "timed_seconds": round(seconds, 6), "min_seconds": min_seconds}
+    return None
 
 
 def _peak_rss_bytes() -> int:
@@ -154,18 +165,20 @@ def run_job(job: dict[str, Any], emit) -> None:
 
     def time_reference():
         if ref_runner is not None:
-            ref_medians.append(float(np.median(time_runner(ref_runner, *args))))
+            ref_medians.append(float(np.median(time_runner(ref_runner, *args)[0])))
 
     time_reference()
     for i, path in enumerate(job["models"]):
         try:
             runner = cls(path, threads)
             t0, c0 = time.perf_counter(), time.process_time()
-            times = time_runner(runner, *args)
+            times, timed = time_runner(runner, *args)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             # CPU seconds per wall second while timing: about 1 on one thread; above the thread count
             # means the runtime used more threads than asked for
             runner.extra["cpu_per_wall"] = round(cpu / wall, 3) if wall > 0 else None
+            if (cap := cap_hit(len(times), timed, args[0], args[2], args[3])) is not None:
+                runner.extra["max_runs_hit"] = cap
             emit(
                 {
                     "ok": True,

@@ -231,3 +231,251 @@ def test_the_measuring_lock_is_per_device(tmp_path):
     assert got == ["fpB", "fpA"]
     assert (tmp_path / ".s.sqlite.fpA.lock").is_file()
 
+
+
+# --- the phone commands, through the fake adb of test_android_bench ---------------------------------
+@pytest.fixture
+def phones(tmp_path, monkeypatch):
+    from .test_android_bench import Phones
+
+    world = Phones(tmp_path / "adbworld")
+    monkeypatch.setenv("FAKE_ADB_CONFIG", str(world.config))
+    monkeypatch.setenv("PATH", f"{world.bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return world
+
+
+@pytest.fixture
+def tflite(tmp_path) -> Path:
+    p = tmp_path / "knee_float32.tflite"
+    p.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(120))  # the flatbuffer identifier is all nasctl checks
+    return p
+
+
+@pytest.fixture
+def arm64_binary(tmp_path) -> Path:
+    from .test_android_bench import elf
+
+    p = tmp_path / "android_aarch64_benchmark_model"
+    p.write_bytes(elf(183))
+    return p
+
+
+def bench(model: Path, binary: Path, store: Path, *extra) -> list:
+    return ["bench", model, "--benchmark-binary", binary, "--repeats", "2", "--cooldown", "0", "--store",
+            store, *extra]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- 1. bench --out never loses an earlier result ---------------------------------------------------
+def test_bench_out_refuses_to_overwrite_an_earlier_run(phones, tflite, arm64_binary, tmp_path, capsys):
+    phones.add("A")
+    store, out = tmp_path / "m.sqlite", tmp_path / "raw"
+    rc, _, err = cli(bench(tflite, arm64_binary, store, "--out", out), capsys)
+    assert rc == 0, err
+    first = snapshot(out)
+    assert sorted(first) == ["A/00-knee_float32.json", "A/00-knee_float32.run1.txt",
+                             "A/00-knee_float32.run2.txt"]
+    assert json.loads(first["A/00-knee_float32.json"])["p50_ms"] == pytest.approx(1.88574)
+    benchmarks = len([c for c in phones.shell_commands("A") if "--graph=" in c])
+
+    rc, _, err = cli(bench(tflite, arm64_binary, store, "--out", out), capsys)
+    one_error_line(rc, err, f"--out '{out}' already holds '{out / 'A' / '00-knee_float32.run1.txt'}' and 2 "
+                   "more from an earlier run", "never overwrites", "give a new or empty --out folder")
+    assert snapshot(out) == first  # every byte of the earlier run kept
+    assert len([c for c in phones.shell_commands("A") if "--graph=" in c]) == benchmarks  # refused up front
+    assert rows(store) == 1
+    # another model into the same folder takes other names: allowed, and the earlier files stay
+    other = tmp_path / "other_float32.tflite"
+    other.write_bytes(tflite.read_bytes())
+    rc, _, err = cli(bench(other, arm64_binary, store, "--out", out), capsys)
+    assert rc == 0, err
+    after = snapshot(out)
+    assert {k: after[k] for k in first} == first and "A/00-other_float32.json" in after
+    assert not [p for p in out.rglob(".*")]  # no temp file left behind
+    assert rows(store) == 2
+
+
+def test_a_result_file_that_appears_meanwhile_is_not_replaced(tmp_path):
+    from nasctl.android_bench.runner import write_new_file
+    from nasctl.profiling.errors import ProfilingError
+
+    target = tmp_path / "A" / "00-m.json"
+    write_new_file(target, "first\n")
+    assert target.read_text() == "first\n" and oct(target.stat().st_mode & 0o777) != "0o600"
+    with pytest.raises(ProfilingError, match="appeared while nasctl bench was running"):
+        write_new_file(target, "second\n")  # another run got there between the check and the write
+    assert target.read_text() == "first\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["00-m.json"]  # the temp file is gone
+
+
+# --- 2. profile MODEL --device adb:NOSUCH fails and stores nothing ----------------------------------
+def test_profile_a_file_on_a_phone_that_is_not_there(phones, tflite, arm64_binary, tmp_path, capsys):
+    phones.add("A")
+    store = tmp_path / "s.sqlite"
+    rc, _, err = cli(["profile", tflite, "--device", "adb:NOSUCH", "--benchmark-binary", arm64_binary,
+                      "--store", store], capsys)
+    one_error_line(rc, err, "device 'NOSUCH' not found", "connected: A (device)", "nasctl devices")
+    assert not store.exists()  # nothing measured on the host, nothing stored
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"onnx")
+    rc, _, err = cli(["profile", onnx, "--device", "adb:A", "--store", store], capsys)
+    one_error_line(rc, err, "not a TFLite model")
+    rc, _, err = cli(["profile", tflite, "--device", "adb:A", "--backend", "onnxruntime", "--store", store],
+                     capsys)
+    one_error_line(rc, err, "--device adb:A times .tflite files with the phone's benchmark_model")
+    assert not store.exists()
+
+
+def test_profile_a_file_on_the_phone_it_names(phones, tflite, arm64_binary, tmp_path, capsys):
+    """The fix is not only the error: MODEL --device adb:SERIAL really times the file on that phone."""
+    phones.add("A").add("B")
+    store = tmp_path / "s.sqlite"
+    rc, out, err = cli(["profile", tflite, "--device", "adb:B", "--benchmark-binary", arm64_binary,
+                        "--store", store, "--json"], capsys)
+    assert rc == 0, err
+    r = json.loads(out)
+    assert (r["backend"], r["device"], r["p50_ms"]) == ("adb", "B", pytest.approx(1.88574))
+    assert len([c for c in phones.shell_commands("B") if "--graph=" in c]) == 1
+    assert not [c for c in phones.shell_commands("A") if "--graph=" in c]
+    with MeasurementStore(store) as s:
+        ((scope, device, n),) = s.scopes("model")
+    assert (scope[1], device, n) == ("adb", "B", 1)
+
+
+# --- 5. the run cap is stated, and nan is never stored ----------------------------------------------
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> Path:
+    import torch
+    from nasctl.export.onnx import export_onnx
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(model, torch.rand(1, 1, 8, 8), path)
+    return path
+
+
+def test_min_seconds_stopped_by_the_run_cap_says_so(onnx_model, tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    rc, out, err = cli(["profile", onnx_model, "--runs", "5", "--warmup", "0", "--min-seconds", "30",
+                        "--max-runs", "200", "--store", store, "--json"], capsys)
+    assert rc == 0, err
+    r = json.loads(out)
+    cap = r["extra"]["max_runs_hit"]
+    assert r["n_runs"] == 200 and cap["max_runs"] == 200 and 0 < cap["timed_seconds"] < 30
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert line.startswith("  warning: stopped at the --max-runs cap of 200 timed runs after ")
+    assert "of the 30 s --min-seconds asked for (200 runs made); raise --max-runs" in line
+    with MeasurementStore(store) as s:
+        (stored,) = s.latest(Scope(r["device_fingerprint"], "onnxruntime", r["runtime_version"], "float32",
+                                   1), "model").values()
+    assert stored.extra["max_runs_hit"] == cap
+    # --min-seconds reached before the cap: no cap, no warning
+    rc, out, err = cli(["profile", onnx_model, "--runs", "5", "--warmup", "0", "--min-seconds", "0",
+                        "--store", store, "--json"], capsys)
+    assert rc == 0 and "max_runs_hit" not in json.loads(out)["extra"] and err.strip() == ""
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_min_seconds_must_be_a_number_of_seconds(onnx_model, tmp_path, capsys, value):
+    store = tmp_path / "s.sqlite"
+    rc, _, err = cli(["profile", onnx_model, "--min-seconds", value, "--store", store], capsys)
+    one_error_line(rc, err, f"--min-seconds a finite number of seconds), got 10, {value}")
+    assert not store.exists()
+
+
+def test_the_store_never_holds_nan(tmp_path):
+    from nasctl.profiling.errors import ProfilingError
+
+    path = tmp_path / "s.sqlite"
+    nan = float("nan")
+    with MeasurementStore(path) as s:
+        bad = LatencyResult(nan, nan, nan, nan, nan, 0, 1, 1, "litert", "v", "host", "fp",
+                            model_path="m.tflite")
+        with pytest.raises(ProfilingError, match="'m.tflite' has mean_ms = nan: it could not be made, so "
+                                                 "nothing was stored"):
+            s.add_many("model", [("ok", result()), ("bad", bad)], "float32")
+        assert s.count() == 0  # the batch is refused whole, before any row is written
+        partial = LatencyResult(1.0, 1.0, 1.0, 0.0, 1.0, 5, 1, 1, "adb", "v", "A", "fp", drift=nan,
+                                extra={"warmup_avg_ms": nan, "repeats": [{"std_ms": float("inf")}]})
+        s.add("model", "k", partial, "float32")
+        (text,) = s.conn.execute("SELECT result FROM measurements").fetchone()
+    assert "NaN" not in text and "Infinity" not in text
+    back = json.loads(text)
+    assert back["drift"] is None and back["extra"] == {"warmup_avg_ms": None, "repeats": [{"std_ms": None}]}
+
+
+def test_a_phone_run_without_warmup_average_stores_null_not_nan(phones, tflite, arm64_binary, tmp_path,
+                                                                 capsys):
+    from .test_android_bench import SAMPLE
+
+    text = SAMPLE.read_text().replace("Warmup (avg): 637079", "Warmup (avg): nan")
+    assert "Warmup (avg): nan" in text
+    output = tmp_path / "nan_warmup.txt"
+    output.write_text(text)
+    phones.add("A", bench_output=str(output))
+    store = tmp_path / "m.sqlite"
+    rc, _, err = cli(bench(tflite, arm64_binary, store, "--warmup", "0"), capsys)
+    assert rc == 0, err
+    with sqlite3.connect(store) as c:
+        (stored,) = c.execute("SELECT result FROM measurements").fetchone()
+    r = json.loads(stored)
+    assert "NaN" not in stored and r["extra"]["warmup_avg_ms"] is None
+    assert all(p["warmup_avg_us"] is None for p in r["extra"]["parsed"])
+    assert r["p50_ms"] == pytest.approx(1.88574)
+
+
+# --- 6. --benchmark-binary DIR ------------------------------------------------------------------------
+def test_benchmark_binary_given_a_directory(phones, tflite, tmp_path, capsys):
+    from .test_android_bench import elf
+
+    phones.add("A")
+    folder = tmp_path / "tools"
+    folder.mkdir()
+    store = tmp_path / "s.sqlite"
+    rc, _, err = cli(bench(tflite, folder, store), capsys)
+    line = one_error_line(rc, err, f"--benchmark-binary '{folder}' is a directory, but the flag takes "
+                          "TFLite's benchmark_model executable file: pass the path of the file itself")
+    assert "does not exist" not in line and "android_aarch64_benchmark_model" in line  # where to get it
+    (folder / "benchmark_model").write_bytes(elf(183))
+    rc, _, err = cli(bench(tflite, folder, store), capsys)
+    one_error_line(rc, err, "is a directory", f"pass --benchmark-binary {folder / 'benchmark_model'}")
+    rc, _, err = cli(bench(tflite, folder / "benchmark_model", store), capsys)
+    assert rc == 0, err  # and that file is what works
+    rc, _, err = cli(bench(tflite, tmp_path / "missing", store), capsys)
+    one_error_line(rc, err, f"--benchmark-binary '{tmp_path / 'missing'}' does not exist")
+
+
+# --- 7. a timeout hint names a flag the command has ----------------------------------------------------
+def test_a_timeout_names_the_flag_of_the_command_that_has_it(phones, tflite, arm64_binary, tmp_path,
+                                                              capsys):
+    from nasctl.android_bench.adb import Adb, AdbTimeout
+    from nasctl.android_bench.runner import BenchOptions
+    from nasctl.profiling.backends import ProfileSettings
+
+    phones.add("A", bench_sleep=5)
+    store = tmp_path / "s.sqlite"
+    rc, _, err = cli(["profile", tflite, "--device", "adb:A", "--benchmark-binary", arm64_binary,
+                      "--timeout", "1", "--store", store], capsys)
+    one_error_line(rc, err, "on phone 'A' did not answer within 1 s",
+                   "(a model this slow needs more: raise --timeout, now 1 s)")
+    rc, _, err = cli(bench(tflite, arm64_binary, store, "--timeout", "1.5"), capsys)
+    one_error_line(rc, err, "did not answer within 1.5 s", "raise --timeout, now 1.5 s")
+    assert rows(store) == 0
+    # adb's own calls (a push, getprop) are not what --timeout limits: their message names no flag
+    with pytest.raises(AdbTimeout) as e:
+        Adb(timeout_s=0.5).shell("A", "benchmark_model --graph=x")
+    assert "within 0.5 s" in str(e.value) and "--timeout" not in str(e.value)
+    # the search measures through the same runner and has no --timeout: no flag is named there
+    assert BenchOptions.for_profiling(ProfileSettings()).timeout_flag is None
+    # every command whose messages name --timeout has it
+    for command in ("profile", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--timeout" in capsys.readouterr().out

@@ -62,7 +62,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
         choices=("int8", "float32"),
         help="stored precision (default: int8 when the file name says int8, else float32)",
     )
-    o.add_argument("--out", metavar="DIR", help="also write each run's raw output and each result here")
+    o.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write each run's raw output and each result here (never over an earlier run's files)",
+    )
     o.add_argument("--json", action="store_true", help="print one JSON object at the end instead of text")
     p.set_defaults(func=run)
 
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from nasctl.android_bench.adb import Adb
     from nasctl.android_bench.binary import check_tflite
     from nasctl.android_bench.device import choose_devices
-    from nasctl.android_bench.runner import BenchOptions, bench_devices
+    from nasctl.android_bench.runner import BenchOptions, bench_devices, check_out_dir
     from nasctl.core import sha256_file
     from nasctl.profiling.errors import ProfilingError
     from nasctl.profiling.store import MeasurementStore
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     keys = {m: sha256_file(m) for m in models}
     adb = Adb(args.adb)
     serials = choose_devices(adb, args.device, args.all)
+    check_out_dir(args.out, serials, models, args.repeats)  # before any phone time is spent
     printed: list[dict] = []
     with MeasurementStore(args.store) as store:
 

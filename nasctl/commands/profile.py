@@ -16,12 +16,28 @@ DETAILS = (
 
 
 def add_parser(sub, name: str, help_text: str) -> None:
+    from nasctl.android_bench.runner import BenchOptions
+    from nasctl.profiling.backends import ProfileSettings
+
     p = command_parser(sub, name, help_text, DETAILS)
     p.add_argument("model", nargs="?", metavar="MODEL", help="a .tflite, .onnx or .pt (subnet checkpoint)")
     p.add_argument(
         "--backend", help="litert (.tflite), onnxruntime (.onnx) or torch (.pt); default: by file type"
     )
     add_timing_flags(p)
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        default=ProfileSettings.max_runs,
+        help=f"on the host, stop at this many timed inferences even before --min-seconds have passed "
+        f"(default {ProfileSettings.max_runs}; a result that stopped here says so)",
+    )
+    p.add_argument(
+        "--device",
+        default="host",
+        help="host (default: this machine's runtimes) or adb:SERIAL (a phone's benchmark_model; MODEL must "
+        "be .tflite); for MODEL, --build-lut and --arch",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--store", metavar="FILE", help=STORE_HELP)
     t = p.add_argument_group("lookup tables")
@@ -41,12 +57,14 @@ def add_parser(sub, name: str, help_text: str) -> None:
         help="input shape of the models (default: digits for digits spaces, cifar10 "
         "otherwise; no data is loaded)",
     )
-    t.add_argument(
-        "--device",
-        default="host",
-        help="host (default: this machine's LiteRT) or adb:SERIAL (a phone's benchmark_model)",
+    phone = p.add_argument_group("with --device adb:SERIAL")
+    add_phone_flags(phone)
+    phone.add_argument(
+        "--timeout",
+        type=float,
+        default=BenchOptions.timeout_s,
+        help=f"seconds one benchmark_model run may take (default {BenchOptions.timeout_s:g})",
     )
-    add_phone_flags(p.add_argument_group("with --device adb:SERIAL"))
     t.add_argument("--int8", action="store_true", help="full-int8 TFLite (default float32)")
     t.add_argument(
         "--calibration-subnets",
@@ -62,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from nasctl.nas.errors import NasctlError
     from nasctl.profiling.backends import ProfileSettings
     from nasctl.profiling.store import MeasurementStore
+    from nasctl.profiling.target import check_device_name
 
     modes = [
         m for m, on in (("MODEL", args.model), ("--build-lut", args.build_lut), ("--arch", args.arch)) if on
@@ -72,31 +91,64 @@ def run(args: argparse.Namespace) -> int:
             f"{' and '.join(modes) if modes else 'none'}); see nasctl profile --help"
         )
     settings = ProfileSettings(
-        threads=args.threads, runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds
+        threads=args.threads,
+        runs=args.runs,
+        warmup=args.warmup,
+        min_seconds=args.min_seconds,
+        max_runs=args.max_runs,
     )
-    with MeasurementStore(args.store) as store:
-        if args.model:
-            return _profile_file(args, settings, store)
-        from nasctl.profiling.target import resolve_target
-        from nasctl.profiling.tasks import check_device, resolve_space
+    check_device_name(args.device)
+    # everything that can be wrong with the input (the device above all: a phone adb does not list) is
+    # found before the store is opened, so a failed command stores nothing
+    if args.model:
+        target = _model_target(args)
+        with MeasurementStore(args.store) as store:
+            return _profile_file(args, settings, store, target)
+    from nasctl.profiling.tasks import resolve_space
 
-        check_device(args.device)
-        if not args.space:
-            raise NasctlError(f"{modes[0]} needs --space (digits, tam or a YAML file)")
-        space, info = resolve_space(args.space, args.dataset)
-        precision = "int8" if args.int8 else "float32"
-        target = resolve_target(args.device, args.threads, args.adb, args.benchmark_binary)
+    if not args.space:
+        raise NasctlError(f"{modes[0]} needs --space (digits, tam or a YAML file)")
+    space, info = resolve_space(args.space, args.dataset)
+    precision = "int8" if args.int8 else "float32"
+    target = _target(args)
+    with MeasurementStore(args.store) as store:
         if args.build_lut:
             return _build_lut(args, space, info, store, precision, target)
         return _predict(args, space, info, store, precision, target)
 
 
-def _profile_file(args, settings, store) -> int:
+def _target(args):
+    from nasctl.profiling.target import resolve_target
+
+    return resolve_target(
+        args.device, args.threads, args.adb, args.benchmark_binary, args.timeout, timeout_flag="--timeout"
+    )
+
+
+def _model_target(args):
+    """None for the host (MODEL's own backend times it); the phone for ``--device adb:SERIAL``, once the
+    file is known to be one it can run and the phone has answered."""
+    from nasctl.android_bench.binary import check_tflite
+    from nasctl.profiling.errors import ProfilingError
+
+    if args.device == "host":
+        return None
+    if args.backend not in (None, "adb"):
+        raise ProfilingError(
+            f"--device {args.device} times .tflite files with the phone's benchmark_model, not with "
+            f"--backend {args.backend}: leave out --backend, or use --device host"
+        )
+    check_tflite(args.model)
+    return _target(args)
+
+
+def _profile_file(args, settings, store, target) -> int:
     from nasctl.profiling.tasks import profile_file
 
-    r = profile_file(args.model, args.backend, settings, store)
+    r = profile_file(args.model, args.backend, settings, store, target=target)
     if args.json:
         print(json.dumps({**r.to_dict(), "file_bytes": r.model_bytes}))
+        _warn_cap(r, settings)
         return 0
     print(
         f"{r.model_path}: {r.backend} ({r.runtime_version}), {r.threads} thread(s), {r.device} "
@@ -110,7 +162,20 @@ def _profile_file(args, settings, store) -> int:
     print(f"  file {r.model_bytes / 1024:.1f} KB  peak memory {r.peak_memory_bytes / 2**20:.1f} MB{drift}")
     if "drift_warning" in r.extra:
         print(f"  warning: {r.extra['drift_warning']}", file=sys.stderr)
+    _warn_cap(r, settings)
     return 0
+
+
+def _warn_cap(r, settings) -> None:
+    """Say so when the run cap, not --min-seconds, ended the timing: the user asked for more time."""
+    cap = r.extra.get("max_runs_hit")
+    if cap:
+        print(
+            f"  warning: stopped at the --max-runs cap of {cap['max_runs']} timed runs after "
+            f"{cap['timed_seconds']:.3g} s of the {settings.min_seconds:g} s --min-seconds asked for "
+            f"({r.n_runs} runs made); raise --max-runs to time longer",
+            file=sys.stderr,
+        )
 
 
 def _build_lut(args, space, info, store, precision, target) -> int:
