@@ -26,7 +26,7 @@ DEFAULT_TIMEOUT_S = 60.0  # a push of a few MB or a getprop; benchmark runs pass
 PROBE_TIMEOUT_S = 10.0  # get-state after an unexplained failure
 INSTALL_HINT = (
     "install the Android SDK platform-tools (https://developer.android.com/tools/releases/platform-tools)"
-    " or `sudo apt install adb`, or pass --adb PATH"
+    " or `sudo apt install adb` (nasctl devices, bench and profile also take --adb PATH)"
 )
 SETUP_HINT = "see docs/android.md"
 

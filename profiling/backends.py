@@ -63,11 +63,12 @@ class ProfileSettings:
 PHONE_MAX_THREADS = 16  # the cap on a phone whose core count is unknown: no phone SoC has more cores
 
 
-def check_threads(threads: int, device: DeviceInfo | None = None) -> int:
+def check_threads(threads: int, device: DeviceInfo | None = None, flag: str = "--threads") -> int:
     """``--threads`` for timing on ``device`` (None or ``host``: this machine): at least 1 and at most its
     cores -- on the host the CPUs this process may run on (its affinity), on a phone its core count
     (:data:`PHONE_MAX_THREADS` where unknown). More threads than cores time contention, not the model,
-    and key the store on a setting no deployment uses. Returns ``threads``."""
+    and key the store on a setting no deployment uses. ``flag`` is the caller's name for the setting
+    (the search's is ``--latency-threads``: its ``--threads`` are torch's). Returns ``threads``."""
     if device is None or device.name == "host":
         limit = max(1, len(affinity()))
         where = f"the cores this process may use on this machine: {limit}"
@@ -77,7 +78,7 @@ def check_threads(threads: int, device: DeviceInfo | None = None) -> int:
         limit = PHONE_MAX_THREADS
         where = f"phone {device.name!r} did not say its core count; no phone has more than {limit}"
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
-        raise ProfilingError(f"--threads must be between 1 and {limit} ({where}), got {threads!r}: give a "
+        raise ProfilingError(f"{flag} must be between 1 and {limit} ({where}), got {threads!r}: give a "
                              f"number in that range")
     return threads
 

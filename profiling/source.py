@@ -16,7 +16,7 @@ from nasctl.nas.space import Genome, SearchSpace
 
 from nasctl.core import did_you_mean
 
-from .backends import ProfileSettings
+from .backends import ProfileSettings, check_threads
 from .errors import ProfilingError
 from .lut import load_table, lut_settings, measure_genomes
 from .store import MeasurementStore
@@ -90,7 +90,8 @@ class LatencySource:
                 )
             self.table = table
             self._fn = table.predict_ms
-        else:
+        else:  # measured: the thread count must fit the device, said in the search's words
+            check_threads(spec.threads, self.target.device, "--latency-threads")
             self._fn = self._measure
 
     def _measure(self, genome: Genome) -> float:

@@ -479,3 +479,21 @@ def test_a_timeout_names_the_flag_of_the_command_that_has_it(phones, tflite, arm
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--timeout" in capsys.readouterr().out
+
+
+def test_hints_name_only_flags_of_the_command_at_hand():
+    """The same sweep for the other flags phone messages name: --benchmark-binary and --adb exist on
+    devices / bench / profile, not on search (which measures through the same code), and the search's
+    thread count is --latency-threads (its --threads are torch's)."""
+    from nasctl.android_bench.adb import INSTALL_HINT
+    from nasctl.android_bench.binary import where_to_get
+    from nasctl.profiling.backends import check_threads
+    from nasctl.profiling.device import host_device
+    from nasctl.profiling.errors import ProfilingError
+
+    assert "(nasctl bench and profile also take --benchmark-binary PATH)" in where_to_get("arm64-v8a")
+    assert "(nasctl devices, bench and profile also take --adb PATH)" in INSTALL_HINT
+    with pytest.raises(ProfilingError, match=r"^--latency-threads must be between 1 and"):
+        check_threads(10_000, host_device(), "--latency-threads")
+    with pytest.raises(ProfilingError, match=r"^--threads must be between 1 and"):
+        check_threads(10_000)
