@@ -24,6 +24,7 @@ import yaml
 from nasctl.core import atomic_write_json, did_you_mean, torch_threads, versions
 
 from .errors import NasctlError
+from .yaml_strict import DuplicateKeyError, load_strict
 
 C = TypeVar("C")
 
@@ -40,16 +41,25 @@ def merge_config(cls: type[C], yaml_path: str | None = None, overrides: dict[str
         if not path.exists():
             raise NasctlError(f"config file {yaml_path!r} does not exist: check the --config path")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_strict(path.read_text(), same_key=_setting_name) or {}
+        except DuplicateKeyError as e:
+            raise NasctlError(f"config file {yaml_path!r} sets {e.key!r} twice, at line {e.first} and again "
+                              f"at line {e.line} (YAML would silently keep the later): keep one of them"
+                              ) from e
         except yaml.YAMLError as e:
             raise NasctlError(f"config file {yaml_path!r} is not valid YAML "
                               f"({str(e).splitlines()[0]}): fix it") from e
         if not isinstance(loaded, dict):
             raise NasctlError(f"config file {yaml_path!r} must hold a mapping of settings, "
                               f"not {type(loaded).__name__}")
-        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        values.update({_setting_name(k): v for k, v in loaded.items()})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return build_config(cls, values, source)
+
+
+def _setting_name(key: object) -> str:
+    """The config field a YAML key sets: ``batch-size`` and ``batch_size`` are one setting."""
+    return str(key).replace("-", "_")
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:

@@ -429,9 +429,15 @@ def load_space(name_or_path: str, width_mult: float | None = None) -> SearchSpac
                              f"{', '.join(builtin_spaces())}, or give a path to a YAML file")
     elif not path.exists():
         raise ValueError(f"search space file {str(path)!r} does not exist")
+    from ..yaml_strict import DuplicateKeyError, load_strict
+
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_strict(path.read_text())
         space = SearchSpace.from_dict(data)
+    except DuplicateKeyError as e:
+        raise ValueError(f"search space file {str(path)!r} sets {e.key!r} twice in one mapping, at line "
+                         f"{e.first} and again at line {e.line} (YAML would silently keep the later): keep "
+                         f"one of them") from e
     except (yaml.YAMLError, KeyError, TypeError) as e:
         raise ValueError(f"search space file {str(path)!r} is not a valid space definition: {e!r}") from e
     return space.with_width(width_mult) if width_mult is not None else space
