@@ -189,7 +189,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     from .select import latest_run, pick_from_run
 
     cfg.validate()
-    pick = pick_from_run(cfg.run or latest_run(cfg.run_root), cfg.pick)
+    pick = pick_from_run(cfg.run or latest_run(cfg.run_root, instead=None), cfg.pick, instead=None)
     loaded = load_supernet(pick.checkpoint)
     genome = loaded.space.parse(pick.genome)
     eps = float(cfg.eps if cfg.eps is not None else pick.eps if pick.eps is not None else loaded.eps)

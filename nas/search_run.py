@@ -304,6 +304,7 @@ def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_ca
         cfg.dataset = data.info.name
     cfg.validate()
     if cfg.supernet is not None:
+        _check_supernet_folder(cfg.supernet)
         load_supernet(cfg.supernet, expect_space=_expected_space(cfg))  # fail before creating anything
     run_dir = cfg.new_run_dir("search")
     try:
@@ -315,6 +316,26 @@ def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_ca
         raise
     except KeyboardInterrupt as e:
         raise RunInterrupted(run_dir) from e
+
+
+def _check_supernet_folder(supernet: str) -> None:
+    """``--supernet`` takes a ``supernet.pt`` or the training run that holds one. A folder of another kind
+    (a search run, an export, a study) is one line naming what it is, and for a search run the supernet
+    it searched, instead of a checkpoint reader's complaint about a directory."""
+    from .folder_kind import describe, folder_kind
+
+    path = Path(supernet)
+    if not path.is_dir() or any((path / n).exists() for n in ("supernet.pt", "checkpoint.pt", "subnet.pt")):
+        return  # a file, or a run folder read_checkpoint resolves: its own checks apply
+    record = _read_json(path / SUPERNET_RECORD) if (path / SUPERNET_RECORD).is_file() else {}
+    searched = Path(str(record.get("path") or ""))
+    searched = searched if searched.is_absolute() else path / searched
+    if record.get("path") and searched.is_file():
+        fix = f"to search the supernet this run searched, pass --supernet {searched}"
+    else:
+        fix = "give a supernet.pt written by 'nasctl train' or its run folder (runs/train/<stamp>-<name>)"
+    what = describe(path) + (", not a trained supernet" if folder_kind(path) is not None else "")
+    raise NasctlError(f"--supernet {supernet!r} is {what}: {fix}")
 
 
 def config_from_run(doc: dict[str, Any], source: str = "the run's config.json") -> SearchConfig:
@@ -338,7 +359,10 @@ def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,
                           f"give runs/search/<stamp>-<name>")
     doc = _read_json(cfg_path)
     if doc.get("command") != "search":
-        raise NasctlError(f"--resume {str(run_dir)!r} is a {doc.get('command')!r} run, not a search run")
+        from .folder_kind import describe
+
+        raise NasctlError(f"--resume {str(run_dir)!r} is {describe(run_dir)}, not a search run: give the "
+                          f"folder of a 'nasctl search' run (runs/search/<stamp>-<name>)")
     cfg = config_from_run(doc, f"{str(cfg_path)!r}")
     log.info("resuming search %s", run_dir)
     try:

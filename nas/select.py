@@ -22,6 +22,17 @@ class SelectionError(NasctlError):
     """A run, pick or front that cannot be used."""
 
 
+# what eval and export take instead of a search run: the default ``instead`` of every resolver below. A
+# command without these flags (report, finetune, the studies) passes ``instead=None``, so no message
+# suggests a flag it lacks.
+CHECKPOINT_INSTEAD = "--checkpoint CKPT --arch GENOME"
+
+
+def _or(instead: str | None, verb: str = "pass") -> str:
+    """``", or pass --checkpoint CKPT --arch GENOME"`` (the command's alternative), or ``""``."""
+    return f", or {verb} {instead}" if instead else ""
+
+
 @dataclass
 class RunPick:
     """One member of a search run's front and what is needed to rebuild it."""
@@ -40,20 +51,24 @@ class RunPick:
     bn_calibration: dict[str, Any] | None = None  # how the search recalibrated BN (export does the same)
 
 
-def latest_run(run_root: str | os.PathLike = "runs") -> Path:
+def latest_run(run_root: str | os.PathLike = "runs", instead: str | None = CHECKPOINT_INSTEAD) -> Path:
     """The newest ``<run_root>/search/*`` folder that holds a ``pareto.json``."""
     root = Path(run_root) / "search"
     runs = sorted((p for p in root.glob("*") if (p / "pareto.json").is_file()), key=lambda p: p.name)
     if not runs:
         raise SelectionError(
             f"no finished search run under {str(root)!r}: run 'nasctl search' first, or pass "
-            f"--run RUN, or --checkpoint CKPT --arch GENOME"
+            f"--run RUN{_or(instead, 'with')}"
         )
     return runs[-1]
 
 
-def read_front(run: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """(run folder, parsed pareto.json) of a run folder or a pareto.json path, with clear errors."""
+def read_front(run: str | os.PathLike,
+               instead: str | None = CHECKPOINT_INSTEAD) -> tuple[Path, dict[str, Any]]:
+    """(run folder, parsed pareto.json) of a run folder or a pareto.json path, with clear errors.
+
+    ``instead``: what the calling command takes in place of a search run (its own flags), added to each
+    error's fix; None where it has none."""
     path = Path(run)
     pareto = path if path.name == "pareto.json" else path / "pareto.json"
     if not path.exists():
@@ -61,8 +76,7 @@ def read_front(run: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
             f"search run {str(run)!r} does not exist: pass the folder of a 'nasctl search' run "
             f"(runs/search/<stamp>-<name>)"
         )
-    missing = (f"search run {str(run)!r} has no pareto.json (not finished, or not a search run): "
-               f"resume it with 'nasctl search --resume {run}' or pass --checkpoint CKPT --arch GENOME")
+    missing = no_front_message(path if path.name != "pareto.json" else path.parent, str(run), instead)
     doc = read_json_object(pareto, error=SelectionError, fix="re-run or resume the search", missing=missing)
     front = doc.get("front")
     if not front:
@@ -71,16 +85,37 @@ def read_front(run: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
             flags = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in limits.items())
             raise SelectionError(
                 f"search run {str(run)!r} found no subnet that meets its constraints ({flags}): "
-                f"start a new search with looser constraints, or pass --checkpoint CKPT --arch GENOME"
+                f"start a new search with looser constraints{_or(instead)}"
             )
         raise SelectionError(
             f"search run {str(run)!r} has an empty front in pareto.json: nothing to export; "
-            f"resume the search or pass --checkpoint CKPT --arch GENOME"
+            f"resume the search{_or(instead)}"
         )
     return pareto.parent, doc
 
 
-def run_supernet(run_dir: str | os.PathLike, doc: dict[str, Any]) -> str:
+def no_front_message(folder: Path, run: str, instead: str | None) -> str:
+    """Why ``folder`` has no ``pareto.json`` and what to give instead: an unfinished search is resumed, a
+    folder of another kind (a training run, an export, a study, ...) is named as such with the search run
+    it came from, anything else is not a run folder at all."""
+    from .folder_kind import describe, folder_kind, source_run
+
+    kind = folder_kind(folder)
+    head = f"search run {run!r} has no pareto.json"
+    if kind == "search":
+        return f"{head}: it has not finished; resume it with 'nasctl search --resume {run}'{_or(instead)}"
+    if kind is None:
+        return (f"{head}: {describe(folder)}; give the folder of a 'nasctl search' run "
+                f"(runs/search/<stamp>-<name>){_or(instead)}")
+    src = source_run(folder)
+    use = (f"; search its supernet with 'nasctl search --supernet {run}' first" if kind == "train"
+           else f"; use the search run it came from, {src!r}" if src
+           else "; give the folder of a 'nasctl search' run (runs/search/<stamp>-<name>)")
+    return f"{head}: it is {describe(folder)}, not a search run{use}{_or(instead)}"
+
+
+def run_supernet(run_dir: str | os.PathLike, doc: dict[str, Any],
+                 instead: str | None = CHECKPOINT_INSTEAD) -> str:
     """The supernet checkpoint a finished run searched, found even when the run was moved or copied.
 
     ``pareto.json`` names it relative to the run folder when it lives inside (trained first), else
@@ -94,8 +129,8 @@ def run_supernet(run_dir: str | os.PathLike, doc: dict[str, Any]) -> str:
     ref = doc.get("supernet")
     if not ref:
         raise SelectionError(
-            f"pareto.json of run {str(run_dir)!r} names no 'supernet' checkpoint: pass "
-            f"--checkpoint CKPT --arch GENOME instead"
+            f"pareto.json of run {str(run_dir)!r} names no 'supernet' checkpoint: it was not written by "
+            f"nasctl search, or was edited; start a new search{_or(instead)}"
         )
     p = Path(ref)
     candidates = [p] if p.is_absolute() else [run_dir / p]
@@ -111,17 +146,19 @@ def run_supernet(run_dir: str | os.PathLike, doc: dict[str, Any]) -> str:
     if seen:
         raise SelectionError(
             f"the supernet of run {str(run_dir)!r} was replaced: {', '.join(seen)} is not the checkpoint the "
-            f"run searched (sha256 differs): put it back, or pass --checkpoint CKPT --arch GENOME"
+            f"run searched (sha256 differs): put it back{_or(instead)}"
         )
     raise SelectionError(
         f"the supernet {ref!r} named by run {str(run_dir)!r} does not exist (moved or deleted?): "
-        f"pass --checkpoint CKPT --arch GENOME"
+        f"put it back{_or(instead)}"
     )
 
 
-def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
-    """Select ``knee`` (the default), a front index, or a genome string from the run's front."""
-    run_dir, doc = read_front(run)
+def pick_from_run(run: str | os.PathLike, pick: str | int = "knee",
+                  instead: str | None = CHECKPOINT_INSTEAD) -> RunPick:
+    """Select ``knee`` (the default), a front index, or a genome string from the run's front
+    (``instead``: as for :func:`read_front`)."""
+    run_dir, doc = read_front(run, instead)
     front = doc["front"]
     knee = doc.get("knee")
     text = str(pick).strip()
@@ -145,7 +182,7 @@ def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
         if not matches:
             raise SelectionError(
                 f"genome {text!r} is not on the front of run {str(run_dir)!r} ({len(front)} "
-                f"members): pick an INDEX or 'knee', or export it with --checkpoint CKPT --arch GENOME"
+                f"members): pick an INDEX or 'knee'{_or(instead, 'give it with')}"
             )
         index = matches[0]
     entry = front[index]
@@ -156,18 +193,18 @@ def pick_from_run(run: str | os.PathLike, pick: str | int = "knee") -> RunPick:
         index=index,
         genome=str(entry["genome"]),
         entry=dict(entry),
-        checkpoint=run_supernet(run_dir, doc),
+        checkpoint=run_supernet(run_dir, doc, instead),
         is_knee=index == knee,
         dataset=doc.get("dataset"),
         data_dir=doc.get("data_dir"),
         seed=doc.get("seed"),
         eps=doc.get("eps"),
-        finetuned_checkpoint=_finetuned(run_dir, entry),
+        finetuned_checkpoint=_finetuned(run_dir, entry, instead),
         bn_calibration=doc.get("bn_calibration"),
     )
 
 
-def _finetuned(run_dir: Path, entry: dict[str, Any]) -> str | None:
+def _finetuned(run_dir: Path, entry: dict[str, Any], instead: str | None) -> str | None:
     ref = entry.get("finetuned_checkpoint")
     if not ref:
         return None
@@ -175,8 +212,7 @@ def _finetuned(run_dir: Path, entry: dict[str, Any]) -> str | None:
     if not path.is_file():
         raise SelectionError(
             f"front entry {entry.get('genome')!r} of run {str(run_dir)!r} names fine-tuned weights {ref!r} "
-            f"that do not exist (deleted?): resume the search to fine-tune it again, or pass "
-            f"--checkpoint CKPT --arch GENOME"
+            f"that do not exist (deleted?): resume the search to fine-tune it again{_or(instead)}"
         )
     return str(path)
 

@@ -484,12 +484,17 @@ def _writer_lock(run_dir: Path, rank: int):
 
 def resume_training(run_dir: str | Path, callbacks: TrainCallbacks | None = None,
                     epochs: int | None = None) -> tuple[Path, list[EpochMetrics]]:
-    """Continue a run from its last checkpoint with the run's own config (optionally more epochs)."""
+    """Continue a run from its last checkpoint with the run's own config (optionally more epochs).
+
+    A run stopped before its first checkpoint (Ctrl-C during epoch 1) starts again at epoch 0 in the same
+    folder with the config its ``config.json`` recorded: the resume command printed on Ctrl-C always works.
+    """
     from .runs import build_config
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise NasctlError(f"--resume {str(run_dir)!r} is not a run folder: give runs/train/<stamp>-<name>")
+    _check_train_folder(run_dir)
+    if not (run_dir / "checkpoint.pt").exists():
+        return _restart(run_dir, callbacks, epochs)
     ckpt = read_checkpoint(run_dir / "checkpoint.pt")
     cfg = build_config(TrainConfig, dict(ckpt.get("config") or {}),
                        f"the config inside {str(run_dir / 'checkpoint.pt')!r}")
@@ -507,3 +512,43 @@ def resume_training(run_dir: str | Path, callbacks: TrainCallbacks | None = None
         except KeyboardInterrupt as e:
             raise RunInterrupted(run_dir) from e
     return run_dir / "supernet.pt", history
+
+
+def _check_train_folder(run_dir: Path) -> None:
+    """``--resume`` takes a training run's folder: anything else is one line saying what it got instead
+    (and, for a search run that trains its own supernet, the command that continues both)."""
+    from .folder_kind import describe, folder_kind
+
+    if not run_dir.is_dir():
+        raise NasctlError(f"--resume {str(run_dir)!r} is not a run folder: give runs/train/<stamp>-<name>")
+    kind = folder_kind(run_dir)
+    if kind == "train" or (kind is None and (run_dir / "checkpoint.pt").is_file()):
+        return
+    if kind == "search" and (run_dir / "supernet").is_dir():
+        fix = (f"it trains its own supernet in {str(run_dir / 'supernet')!r}: continue the search, and that "
+               f"training, with 'nasctl search --resume {run_dir}'")
+    elif kind == "search":
+        fix = f"continue it with 'nasctl search --resume {run_dir}'"
+    else:
+        fix = "give the folder of a 'nasctl train' run (runs/train/<stamp>-<name>)"
+    what = describe(run_dir) + (", not a 'nasctl train' run" if kind is not None else "")
+    raise NasctlError(f"--resume {str(run_dir)!r} is {what}: {fix}")
+
+
+def _restart(run_dir: Path, callbacks: TrainCallbacks | None,
+             epochs: int | None) -> tuple[Path, list[EpochMetrics]]:
+    """Train a run that has no checkpoint yet from epoch 0, in its own folder, with its recorded config."""
+    from nasctl.core import read_json_object
+
+    from .runs import build_config
+
+    path = run_dir / "config.json"
+    doc = read_json_object(path, missing=f"--resume {str(run_dir)!r} has neither checkpoint.pt nor "
+                           f"config.json: it was stopped before it started; run the same 'nasctl train' "
+                           f"command again")
+    cfg = build_config(TrainConfig, dict(doc.get("config") or {}), f"{str(path)!r}")
+    if epochs is not None:
+        cfg.epochs = epochs
+        cfg.validate()
+    log.info("%s has no checkpoint yet (stopped during its first epoch): training it from epoch 0", run_dir)
+    return train_supernet(cfg, callbacks, run_dir=run_dir)

@@ -84,15 +84,33 @@ def _main(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt as e:
         _close_progress_bars()
-        hint = ""
-        if isinstance(e, RunInterrupted) and args.command in ("train", "search"):
-            hint = f" (continue with: nasctl {args.command} --resume {e.run_dir})"
-        elif isinstance(e, RunInterrupted):
-            hint = f" (in {e.run_dir}; run the command again to redo the rest)"
-        elif args.command in ("train", "search"):
-            hint = " (continue with --resume and the run folder printed above)"
+        hint = interrupt_hint(args, e.run_dir if isinstance(e, RunInterrupted) else None)
         print(f"nasctl: interrupted; everything finished so far is on disk{hint}", file=sys.stderr)
         return 130
+
+
+def interrupt_hint(args: argparse.Namespace, run_dir: object) -> str:
+    """The tail of the Ctrl-C line: the exact command that continues the run, when there is one.
+
+    ``run_dir``: the folder the interrupted run was writing (None: Ctrl-C came before it made one).
+    ``train``, ``search`` and the studies continue with ``--resume`` on that folder; ``finetune`` has no
+    resume, so its hint says to start it again; other commands get none.
+    """
+    import shlex
+    from pathlib import Path
+
+    resumable = {"train": "nasctl train", "search": "nasctl search",
+                 "experiment": f"nasctl experiment {getattr(args, 'study', '')}"}
+    command = resumable.get(args.command)
+    folder = run_dir if run_dir is not None else getattr(args, "resume", None)
+    if command and folder is not None:
+        if Path(str(folder), "config.json").is_file() or Path(str(folder), "checkpoint.pt").is_file():
+            return f" (continue with: {command} --resume {shlex.quote(str(folder))})"  # pasteable as is
+        return f" (nothing was recorded in {folder} yet: run the same command again)"
+    if command or args.command == "finetune":
+        where = f"partial results in {run_dir}; " if run_dir is not None else "no run folder was made yet; "
+        return f" ({where}run the same command again to start it over)"
+    return ""
 
 
 # commands whose own process trains or attacks with torch: they get nasctl's thread rules

@@ -136,7 +136,10 @@ def reopen(path: str | os.PathLike) -> ExperimentFolder:
                            missing=f"--resume {str(path)!r} is not an experiment folder (no config.json): "
                            f"give runs/experiment/<stamp>-<study>")
     if not str(doc.get("command", "")).startswith(COMMAND) or "study" not in doc:
-        raise NasctlError(f"--resume {str(path)!r} is a {doc.get('command')!r} run, not an experiment")
+        from ..folder_kind import describe
+
+        raise NasctlError(f"--resume {str(path)!r} is {describe(path)}, not an experiment: give the folder "
+                          f"of a 'nasctl experiment' study (runs/experiment/<stamp>-<study>)")
     return ExperimentFolder(path, str(doc["study"]), doc)
 
 

@@ -53,7 +53,8 @@ def read_run(run: str | None, run_root: str) -> tuple[Path, dict[str, Any]]:
     for a folder that is missing, unfinished or has an empty front."""
     from ..select import latest_run, read_front
 
-    return read_front(run or latest_run(run_root))
+    # instead=None: the studies take no --checkpoint, so no message may suggest one
+    return read_front(run or latest_run(run_root, instead=None), instead=None)
 
 
 def check_members(members: int, run_dir: Path, front: list[dict[str, Any]]) -> None:
@@ -80,7 +81,7 @@ def open_run(run_dir: Path, doc: dict[str, Any], eps: float | None = None) -> Se
     from ..select import run_supernet
     from ..supernet import BNCalibration
 
-    loaded = load_supernet(run_supernet(run_dir, doc))
+    loaded = load_supernet(run_supernet(run_dir, doc, instead=None))
     data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, doc.get("data_dir"))
     data = first_test_images(data, doc.get("final_images"))
     bn = doc.get("bn_calibration") or {}
