@@ -19,6 +19,7 @@ from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 from .front import knee_index
 from .objectives import OBJECTIVES
+from .report_page import md_escape
 from .space import SKIP, Genome, SearchSpace
 
 
@@ -115,9 +116,9 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
     objs = meta["objectives"]
     final = meta.get("final_attack") or {}
     lines = [
-        f"# nasctl search: {meta['run']}",
+        f"# nasctl search: {md_escape(meta['run'])}",
         "",
-        f"- data set: **{meta['dataset']}**"
+        f"- data set: **{md_escape(meta['dataset'])}**"
         + (f" (supernet trained on a class-balanced subset of {meta['train_subset']:,} training images)"
            if meta.get("train_subset") else "") + f"; supernet: `{meta['supernet']}`",
         f"- threat model: L-inf, eps = {meta['eps']:.4g} on [0,1] pixels",

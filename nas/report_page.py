@@ -25,9 +25,11 @@ import html
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import quote
 
 from nasctl.core import atomic_write_text
 
@@ -52,7 +54,7 @@ RUN_FILES = frozenset({
 
 @dataclass
 class Block:
-    kind: str  # h1 | h2 | h3 | p | list | table | img
+    kind: str  # h1 | h2 | h3 | p | note (a warning the reader must see) | list | table | img
     text: str = ""
     items: list[str] = field(default_factory=list)
     table: dict[str, Any] | None = None  # columns, rows, id
@@ -180,9 +182,18 @@ def _front(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
         ("front_projections.png", "2-D projections of the front over every evaluated subnet"),
         ("hypervolume.png", "hypervolume per generation"),
     ):
-        if (run_dir / name).is_file():
-            out.append(Block("img", caption, path=run_dir / name))
+        out.append(plot_block(run_dir / name, caption, f"nasctl search --resume {run_dir}"))
     return out
+
+
+def plot_block(path: Path, caption: str, redraw: str) -> Block:
+    """The plot's image, or -- when its file is gone -- a note in its place naming it and the command that
+    draws it again: a page that silently lacks a figure reads as if the figure never existed.
+    :func:`write_report` also warns about every such note on stderr."""
+    if path.is_file():
+        return Block("img", caption, path=path)
+    return Block("note", f"the plot {path.name} ({caption}) is missing from {path.parent}: draw it again "
+                         f"with '{redraw}', then run nasctl report again")
 
 
 def _layers(run_dir: Path) -> list[Block]:
@@ -196,8 +207,8 @@ def _layers(run_dir: Path) -> list[Block]:
             "(TAM-NAS's design guideline for robust tiny networks).",
         ),
     ]
-    if (run_dir / "layer_heatmap.png").is_file():
-        out.append(Block("img", "block type and width per layer", path=run_dir / "layer_heatmap.png"))
+    out.append(plot_block(run_dir / "layer_heatmap.png", "block type and width per layer",
+                          f"nasctl search --resume {run_dir}"))
     path = run_dir / "layer_stats.csv"
     if path.is_file():
         rows = list(csv.reader(path.read_text().splitlines()))
@@ -238,8 +249,8 @@ def _experiments(run_dir: Path, run_root: Path) -> list[Block]:
         if doc.get("findings"):
             out.append(Block("list", items=list(doc["findings"])))
         for p in doc.get("plots") or []:
-            if (path / p).is_file():
-                out.append(Block("img", f"{folder.study}: {p}", path=path / p))
+            redraw = f"nasctl experiment {folder.study} --resume {path}"
+            out.append(plot_block(path / p, f"{folder.study}: {p}", redraw))
     return out
 
 
@@ -389,7 +400,7 @@ table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}
 th,td{border:1px solid #ccc;padding:0.25em 0.5em;text-align:right}
 td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}th{background:#f0f0f0}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:0.85em;color:#555}
-code{font-size:0.9em}"""
+code{font-size:0.9em}.note{background:#fff4d6;border-left:4px solid #e0a800;padding:0.4em 0.6em}"""
 
 
 def png_data_uri(path: Path) -> str:
@@ -412,6 +423,8 @@ def render_html(blocks: list[Block], title: str) -> str:
             out.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
         elif b.kind == "p":
             out.append(f"<p>{e(b.text)}</p>")
+        elif b.kind == "note":
+            out.append(f'<p class="note"><strong>Note:</strong> {e(b.text)}</p>')
         elif b.kind == "list":
             out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>")
         elif b.kind == "table":
@@ -432,19 +445,40 @@ def render_html(blocks: list[Block], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
+# inline Markdown syntax: code, emphasis, links, tables, strikethrough, escapes; '_' only where it can open
+# or close emphasis (inside a word, as in a genome or front_projections.png, it is plain text)
+_MD_INLINE = re.compile(r"([\\`*\[\]|~])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# what would start a heading, list, rule or ordered list, and a heading's closing '#'s
+_MD_LINE_START = re.compile(r"^(\s*)(?=[#+=-])|^(\s*\d+)(?=[.)])|(?<=\s)(?=#+\s*$)")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` as literal Markdown: HTML (``<script>``, ``<b>``, entities) and Markdown syntax cannot act.
+
+    Every string the report takes from data -- genomes, folder and class names, config values, a study's
+    findings -- passes here: a Markdown renderer would otherwise run the HTML a genome or a hand-edited
+    pareto.json carries, or turn ``*`` and ``[..](..)`` into formatting and links. ``<``, ``>`` and ``&``
+    become entities, the rest a backslash escape; line breaks become spaces (one block stays one block).
+    """
+    flat = " ".join(str(text).splitlines())
+    out = html.escape(flat, quote=False)
+    out = _MD_INLINE.sub(lambda m: "\\" + m.group(0), out)
+    return _MD_LINE_START.sub(lambda m: (m.group(1) or m.group(2) or "") + "\\", out)
+
+
 def _md_cell(v: Any) -> str:
-    return _f(v).replace("|", "\\|").replace("\n", " ")
+    return md_escape(_f(v))
 
 
 def render_markdown(blocks: list[Block], out_dir: Path) -> str:
     out: list[str] = [MD_MARKER, ""]
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
-            out += ["#" * int(b.kind[1]) + " " + b.text, ""]
-        elif b.kind == "p":
-            out += [b.text, ""]
+            out += ["#" * int(b.kind[1]) + " " + md_escape(b.text), ""]
+        elif b.kind in ("p", "note"):
+            out += [("**Note:** " if b.kind == "note" else "") + md_escape(b.text), ""]
         elif b.kind == "list":
-            out += [f"- {i}" for i in b.items] + [""]
+            out += [f"- {md_escape(i)}" for i in b.items] + [""]
         elif b.kind == "table":
             t = b.table
             out.append("| " + " | ".join(_md_cell(c) for c in t["columns"]) + " |")
@@ -453,7 +487,7 @@ def render_markdown(blocks: list[Block], out_dir: Path) -> str:
             out.append("")
         elif b.kind == "img":
             rel = os.path.relpath(b.path.resolve(), out_dir.resolve())
-            out += [f"![{b.text}]({Path(rel).as_posix()})", ""]
+            out += [f"![{md_escape(b.text)}]({quote(Path(rel).as_posix())})", ""]
     return "\n".join(out)
 
 
@@ -509,15 +543,62 @@ def check_report_paths(html_path: Path, md_path: Path, run_dir: Path, out: Any =
                               f"did not write; {fix} (or move that file away)")
 
 
+def claim_page(path: Path, flag: str) -> bool:
+    """Make sure ``path`` may be written now; returns whether this call created it (empty) to hold the name.
+
+    :func:`check_report_paths` looked before the pages were rendered; a file that appeared or changed
+    since (another program, a second report) is not replaced either: a name that was free is claimed with
+    an exclusive create, a page that was there is checked for the marker again, just before the writes.
+    """
+    if path.exists():
+        if not written_by_report(path):
+            raise NasctlError(f"{flag} would write {str(path)!r}, which is now a file that no 'nasctl "
+                              f"report' wrote: nasctl never replaces a file it did not write; move that file "
+                              f"away or give another --out")
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise NasctlError(f"{str(path)!r} appeared while the report was written: nasctl never replaces a "
+                          f"file it did not write; move it away or give another --out") from None
+    return True
+
+
+def write_pages(pages: list[tuple[Path, str]], flag: str) -> None:
+    """Write every page atomically (temp file + ``os.replace``) once all of them are claimed
+    (:func:`claim_page`), so no page is written unless every one may be; a failed write leaves no empty
+    file behind that a later report would take for someone else's."""
+    claimed: list[Path] = []
+    try:
+        for path, _ in pages:
+            if claim_page(path, flag):
+                claimed.append(path)
+        for path, text in pages:
+            atomic_write_text(path, text)
+    except BaseException:
+        for path in claimed:
+            if path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+        raise
+
+
 def write_report(
-    run: str | os.PathLike, out: str | os.PathLike | None = None, run_root: str | os.PathLike | None = None
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    run_root: str | os.PathLike | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (default: inside the run folder) and the same content as ``.md`` beside it;
     returns both paths. One :class:`NasctlError` line for a run without ``pareto.json`` and for an ``out``
-    that would replace a file no report wrote (:func:`check_report_paths`): nothing is written then."""
+    that would replace a file no report wrote (:func:`check_report_paths`): nothing is written then.
+
+    ``warn`` gets one line per note the page carries (a plot missing from its folder; default: the log's
+    warning), so what the reader of the page sees is said where the report was made too.
+    """
     from .select import read_front
 
-    run_dir, doc = read_front(run)
+    run_dir, doc = read_front(run, instead=None)
     root = Path(run_root) if run_root else default_run_root(run_dir)
     html_path = Path(out) if out else run_dir / "report.html"
     if html_path.is_dir():
@@ -526,6 +607,9 @@ def write_report(
     check_report_paths(html_path, md_path, run_dir, out)
     blocks = collect(run_dir, doc, root)
     title = f"nasctl search run {run_dir.name}"
-    atomic_write_text(html_path, render_html(blocks, title))
-    atomic_write_text(md_path, render_markdown(blocks, md_path.parent))
+    pages = [(html_path, render_html(blocks, title)), (md_path, render_markdown(blocks, md_path.parent))]
+    write_pages(pages, f"--out {str(out)!r}" if out else "the report")
+    for b in blocks:
+        if b.kind == "note":
+            (warn or log.warning)(b.text)
     return html_path, md_path

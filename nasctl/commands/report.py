@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._common import command_parser
 
@@ -31,6 +32,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from nasctl.nas.report_page import write_report
 
-    html_path, md_path = write_report(args.run, args.out, args.run_root)
+    html_path, md_path = write_report(args.run, args.out, args.run_root, warn=_warn)
     print(f"written: {html_path}\n         {md_path}")
     return 0
+
+
+def _warn(line: str) -> None:
+    """What the page notes (a missing plot) as a line on stderr, whatever logging is set to."""
+    print(f"nasctl: warning: {line}", file=sys.stderr)
