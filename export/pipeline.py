@@ -19,8 +19,11 @@ Use::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -209,8 +212,19 @@ def _owned_files(out_dir: Path) -> set[str]:
     return set(doc.get("artifacts") or {}) | {CONVERTER_LOG, "metadata.json", "report.json", "config.json"}
 
 
-def _prepare_out_dir(cfg: ExportConfig, genome: str) -> Path:
-    """The output folder, made safe to write: an export only ever replaces what an export wrote.
+def _out_dir(cfg: ExportConfig, genome: str) -> Path:
+    """The folder the export ends up in (made, so that it can be locked): ``--out`` or a new run folder."""
+    if not cfg.out:
+        return cfg.new_run_dir("export", genome[:80])  # default name: the genome
+    out_dir = Path(cfg.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {cfg.out!r} is a file, not a folder: give a folder path")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _check_out_dir(cfg: ExportConfig, out_dir: Path) -> set[str]:
+    """Refuse a folder an export may not replace; return the files an earlier export there wrote.
 
     ``--out`` may name a folder that holds an earlier export (its recorded files are replaced, so two
     exports never mix), an empty or new folder, or a folder of the user's own files that do not clash
@@ -218,11 +232,6 @@ def _prepare_out_dir(cfg: ExportConfig, genome: str) -> Path:
     run: replacing their ``config.json`` would break ``--resume``), nor one whose ``model.onnx`` or
     ``config.json`` an export did not write.
     """
-    if not cfg.out:
-        return cfg.new_run_dir("export", genome[:80])  # default name: the genome
-    out_dir = Path(cfg.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"--out {cfg.out!r} is a file, not a folder: give a folder path")
     config = out_dir / "config.json"
     if config.is_file():
         try:
@@ -233,24 +242,69 @@ def _prepare_out_dir(cfg: ExportConfig, genome: str) -> Path:
             what = f"a {kind!r} run" if kind else "a folder with a config.json that no export wrote"
             raise ExportError(f"--out {cfg.out!r} is {what}: exporting there would replace its files; "
                               f"give a new or empty folder, or leave --out out")
-    owned = _owned_files(out_dir) if out_dir.is_dir() else set()
+    owned = _owned_files(out_dir)
     foreign = sorted(n for n in OWN_FILES if (out_dir / n).is_file() and n not in owned)
     if foreign:
         raise ExportError(f"--out {cfg.out!r} already holds {', '.join(foreign)}, which no earlier export "
                           f"wrote: nasctl never overwrites files it did not write; give a new or empty "
                           f"folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stale = [out_dir / n for n in sorted(owned & set(OWN_FILES)) if (out_dir / n).is_file()]
-    for p in stale:  # the previous export into this folder: never mix its files with this one's
-        p.unlink()
-    if stale:
-        log.info("replaced the previous export in %s (%d files it had written)", out_dir, len(stale))
-    return out_dir
+    return {n for n in owned & set(OWN_FILES) if (out_dir / n).is_file()}
 
 
-def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
-    """Everything before the first step: target, model, data, output folder, config.json."""
-    from nasctl.nas.runs import write_run_config
+# --- staging: the previous export stays whole until the new one is complete ------------------------
+STAGING = ".nasctl-staging"  # inside the output folder: same file system, so each move is a rename
+JOURNAL = "COMMIT.json"  # written into the staging folder when it is complete: what moves, what goes
+
+
+def _new_staging(out_dir: Path) -> Path:
+    """An empty staging folder; what a killed export left there is finished or dropped first."""
+    _recover(out_dir)
+    staging = out_dir / STAGING
+    staging.mkdir()
+    return staging
+
+
+def _recover(out_dir: Path) -> None:
+    """Finish a commit that a kill interrupted (its journal exists), else drop a half-made export.
+
+    Called with the folder's lock held, so no other export is writing the staging folder.
+    """
+    staging = out_dir / STAGING
+    if not staging.is_dir():
+        return
+    if (staging / JOURNAL).is_file():
+        log.info("finishing the export into %s that was interrupted while its files were moved", out_dir)
+        _roll_forward(staging, out_dir)
+    else:
+        log.info("removing an unfinished export's files from %s (the export there is unchanged)", out_dir)
+        shutil.rmtree(staging)
+
+
+def _commit(staging: Path, out_dir: Path, previous: set[str]) -> None:
+    """Move the new export's files over the old ones; remove the old files the new one lacks.
+
+    The journal is written first, so a kill at any point of the move is finished by the next export
+    into the folder (:func:`_recover`): the folder then holds the new export whole, never a mixture.
+    """
+    new = sorted(n for n in OWN_FILES if (staging / n).is_file())
+    atomic_write_json(staging / JOURNAL, {"move": new, "remove": sorted(previous - set(new))})
+    _roll_forward(staging, out_dir)
+
+
+def _roll_forward(staging: Path, out_dir: Path) -> None:
+    plan = json.loads((staging / JOURNAL).read_text())
+    for name in sorted(plan["move"], key=lambda n: n == "report.json"):  # the report, the index, last
+        if (staging / name).is_file():
+            os.replace(staging / name, out_dir / name)
+    for name in plan["remove"]:
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(staging)
+
+
+def _setup(cfg: ExportConfig, splits: DataSplits | None, guard: contextlib.ExitStack) -> ExportContext:
+    """Everything before the first step: target, model, data, output folder (locked on ``guard``, the
+    files written into its staging folder), config.json."""
+    from nasctl.nas.runs import run_lock, write_run_config
 
     from nasctl.core import versions
 
@@ -271,7 +325,10 @@ def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
     _check_data(source, splits)
     eps = float(_first(cfg.eps, pick.eps if pick else None, train_cfg.get("eps"), splits.info.default_eps))
 
-    out_dir = _prepare_out_dir(cfg, source.genome)
+    final_dir = _out_dir(cfg, source.genome)
+    guard.enter_context(run_lock(final_dir))  # one export at a time into a folder
+    previous = _check_out_dir(cfg, final_dir)
+    out_dir = _new_staging(final_dir)
     provenance = {
         "kind": source.kind,
         "checkpoint": source.checkpoint,
@@ -309,6 +366,7 @@ def _setup(cfg: ExportConfig, splits: DataSplits | None) -> ExportContext:
     }
     ctx = ExportContext(cfg, target, out_dir, source, splits, seed, eps, metadata)
     ctx.bn_calibration = bn_calibration
+    ctx.final_dir, ctx.previous = final_dir, previous
     ctx.report = {
         "format": REPORT_FORMAT,
         "status": "running",
@@ -373,10 +431,54 @@ def export(
     :class:`NasctlError` for bad input and converter failures (after writing ``report.json``).
     """
     cb = callbacks or ExportCallbacks()
-    ctx = _setup(cfg, splits)
+    with contextlib.ExitStack() as guard:
+        ctx = _setup(cfg, splits, guard)
+        try:
+            _run_steps(ctx, cb)
+        except BaseException as e:
+            _keep_failed(ctx, e)
+            raise
+        _commit(ctx.out_dir, ctx.final_dir, ctx.previous)
+    if ctx.previous:
+        log.info("replaced the previous export in %s (%d files it had written)", ctx.final_dir,
+                 len(ctx.previous))
+    report = ctx.report
+    return ExportResult(ctx.final_dir, report["status"], report["failed_checks"], ctx.records, report,
+                        ctx.metadata)
+
+
+FAILED = ".nasctl-failed"  # a failed replacement's report and converter log, beside the intact old export
+
+
+def _keep_failed(ctx: ExportContext, error: BaseException) -> None:
+    """Put a failed export's files where the user can read them, and say so in the error.
+
+    With no earlier export in the folder, they land in it as they are (the failed report, the files of
+    the steps that finished). Over an earlier export they go to ``.nasctl-failed/`` instead, and the
+    earlier export stays whole. Paths the message names are rewritten to where the files now are.
+    """
+    staging, final = ctx.out_dir, ctx.final_dir
+    dest = final / FAILED if ctx.previous else final
+    if isinstance(error, NasctlError) and error.args and isinstance(error.args[0], str):
+        error.args = (error.args[0].replace(str(staging), str(dest)), *error.args[1:])
+    if isinstance(ctx.report.get("error"), str):
+        ctx.report["error"] = ctx.report["error"].replace(str(staging), str(dest))
+        atomic_write_json(staging / "report.json", ctx.report)
+    if not ctx.previous:
+        _commit(staging, final, set())
+        return
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(staging, dest)
+    log.warning("the previous export in %s is unchanged; this attempt's report is %s", final,
+                dest / "report.json")
+
+
+def _run_steps(ctx: ExportContext, cb: ExportCallbacks) -> None:
+    """The target's steps in order, report.json rewritten after each (in the staging folder)."""
+    cfg = ctx.cfg
     report, plan = ctx.report, ctx.target.plan(cfg.int8)
     _write_report(ctx)
-    cb.on_start(ctx.out_dir, ctx.source.genome, plan, report["source"])
+    cb.on_start(ctx.final_dir, ctx.source.genome, plan, report["source"])
     t_start = time.perf_counter()
     with ctx.stack:
         if cfg.threads:
@@ -411,4 +513,3 @@ def export(
 
         stamp_metadata(ctx.out_dir / ONNX_FILE, ctx.metadata)  # final: includes the int8 scales
     _write_report(ctx)
-    return ExportResult(ctx.out_dir, report["status"], failed, ctx.records, report, ctx.metadata)

@@ -73,6 +73,8 @@ class ExportContext:
     calib: Any = None
     int8_runner: Any = None
     robustness: dict[str, Any] | None = None
+    final_dir: Path | None = None  # where the files land when the export is complete (out_dir: staging)
+    previous: set[str] = field(default_factory=set)  # files an earlier export into final_dir wrote
     checks: dict[str, Check] = field(default_factory=dict)
     records: list[StepRecord] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)

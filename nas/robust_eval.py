@@ -21,7 +21,7 @@ import torch
 from .attacks import PGD, evaluate, make_attack
 from .candidates import genome_seed
 from .data import TensorSplit
-from .errors import NasctlError
+from .errors import NasctlError, RunInterrupted
 from .runs import RunFolder
 
 log = logging.getLogger(__name__)
@@ -243,13 +243,23 @@ def evaluate_subnets(cfg: EvalConfig, on_result=None) -> Path:
     out_dir = cfg.new_run_dir("eval")
     chosen = [{"genome": t.genome, "weights": t.weights, "checkpoint": t.checkpoint} for t in targets]
     write_run_config(out_dir, "eval", cfg, {"subnets": chosen})
-    results = []
-    for t in targets:
-        eps = cfg.eps if cfg.eps is not None else t.eps
-        r = strong_evaluation(t.model, t.genome, test, eps, t.dataset, cfg.protocol())
-        r.update(weights=t.weights, checkpoint=t.checkpoint)
-        results.append(r)
-        if on_result is not None:
-            on_result(r)
-    atomic_write_json(out_dir / "eval.json", {"results": results})
+    results: list[dict[str, Any]] = []
+
+    def write(status: str) -> None:  # after every subnet: an interrupted run keeps what it finished
+        atomic_write_json(out_dir / "eval.json", {"status": status, "evaluated": len(results),
+                                                  "chosen": len(targets), "results": results})
+
+    write("running")
+    try:
+        for t in targets:
+            eps = cfg.eps if cfg.eps is not None else t.eps
+            r = strong_evaluation(t.model, t.genome, test, eps, t.dataset, cfg.protocol())
+            r.update(weights=t.weights, checkpoint=t.checkpoint)
+            results.append(r)
+            write("running" if len(results) < len(targets) else "complete")
+            if on_result is not None:
+                on_result(r)
+    except KeyboardInterrupt as e:
+        write("interrupted")
+        raise RunInterrupted(out_dir) from e
     return out_dir / "eval.json"

@@ -107,6 +107,10 @@ def interrupt_hint(args: argparse.Namespace, run_dir: object) -> str:
         if Path(str(folder), "config.json").is_file() or Path(str(folder), "checkpoint.pt").is_file():
             return f" (continue with: {command} --resume {shlex.quote(str(folder))})"  # pasteable as is
         return f" (nothing was recorded in {folder} yet: run the same command again)"
+    if args.command == "eval" and run_dir is not None:
+        done = shlex.quote(str(Path(str(run_dir), "eval.json")))
+        return (f" (the subnets evaluated before it are in {done}"
+                f", status 'interrupted'; run the same command again for the rest)")
     if command or args.command == "finetune":
         where = f"partial results in {run_dir}; " if run_dir is not None else "no run folder was made yet; "
         return f" ({where}run the same command again to start it over)"

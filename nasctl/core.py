@@ -66,20 +66,63 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically; a failed write (torch reports it as RuntimeError) becomes an OSError
-    that says what happened, ENOSPC when the disk is full."""
+def _canonical(obj: Any) -> Any:
+    """``obj`` with every string interned and every plain container rebuilt.
+
+    Pickle writes a string it has seen before as a back-reference, so its bytes depend on which equal
+    strings are the same object: a state made by training and the same state read back from disk
+    pickled differently. Interned, equal strings are one object in both.
+    """
+    if type(obj) is str:
+        return sys.intern(obj)
+    if type(obj) is dict:
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_canonical(v) for v in obj)
+    return obj
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` into memory: equal objects give equal bytes, in any process.
+
+    Saved to a file, torch names the zip's top folder after the file, and an atomic write's file is a
+    random temp name, so two saves of identical weights differed (and a re-saved checkpoint looked
+    "replaced" to every reader that checks its SHA-256). In memory the folder is always ``archive``;
+    :func:`_canonical` removes the other difference, pickle's back-references.
+    """
+    import io
+
     import torch
 
-    def save(tmp: str) -> None:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as e:
-            full = shutil.disk_usage(Path(path).parent).free < (1 << 20)
-            why = os.strerror(errno.ENOSPC) if full else f"torch.save failed ({str(e).splitlines()[0]})"
-            raise OSError(errno.ENOSPC if full else errno.EIO, why, str(path)) from e
+    buf = io.BytesIO()
+    torch.save(_canonical(obj), buf)
+    return buf.getvalue()
 
-    atomic_write_with(path, save)
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically and byte-for-byte reproducibly (see :func:`torch_bytes`); a failed write
+    becomes an OSError that says what happened, ENOSPC when the disk is full.
+
+    A file that already holds exactly these bytes is left alone, so re-saving unchanged weights (a
+    resume at the last epoch) neither rewrites nor re-stamps the file.
+    """
+    try:
+        data = torch_bytes(obj)
+    except RuntimeError as e:
+        raise OSError(errno.EIO, f"torch.save failed ({str(e).splitlines()[0]})", str(path)) from e
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+
+    def write(tmp: str) -> None:
+        try:
+            Path(tmp).write_bytes(data)
+        except OSError as e:
+            full = e.errno == errno.ENOSPC or shutil.disk_usage(path.parent).free < (1 << 20)
+            raise OSError(errno.ENOSPC if full else e.errno, os.strerror(errno.ENOSPC) if full else
+                          e.strerror, str(path)) from e
+
+    atomic_write_with(path, write)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -103,6 +103,7 @@ def test_onnx_target_from_a_run(run_dir, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "[1/2] prepare" in stdout and "[2/2] onnx" in stdout and "model.onnx" in stdout and " ok" in stdout
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lock",  # held while an export writes the folder (kept: deleting a lock file races)
         "config.json",
         "labels.txt",
         "metadata.json",
@@ -355,15 +356,19 @@ def test_onnx2tf_failure_names_the_op_and_the_log(tmp_path):
 
 
 def test_export_killed_after_a_file_before_its_report_can_be_run_again(run_dir, tmp_path):
-    """SIGKILL between model.onnx's rename and the report update: the report written at the start
-    already lists the file, so the same export into the same folder replaces it."""
+    """SIGKILL after model.onnx was written, before the export finished: its files are in the staging
+    folder, the output folder has nothing of it, and the same export into the same folder works."""
+    import contextlib
+
     from nasctl.export import pipeline
 
     out = tmp_path / "out"
     cfg = pipeline.ExportConfig(run=str(run_dir), target="onnx", out=str(out), threads=1)
-    ctx = pipeline._setup(cfg, None)
-    pipeline._write_report(ctx)  # the state an export leaves right before its first step
-    (out / "model.onnx").write_bytes(b"the killed export's half-verified model")
-    assert "model.onnx" in json.loads((out / "report.json").read_text())["files"]
+    with contextlib.ExitStack() as held:  # closing it drops the lock, as the kill would
+        ctx = pipeline._setup(cfg, None, held)
+        pipeline._write_report(ctx)  # the state an export leaves right before its first step
+        (ctx.out_dir / "model.onnx").write_bytes(b"the killed export's half-verified model")
+    assert ctx.out_dir.parent == out and not (out / "model.onnx").exists()
     assert cli("--run", str(run_dir), "--target", "onnx", "--out", str(out), "--threads", "1") == 0
     assert (out / "model.onnx").read_bytes() != b"the killed export's half-verified model"
+    assert not (out / pipeline.STAGING).exists()
