@@ -19,22 +19,8 @@ from nasctl.profiling.store import APPLICATION_ID, MeasurementStore, Scope
 
 from nasctl.cli import main
 
+from .test_android_emulator import cli, one_error_line  # the same CLI-call and one-line-error checks
 from .test_profiling import TINY_SPACE
-
-
-def cli(args, capsys) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_error_line(rc: int, err: str, *needles: str) -> str:
-    assert rc == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("nasctl: error:"), err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def result(p50: float = 1.0, fingerprint: str = "fp") -> LatencyResult:
