@@ -3,6 +3,7 @@ exported and evaluated with their own weights; the search run is never written b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -179,8 +180,9 @@ def test_export_prepares_inherited_weights_exactly_as_the_search_scored_them(tun
         del doc["front"][i][k]
     (run / "pareto.json").write_text(json.dumps(doc))
     cfg = pipeline.ExportConfig(run=str(run), pick=str(i), target="onnx", out=str(tmp_path / "e"))
-    ctx = pipeline._setup(cfg, None)
-    STEPS["prepare"](ctx)
+    with contextlib.ExitStack() as held:
+        ctx = pipeline._setup(cfg, None, held)
+        STEPS["prepare"](ctx)
     loaded = load_supernet(run_supernet(run, doc))
     ev = CandidateEvaluator(loaded.supernet, load_dataset("digits", seed=0), loaded.eps,
                             EvalSettings(calib_batches=1), seed=0)
