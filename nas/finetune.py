@@ -70,14 +70,88 @@ def reset_weights(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+@dataclass
+class EpochSelection:
+    """Which epoch's weights a fine-tuning keeps, judged on the validation split (never the test split).
+
+    Adversarial training overfits robustly (Rice et al. 2020: PGD accuracy on held-out images peaks and
+    then falls while the training loss keeps dropping), so the last epoch is not always the best one to
+    ship. Every ``every`` epochs (and after the last) the model is scored in eval mode on the first
+    ``val_size`` validation images with the search's attack (PGD-``pgd_steps``, the same seeded random
+    start each time so that epochs compare like for like); ``best`` keeps the weights of the highest PGD
+    accuracy (clean accuracy breaks ties, then the earlier epoch), ``last`` the final ones. With
+    ``patience`` set, training stops once that many epochs have passed without a new best.
+    """
+
+    mode: str = "best"  # best | last
+    every: int = 4
+    patience: int | None = 12  # epochs without a new best before stopping early; None or 0: never
+    val_size: int = 200
+    pgd_steps: int = 10
+    seed: int = 0
+
+    MODES = ("best", "last")
+
+    def validate(self) -> None:
+        if self.mode not in self.MODES:
+            raise NasctlError(f"--select must be 'best' or 'last', got {self.mode!r}")
+        if self.every < 1 or self.val_size < 1 or self.pgd_steps < 1:
+            raise NasctlError(f"--select-every, the validation images and PGD steps must be >= 1 (got "
+                              f"{self.every}, {self.val_size}, {self.pgd_steps})")
+        if self.patience is not None and self.patience < 0:
+            raise NasctlError(f"--patience must be >= 1 epoch (0: no early stop), got {self.patience}")
+
+
+class _Selector:
+    """Scores the model on validation images as it trains and keeps the chosen epoch's weights."""
+
+    def __init__(self, sel: EpochSelection, data: DataSplits, eps: float, epochs: int, device) -> None:
+        self.sel, self.eps, self.epochs, self.device = sel, eps, epochs, torch.device(device)
+        self.val = data.val.subset(min(sel.val_size, len(data.val)))
+        self.curve: list[dict[str, float]] = []
+        self.best: tuple[float, float] | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> bool:
+        """Score at the planned epochs; returns True when training should stop (patience spent)."""
+        if epoch % self.sel.every and epoch != self.epochs:
+            return False
+        gen = torch.Generator(device=self.device).manual_seed(self.sel.seed)
+        r = evaluate(model, self.val.batches(256), PGD(eps=self.eps, steps=self.sel.pgd_steps), self.device,
+                     gen)
+        self.curve.append({"epoch": epoch, "val_clean_acc": r.clean_acc, "val_adv_acc": r.adv_acc})
+        if self.best is None or (r.adv_acc, r.clean_acc) > self.best:
+            self.best, self.best_epoch = (r.adv_acc, r.clean_acc), epoch
+            if self.sel.mode == "best":
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        patience = self.sel.patience
+        return bool(patience) and epoch - self.best_epoch >= patience and epoch < self.epochs
+
+    def finish(self, model: nn.Module, epochs_run: int) -> dict[str, Any]:
+        """Load the chosen epoch's weights (``best``) and describe the choice for result.json."""
+        chosen = self.best_epoch if self.sel.mode == "best" else epochs_run
+        if self.sel.mode == "best" and self.best_state is not None and chosen != epochs_run:
+            model.load_state_dict(self.best_state)
+        return {"mode": self.sel.mode, "every": self.sel.every, "patience": self.sel.patience,
+                "split": "val", "val_images": len(self.val),
+                "attack": PGD(eps=self.eps, steps=self.sel.pgd_steps).to_dict(), "curve": self.curve,
+                "chosen_epoch": chosen, "epochs_run": epochs_run, "stopped_early": epochs_run < self.epochs}
+
+
 def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig,
                       device: torch.device | str = "cpu",
-                      on_epoch: Callable[[int, float], None] | None = None) -> dict:
+                      on_epoch: Callable[[int, float], None] | None = None,
+                      select: EpochSelection | None = None) -> dict:
     """Train ``model`` in place on adversarial examples; returns throughput and the last loss.
 
-    ``on_epoch(epoch, loss)`` is called after each epoch (progress display).
+    ``on_epoch(epoch, loss)`` is called after each epoch (progress display). With ``select``, the
+    model is scored on the validation split as it trains and the chosen epoch's weights are the ones
+    left in ``model`` (:class:`EpochSelection`); the result then has a ``selection`` entry.
     """
     model.to(device)
+    selector = _Selector(select, data, cfg.eps, cfg.epochs, device) if select is not None else None
+    epochs_run = cfg.epochs
     opt, sched = sgd_cosine(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs,
                             cfg.nesterov)
     data_gen = torch.Generator().manual_seed(cfg.seed)
@@ -99,9 +173,18 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
         sched.step()
         if on_epoch is not None:
             on_epoch(epoch + 1, loss.item())
+        if selector is not None and selector.after_epoch(model, epoch + 1):
+            epochs_run = epoch + 1
+            log.info("early stop after epoch %d: validation PGD accuracy has not improved for %d epochs "
+                     "(best %.1f %% at epoch %d)", epochs_run, select.patience, selector.best[0],
+                     selector.best_epoch)
+            break
     seconds = time.perf_counter() - t0
     model.eval()
-    return {"images_per_s": images / max(seconds, 1e-9), "seconds": seconds, "last_loss": loss.item()}
+    out = {"images_per_s": images / max(seconds, 1e-9), "seconds": seconds, "last_loss": loss.item()}
+    if selector is not None:
+        out["selection"] = selector.finish(model, epochs_run)
+    return out
 
 
 def robust_accuracy(model: nn.Module, split, eps: float, steps: int = 20,
@@ -128,6 +211,12 @@ class FinetuneConfig(RunFolder):
     eps: float | None = None  # None: the search's
     final_steps: int = 20  # the search's final attack: PGD-20 x 3 restarts on the test split
     final_restarts: int = 3
+    # which epoch to keep (EpochSelection): the best on the validation split with the search's attack
+    select: str = "best"  # best | last
+    select_every: int = 4  # score the validation split every N epochs
+    patience: int | None = 12  # stop after N epochs without a better validation PGD accuracy; 0: never
+    select_val_size: int = 200  # the search's val_size
+    select_pgd_steps: int = 10  # the search's pgd_steps
     seed: int = 0
     device: str = "auto"
 
@@ -138,6 +227,12 @@ class FinetuneConfig(RunFolder):
         if not self.lr > 0:
             raise NasctlError(f"--lr must be > 0, got {self.lr}")
         check_eps(self.eps)
+        self.selection().validate()
+
+    def selection(self) -> EpochSelection:
+        """The epoch-selection rule of this fine-tuning (validated by :meth:`validate`)."""
+        return EpochSelection(mode=self.select, every=self.select_every, patience=self.patience,
+                              val_size=self.select_val_size, pgd_steps=self.select_pgd_steps, seed=self.seed)
 
 
 def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg: FinetuneConfig, eps: float,
@@ -152,14 +247,17 @@ def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg:
         reset_weights(model, cfg.seed)
     recipe = SubnetTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                attack_steps=cfg.attack_steps, eps=eps, seed=cfg.seed)
-    stats = adversarial_train(model, data, recipe, device, on_epoch)
+    stats = adversarial_train(model, data, recipe, device, on_epoch, cfg.selection())
+    selection = stats["selection"]
     acc = test_accuracy(model, genome, data.test, eps, cfg.seed + 1, cfg.final_steps, cfg.final_restarts,
                         device)
     model.cpu()
     ckpt = save_subnet(out_dir / "subnet.pt", model, genome, loaded.space, loaded.dataset, eps, asdict(cfg),
-                       loaded.config, source, cfg.epochs)
+                       loaded.config, source, selection["chosen_epoch"])
     result = {"genome": genome, "params": int(sum(p.numel() for p in model.parameters())),
-              "from_scratch": cfg.from_scratch, "epochs": cfg.epochs, "clean_acc": acc["clean_acc"],
+              "from_scratch": cfg.from_scratch, "epochs": cfg.epochs,
+              "chosen_epoch": selection["chosen_epoch"], "epochs_run": selection["epochs_run"],
+              "selection": selection, "clean_acc": acc["clean_acc"],
               "adv_acc": acc["adv_acc"], "attack": acc["attack"], "split": "test", "images": acc["images"],
               "eps": eps, "checkpoint": ckpt.name, "train_seconds": stats["seconds"],
               "images_per_s": stats["images_per_s"], "source": source}
@@ -180,6 +278,18 @@ def _search_test_split(data, run_dir: str):
     return first_test_images(data, size)
 
 
+def _search_attack_for_selection(cfg: FinetuneConfig, run_dir: str) -> None:
+    """Choose the epoch with the search run's validation attack (its ``val_size`` and ``pgd_steps``)."""
+    import json
+
+    try:
+        run_cfg = json.loads((Path(run_dir) / "config.json").read_text()).get("config", {})
+    except (OSError, ValueError):
+        return
+    cfg.select_val_size = int(run_cfg.get("val_size") or cfg.select_val_size)
+    cfg.select_pgd_steps = int(run_cfg.get("pgd_steps") or cfg.select_pgd_steps)
+
+
 def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None = None) -> Path:
     """``nasctl finetune``: train one front member of a search run in a new run folder; returns the
     path of its ``result.json``. The search run itself is only read, never written."""
@@ -195,6 +305,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     eps = float(cfg.eps if cfg.eps is not None else pick.eps if pick.eps is not None else loaded.eps)
     data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, pick.data_dir)
     data = _search_test_split(data, pick.run_dir)  # scored on the same test images as the run's front
+    _search_attack_for_selection(cfg, pick.run_dir)  # the epoch is chosen by the run's own val attack
     device = resolve_device(cfg.device)
     out_dir = cfg.new_run_dir("finetune", genome.encode()[:80])
     source = {"run": pick.run_dir, "front_index": pick.index, "knee": pick.is_knee,
@@ -224,11 +335,32 @@ def _recalibrate_for_training(model: nn.Module, data: DataSplits, seed: int, bat
     prepare_subnet(model, data.train, BNCalibration(batches=batches, seed=seed))
 
 
-def spread_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
+PICK_RULE = ("K members spread evenly over log(params), the knee among them, plus one more for every "
+             "decade of params (1-10 K, 10-100 K, ...) that has front members but no pick; all of them when "
+             "K >= the front's size")
+
+
+def spread_picks(front: list[dict[str, Any]], knee: int, k: int, cover_decades: bool = False) -> list[int]:
     """``k`` front indices spread evenly over log(parameters) -- tiny nets matter as much as large
-    ones -- with the knee always among them (it replaces the pick nearest to it)."""
+    ones -- with the knee always among them (it replaces the pick nearest to it).
+
+    ``cover_decades`` (the search's fine-tune stage, :data:`PICK_RULE`): every decade of parameters that
+    holds front members gets a pick, the member nearest the middle of that decade's members in
+    log(params), so that no size range a user may need ships only inherited weights."""
     if k <= 0 or not front:
         return []
+    picks = _spread(front, knee, k)
+    if cover_decades:
+        logp = np.log10([max(float(r["params"]), 1.0) for r in front])
+        decade = np.floor(logp)
+        for d in sorted(set(decade.tolist()) - {decade[i] for i in picks}):
+            members = [i for i in range(len(front)) if decade[i] == d]
+            mid = (logp[members].min() + logp[members].max()) / 2
+            picks.append(min(members, key=lambda i: (abs(logp[i] - mid), i)))
+    return sorted(set(picks), key=lambda i: (front[i]["params"], i))
+
+
+def _spread(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
     logp = np.log([max(float(r["params"]), 1.0) for r in front])
     picks: list[int] = []
     for target in np.linspace(logp.min(), logp.max(), min(k, len(front))):
@@ -236,4 +368,4 @@ def spread_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
         picks.append(min(free, key=lambda i: (abs(logp[i] - target), i)))
     if 0 <= knee < len(front) and knee not in picks:
         picks[min(range(len(picks)), key=lambda j: abs(logp[picks[j]] - logp[knee]))] = knee
-    return sorted(set(picks), key=lambda i: (front[i]["params"], i))
+    return picks

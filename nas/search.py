@@ -73,6 +73,11 @@ class SearchConfig(RunFolder):
     # own (the supernet's recipe) and scored with the final attack; 0 turns it off
     finetune_members: int = 6
     finetune_epochs: int = 40
+    # which epoch each member keeps: the best on the validation split by the search's PGD (scored every
+    # finetune_select_every epochs), or the last; finetune_patience epochs without a better one stop it
+    finetune_select: str = "best"
+    finetune_select_every: int = 4
+    finetune_patience: int | None = 12
     seed: int = 0
     device: str = "auto"
 
@@ -118,9 +123,20 @@ class SearchConfig(RunFolder):
         if self.finetune_members < 0 or self.finetune_epochs < 1:
             raise NasctlError(f"--finetune-members must be >= 0 (0: no fine-tune stage) and "
                               f"--finetune-epochs >= 1 (got {self.finetune_members}, {self.finetune_epochs})")
+        self.finetune_config().validate()
         if self.min_clean_acc is not None and not 0 <= self.min_clean_acc <= 100:
             raise NasctlError(f"--min-clean-acc is a percentage: it must be in [0, 100], got "
                               f"{self.min_clean_acc}")
+
+    def finetune_config(self):
+        """The fine-tune stage's :class:`FinetuneConfig`: its epochs and epoch selection, the run's final
+        attack and seed, and the search's own validation attack for choosing the epoch."""
+        from .finetune import FinetuneConfig
+
+        return FinetuneConfig(epochs=self.finetune_epochs, final_steps=self.final_steps,
+                              final_restarts=self.final_restarts, select=self.finetune_select,
+                              select_every=self.finetune_select_every, patience=self.finetune_patience,
+                              select_val_size=self.val_size, select_pgd_steps=self.pgd_steps, seed=self.seed)
 
     # settings the search passes to the supernet it trains first; in 'train' they would contradict it
     SHARED_WITH_TRAINING = ("dataset", "data_dir", "space", "width_mult", "epochs", "seed", "device")

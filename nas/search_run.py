@@ -22,6 +22,7 @@ from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
 from .data import DataSplits, first_test_images, subset_train, supernet_data
 from .errors import NasctlError, RunInterrupted
+from .finetune import PICK_RULE
 from .front import HV_REFERENCE
 from .objectives import genome_costs, parse_objectives
 from .problem import SearchState
@@ -232,6 +233,8 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             "objectives": list(objectives), "constraints": cfg.constraints(),
             "pop_size": cfg.pop_size, "generations": cfg.generations, "mutation_genes": cfg.mutation_genes,
             "finetune": {"members": cfg.finetune_members, "epochs": cfg.finetune_epochs,
+                         "select": cfg.finetune_select, "select_every": cfg.finetune_select_every,
+                         "patience": cfg.finetune_patience, "rule": PICK_RULE,
                          "recipe": _finetune_recipe()},
             "seed": cfg.seed,
             "train_subset": loaded.config.get("train_subset"),
@@ -258,13 +261,12 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
     """
     import zlib
 
-    from .finetune import FinetuneConfig, _recalibrate_for_training, spread_picks, train_and_save
+    from .finetune import _recalibrate_for_training, spread_picks, train_and_save
     from .front import knee_index
 
     knee = knee_index(front, parse_objectives(cfg.objectives))
-    fcfg = FinetuneConfig(epochs=cfg.finetune_epochs, final_steps=cfg.final_steps,
-                          final_restarts=cfg.final_restarts, seed=cfg.seed)
-    picks = spread_picks(front, knee, cfg.finetune_members)
+    fcfg = cfg.finetune_config()
+    picks = spread_picks(front, knee, cfg.finetune_members, cover_decades=True)
     for n, i in enumerate(picks, 1):
         rec = front[i]
         sub = run_dir / "finetune" / f"{rec['params']}-{zlib.crc32(rec['genome'].encode()):08x}"
@@ -282,6 +284,9 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
             result = train_and_save(model, rec["genome"], loaded, data, fcfg, eps, sub, source, device)
         rec.update(finetuned_clean_acc=result["clean_acc"], finetuned_adv_acc=result["adv_acc"],
                    finetuned_epochs=result["epochs"],
+                   finetuned_epoch=result.get("chosen_epoch", result["epochs"]),
+                   finetuned_epochs_run=result.get("epochs_run", result["epochs"]),
+                   finetuned_select=result.get("selection", {}).get("mode", "last"),
                    finetuned_checkpoint=str((sub / result["checkpoint"]).relative_to(run_dir)))
 
 

@@ -40,13 +40,20 @@ def _tuned(doc: dict) -> list[dict]:
 def test_search_records_finetuned_members_that_reproduce(tuned_run):
     doc = json.loads((tuned_run / "pareto.json").read_text())
     tuned = _tuned(doc)
-    assert len(tuned) == min(2, len(doc["front"]))
+    assert len(tuned) == len(spread_picks(doc["front"], doc["knee"], 2, cover_decades=True)) >= min(2, len(
+        doc["front"]))
     assert doc["front"][doc["knee"]] in tuned
+    assert {len(str(r["params"])) for r in tuned} == {len(str(r["params"])) for r in doc["front"]}
+    assert doc["finetune"]["select"] == "best" and "decade" in doc["finetune"]["rule"]
     data = load_dataset("digits", seed=0)
     for r in tuned:
         ckpt = tuned_run / r["finetuned_checkpoint"]
         result = json.loads(ckpt.with_name("result.json").read_text())
         assert (result["clean_acc"], result["adv_acc"]) == (r["finetuned_clean_acc"], r["finetuned_adv_acc"])
+        # the epoch kept is recorded with the validation curve it was chosen from
+        curve = result["selection"]["curve"]
+        assert r["finetuned_epoch"] == result["chosen_epoch"] == result["selection"]["chosen_epoch"]
+        assert [p["epoch"] for p in curve] == [1] and r["finetuned_epochs_run"] == 1
         sub = load_subnet(ckpt)
         assert sub.genome == r["genome"] and sum(p.numel() for p in sub.model.parameters()) == r["params"]
         again = final_attack_accuracy(sub.model, sub.genome, data.test, sub.eps, 1, 2, 1)

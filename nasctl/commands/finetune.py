@@ -26,6 +26,14 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--epochs", type=int, help="training epochs (default 40)")
     g.add_argument("--lr", type=float, help="initial learning rate (default 0.05)")
     g.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
+    g.add_argument("--select", choices=("best", "last"),
+                   help="which epoch to keep: the best by PGD accuracy on the validation split, or the "
+                   "last (default best)")
+    g.add_argument("--select-every", type=int, metavar="N",
+                   help="score the validation split every N epochs (default 4)")
+    g.add_argument("--patience", type=int, metavar="EPOCHS",
+                   help="stop after EPOCHS epochs without a better validation PGD accuracy (default 12; "
+                   "0: never stop early)")
     add_device_flag(g)
     add_config_flags(p)
     p.set_defaults(func=run)
@@ -52,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     path = finetune(cfg, _progress())
     r = json.loads(path.read_text())
     a = r["attack"]
-    print(f"\n{r['genome']} ({r['params']:,} params), {r['epochs']} epochs from "
+    kept = (f" (kept epoch {r['chosen_epoch']} of {r['epochs_run']}, best on validation)"
+            if r.get("selection", {}).get("mode") == "best" else "")
+    print(f"\n{r['genome']} ({r['params']:,} params), {r['epochs']} epochs{kept} from "
           f"{'scratch' if r['from_scratch'] else 'inherited weights'}:\n"
           f"  test clean {r['clean_acc']:.1f} %  PGD-{a['steps']} x{a['restarts']} {r['adv_acc']:.1f} %  "
           f"(eps {r['eps']:.4g}, {r['images']} test images)\n"

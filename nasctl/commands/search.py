@@ -64,6 +64,14 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    "(default 6; 0: none)")
     g.add_argument("--finetune-epochs", type=int,
                    help="adversarial fine-tuning epochs per member (default 40)")
+    g.add_argument("--finetune-select", choices=("best", "last"),
+                   help="which epoch each member keeps: the best by PGD accuracy on the validation split "
+                   "(the search's attack), or the last (default best)")
+    g.add_argument("--finetune-select-every", type=int, metavar="N",
+                   help="score the validation split every N fine-tuning epochs (default 4)")
+    g.add_argument("--finetune-patience", type=int, metavar="EPOCHS",
+                   help="stop a member's fine-tuning after EPOCHS epochs without a better validation PGD "
+                   "accuracy (default 12; 0: never stop early)")
     add_device_flag(g)
     g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
     add_config_flags(p)
