@@ -53,7 +53,8 @@ from typing import Any
 import torch
 from nasctl.nas.candidates import test_accuracy
 from nasctl.nas.data import DataSplits, dataset_spec, first_test_images, load_dataset, subset_train
-from nasctl.nas.finetune import FinetuneConfig, SubnetTrainConfig, adversarial_train
+from nasctl.nas.finetune import EpochSelection, FinetuneConfig, SubnetTrainConfig, adversarial_train
+from nasctl.nas.search import SearchConfig
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import build_subnet
 from nasctl.nas.train import resolve_space
@@ -109,14 +110,18 @@ def build(genome: str, data: DataSplits, seed: int = 0,
 
 def train_and_evaluate(genome: str, data: DataSplits, cfg: SubnetTrainConfig,
                        space: str | SearchSpace = "digits", steps: int = 20,
-                       restarts: int = 3) -> dict[str, Any]:
+                       restarts: int = 3, select: EpochSelection | None = None) -> dict[str, Any]:
+    """Train a baseline with the fine-tune stage's recipe, its epoch selection included (``select``: the
+    same best-on-validation rule the front members get, so neither side has a selection the other lacks)."""
     model = build(genome, data, cfg.seed, space)
-    stats = adversarial_train(model, data, cfg)
+    stats = adversarial_train(model, data, cfg, select=select)
     final = test_accuracy(model, genome, data.test, cfg.eps, cfg.seed + 1, steps, restarts)  # as the search's
     return {"genome": genome, "params": sum(p.numel() for p in model.parameters()),
             "clean_acc": final["clean_acc"], "adv_acc": final["adv_acc"],
             "attack": final["attack"], "test_images": final["images"],
-            "train_seconds": stats["seconds"]}
+            "train_seconds": stats["seconds"],
+            **({"chosen_epoch": stats["selection"]["chosen_epoch"],
+                "epochs_run": stats["selection"]["epochs_run"]} if "selection" in stats else {})}
 
 
 def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConfig, dict[str, Any]]:
@@ -149,7 +154,8 @@ def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConf
     recipe = SubnetTrainConfig(epochs=args.epochs or scfg.finetune_epochs, batch_size=f.batch_size, lr=f.lr,
                                attack_steps=f.attack_steps, eps=eps, seed=scfg.seed)
     meta = {"recipe_source": source, "train_subset": tcfg.train_subset, "split_seed": tcfg.seed,
-            "final_steps": scfg.final_steps, "final_restarts": scfg.final_restarts}
+            "final_steps": scfg.final_steps, "final_restarts": scfg.final_restarts,
+            "select": asdict(scfg.finetune_config().selection())}
     return data, recipe, meta
 
 
@@ -270,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = load_dataset("digits", seed=0)
         cfg = SubnetTrainConfig(**{**asdict(RECIPE), "epochs": args.epochs or RECIPE.epochs,
                                    "seed": args.seed or 0})
-        meta: dict[str, Any] = {"split_seed": 0, "final_steps": 20, "final_restarts": 3}
+        meta: dict[str, Any] = {"split_seed": 0, "final_steps": 20, "final_restarts": 3,
+                                "select": asdict(SearchConfig().finetune_config().selection())}
         baselines = {label: ("digits", genome, issue_params)
                      for label, (issue_params, genome) in BASELINES.items()}
     else:
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         r: dict[str, Any] = {"label": label, **({"issue_params": issue_params} if issue_params else {}),
                              **train_and_evaluate(genome, data, cfg, space, meta["final_steps"],
-                                                  meta["final_restarts"])}
+                                                  meta["final_restarts"], EpochSelection(**meta["select"]))}
         if front:
             r["comparison"] = compare(r, front)
         r["seconds"] = time.perf_counter() - t0
