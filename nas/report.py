@@ -152,10 +152,20 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
         lines[2:2] = [f"- latency_ms: {lat['source']} (LiteRT {lat['precision']}, "
                       f"{lat['threads']} thread(s), "
                       f"{lat['runtime_version']}, device {lat['device_fingerprint']})"]
+    measured = lat and any("measured_latency_ms" in r for r in front)
+    if measured:  # the latency check timed the table's front for real
+        lines[-2] = lines[-2].replace("| latency ms |", "| latency ms | measured ms |")
+        lines[-1] = lines[-1].replace("|---:|", "|---:|---:|", 1)
+    check = meta.get("latency_check")
+    if check:
+        lines.insert(3, "- " + latency_check_line(check))
     for i, r in enumerate(front):
         ft = (f"{r['finetuned_clean_acc']:.1f} | {r['finetuned_adv_acc']:.1f}" if "finetuned_adv_acc" in r
               else " | ")
         ms = f" {r['latency_ms']:.4g} |" if lat else ""
+        if measured:
+            over = " **over the limit**" if r.get("latency_violation") else ""
+            ms += (f" {r['measured_latency_ms']:.4g}{over} |" if "measured_latency_ms" in r else " |")
         lines.append(f"| {i}{'*' if i == knee else ''} | `{r['genome']}` | {r['params']:,} | "
                      f"{r['int8_bytes'] / 1024:.1f} | {r['macs']:,} |{ms} "
                      f"{r['clean_acc']:.1f} | {r['adv_acc']:.1f} | "
@@ -172,6 +182,22 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
               "`history.json` (hypervolume per generation), " + "".join(p + ", " for p in plots)
               + "`layer_stats.csv`, `config.json` (settings, seed, versions).", ""]
     return "\n".join(lines)
+
+
+def latency_check_line(check: dict[str, Any]) -> str:
+    """One line of the summary on the latency check (``pareto.json``'s ``latency_check``)."""
+    if check.get("skipped"):
+        return f"latency check ({check['source']}): skipped, {md_escape(str(check['skipped']))}"
+    text = f"latency check: {check['measured']} front members measured on {check['source']}"
+    if check.get("max_error_pct") is not None:
+        text += (f" (the table's prediction off by {check['mean_abs_error_pct']:g} % on average, "
+                 f"{check['max_error_pct']:+g} % at most)")
+    if check.get("max_latency_ms") is not None:
+        bad = check.get("violators") or []
+        text += (f"; **{len(bad)} above --max-latency-ms {check['max_latency_ms']:g}** (#"
+                 + ", #".join(str(i) for i in bad) + ")" if bad
+                 else f"; none above --max-latency-ms {check['max_latency_ms']:g}")
+    return text
 
 
 def write_outputs(run_dir: Path, space: SearchSpace, meta: dict[str, Any], archive: list[dict[str, Any]],

@@ -132,9 +132,11 @@ def front_table(doc: dict[str, Any]) -> dict[str, Any]:
     """The front as a table: one row per member, inherited and fine-tuned numbers side by side."""
     front, knee = doc["front"], doc.get("knee")
     lat = bool(doc.get("latency")) or any("latency_ms" in r for r in front)
+    measured = any("measured_latency_ms" in r for r in front)  # the latency check timed the front
     cols = (
         ["#", "genome", "params", "int8 KB", "MACs"]
         + (["latency ms"] if lat else [])
+        + (["measured ms"] if measured else [])
         + ["val clean %", "val PGD %", "test clean %", "test PGD %", "fine-tuned clean %", "fine-tuned PGD %"]
     )
     rows = []
@@ -148,6 +150,8 @@ def front_table(doc: dict[str, Any]) -> dict[str, Any]:
                 _f(r.get("macs")),
             ]
             + ([_f(r.get("latency_ms"), 3)] if lat else [])
+            + ([_f(r.get("measured_latency_ms"), 3) + (" (over the limit)" if r.get("latency_violation")
+                                                        else "")] if measured else [])
             + [
                 _f(r.get(k))
                 for k in (
@@ -352,6 +356,11 @@ def _latency(doc: dict[str, Any]) -> list[Block]:
             f"latency column.",
         )
     )
+    check = doc.get("latency_check")
+    if check:
+        from .report import latency_check_line
+
+        out.append(Block("p", latency_check_line(check).replace("**", "")))
     return out
 
 

@@ -60,6 +60,9 @@ class SearchConfig(RunFolder):
     latency_source: str | None = None
     latency_precision: str = "int8"  # int8 | float32 TFLite, as exported
     latency_threads: int = 1
+    # after the search, time every front member of a lut: source for real (measured_latency_ms beside the
+    # prediction, latency_violation against max_latency_ms); measure: sources are measured already
+    check_latency: bool = True
     store: str | None = None  # measurement store (default: the user's cache directory)
     min_clean_acc: float | None = None  # constraint, percent
     eps: float | None = None  # None: the eps the supernet was trained with

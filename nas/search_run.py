@@ -24,6 +24,7 @@ from .data import DataSplits, first_test_images, subset_train, supernet_data
 from .errors import NasctlError, RunInterrupted
 from .finetune import PICK_RULE
 from .front import HV_REFERENCE
+from .latency_check import run_latency_check
 from .objectives import genome_costs, parse_objectives
 from .problem import SearchState
 from .report import write_outputs
@@ -222,6 +223,9 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
         front.append({**rec, **final_evaluation(evaluator, Genome.decode(rec["genome"]), data.test,
                                                 cfg.final_steps, cfg.final_restarts), "rank": 0})
     stage_done("front_evaluation")
+    latency_check = run_latency_check(front, latency, cfg.max_latency_ms, cfg.check_latency)
+    if latency is not None and latency.spec.kind == "lut" and cfg.check_latency:
+        stage_done("latency_check")  # a resume measures again (answered from the store's cache)
     if front and cfg.finetune_members:
         finetune_front(cfg, run_dir, loaded, data, eps, front, device)
         stage_done("finetune_stage")
@@ -243,6 +247,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             "final_images": front[0]["final_images"] if front else None,
             "reference_point": HV_REFERENCE, "scale": state.scale,
             "latency": latency.provenance if latency is not None else None,
+            "latency_check": latency_check,
             "bn_calibration": evaluator.calibration.to_dict(),  # export prepares the subnet the same way
             "seconds": time.perf_counter() - t0, "stage_seconds": stages}
     write_outputs(run_dir, loaded.space, meta, list(archive.records.values()), front, history)

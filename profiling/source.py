@@ -95,10 +95,17 @@ class LatencySource:
             self._fn = self._measure
 
     def _measure(self, genome: Genome) -> float:
+        return self.measure_many([genome])[0]
+
+    def measure_many(self, genomes: list[Genome]) -> list[float]:
+        """Whole-model median latency (ms) of each genome on this source's device, backend, precision and
+        threads -- what ``measure:DEVICE`` answers, whatever this source's kind: the search's latency
+        check times a ``lut:`` front with it. Converted and timed in batches, cached in the store by
+        genome (a genome timed before, e.g. a calibration subnet, is not timed again)."""
         r = measure_genomes(
-            self.space, self.info, [genome], self.store, self.spec.precision, self.settings, self.target
+            self.space, self.info, list(genomes), self.store, self.spec.precision, self.settings, self.target
         )
-        return r[0].p50_ms
+        return [x.p50_ms for x in r]
 
     def __call__(self, genome: Genome) -> float:
         return float(self._fn(genome))

@@ -54,6 +54,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--latency-precision", choices=("int8", "float32"),
                    help="TFLite precision whose latency counts (default int8, what nasctl export ships)")
     g.add_argument("--latency-threads", type=int, help="threads the latency is measured with (default 1)")
+    g.add_argument("--no-check-latency", dest="check_latency", action="store_false", default=None,
+                   help="with a lut: source, do not time the front for real after the search (by default "
+                   "each member gets measured_latency_ms and, with --max-latency-ms, a violation flag)")
     g.add_argument("--store", metavar="FILE", help=STORE_HELP)
     g.add_argument("--min-clean-acc", type=float, help="constraint: clean validation accuracy, percent")
     g.add_argument("--eps", type=float, help="L-inf budget (default: the supernet's training eps)")
@@ -141,5 +144,10 @@ def print_front(path) -> None:
         print(f"{i:>2}{mark} {r['params']:>8,} {r['clean_acc']:>9.1f} {r['adv_acc']:>8.1f} "
               f"{r['final_clean_acc']:>10.1f} {r['final_adv_acc']:>8.1f}{ft}  {r['genome']}")
     note = ("; ft = fine-tuned on its own, same test attack" if tuned else "")
+    check = doc.get("latency_check") or {}
+    if check.get("measured") and check.get("max_latency_ms") is not None:
+        bad = ", ".join(f"#{i}" for i in check.get("violators", [])) or "none"
+        print(f"latency check: {check['measured']} members measured on {check['source']}; above "
+              f"--max-latency-ms {check['max_latency_ms']:g}: {bad}")
     print(f"(* knee: the default pick of nasctl export{note})\nrun folder: {path.parent}  "
           f"(read summary.md first)")
