@@ -116,7 +116,9 @@ def test_a_search_logged_to_a_file_has_one_line_per_epoch_and_generation(tmp_pat
     lines = text.splitlines()
     assert [ln.split()[1] for ln in lines if ln.startswith("epoch ")] == ["1", "2"]
     assert [ln.split()[1] for ln in lines if ln.startswith("search: ") and " gen " in ln] == ["1/2", "2/2"]
-    assert sum(ln.startswith("fine-tuning 1/1:") for ln in lines) == 1
+    tuned = [ln.split()[1].rstrip(":") for ln in lines if ln.startswith("fine-tuning ")]
+    # one line per member: --finetune-members 1 plus one per size decade of the front without a pick
+    assert tuned and tuned == [f"{i}/{len(tuned)}" for i in range(1, len(tuned) + 1)]
     assert len(lines) == len(set(lines)) or all("training on a class-balanced" in ln for ln in lines
                                                    if lines.count(ln) > 1)
     assert Path(lines[-1].split()[2]).is_dir()  # "run folder: PATH  (read summary.md first)"
