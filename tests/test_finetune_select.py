@@ -75,7 +75,8 @@ def test_patience_stops_a_fine_tuning_that_does_not_improve(digits):
     assert s["chosen_epoch"] == 1
 
 
-@pytest.mark.parametrize("kwargs, needle", [({"mode": "middle"}, "--select"), ({"every": 0}, "--select-every"),
+@pytest.mark.parametrize("kwargs, needle", [({"mode": "middle"}, "--select"),
+                                            ({"every": 0}, "--select-every"),
                                             ({"patience": -1}, "--patience")])
 def test_bad_selection_settings_are_one_clear_error(kwargs, needle):
     with pytest.raises(NasctlError, match=needle):
