@@ -38,6 +38,10 @@ def read_checkpoint(path: str | os.PathLike, formats: tuple[str, ...] = (FORMAT,
             if (path / name).exists():
                 path = path / name
                 break
+        else:
+            raise NasctlError(f"{str(path)!r} is a folder without a checkpoint (no supernet.pt, "
+                              f"checkpoint.pt or subnet.pt in it): give a training run folder, a finetune "
+                              f"run folder or the checkpoint file itself")
     if not path.exists():
         raise NasctlError(f"checkpoint {str(path)!r} does not exist: give the path of a supernet.pt or "
                           f"checkpoint.pt written by 'nasctl train' (or its run folder)")

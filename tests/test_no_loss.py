@@ -221,3 +221,14 @@ def test_ctrl_c_in_eval_writes_the_subnets_it_finished(checkpoint, tmp_path, cap
     assert main(args) == 0  # the command the hint gives
     done = json.loads(sorted(tmp_path.glob("eval/*/eval.json"))[-1].read_text())
     assert done["status"] == "complete" and done["results"][0] == doc["results"][0]
+
+
+def test_a_folder_without_a_checkpoint_is_named_as_such(tmp_path):
+    """``--checkpoint DIR`` on a folder holding no checkpoint: one line saying so, not "corrupt"."""
+    from nasctl.nas.checkpoint import read_checkpoint
+    from nasctl.nas.errors import NasctlError
+
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(NasctlError, match="folder without a checkpoint") as e:
+        read_checkpoint(tmp_path)
+    assert "corrupt" not in str(e.value) and str(tmp_path) in str(e.value)
