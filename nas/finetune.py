@@ -92,14 +92,17 @@ class EpochSelection:
 
     MODES = ("best", "last")
 
-    def validate(self) -> None:
+    def validate(self, flag_prefix: str = "") -> None:
+        """``flag_prefix``: how the command spells these flags (``finetune-`` for ``nasctl search``), so
+        the error names a flag the user's command has."""
+        f = f"--{flag_prefix}"
         if self.mode not in self.MODES:
-            raise NasctlError(f"--select must be 'best' or 'last', got {self.mode!r}")
+            raise NasctlError(f"{f}select must be 'best' or 'last', got {self.mode!r}")
         if self.every < 1 or self.val_size < 1 or self.pgd_steps < 1:
-            raise NasctlError(f"--select-every, the validation images and PGD steps must be >= 1 (got "
+            raise NasctlError(f"{f}select-every, the validation images and PGD steps must be >= 1 (got "
                               f"{self.every}, {self.val_size}, {self.pgd_steps})")
         if self.patience is not None and self.patience < 0:
-            raise NasctlError(f"--patience must be >= 1 epoch (0: no early stop), got {self.patience}")
+            raise NasctlError(f"{f}patience must be >= 1 epoch (0: no early stop), got {self.patience}")
 
 
 class _Selector:
@@ -265,27 +268,26 @@ def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg:
     return result
 
 
-def _search_test_split(data, run_dir: str):
-    """The test split the search run scored its front on (its ``test_size`` first images, or all)."""
+def _search_run_config(run_dir: str) -> dict[str, Any]:
+    """The search run's settings from its ``config.json`` ({} when it is missing or unreadable)."""
     import json
 
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text()).get("config", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _search_test_split(data, run_dir: str):
+    """The test split the search run scored its front on (its ``test_size`` first images, or all)."""
     from .data import first_test_images
 
-    try:
-        size = json.loads((Path(run_dir) / "config.json").read_text()).get("config", {}).get("test_size")
-    except (OSError, ValueError):
-        size = None
-    return first_test_images(data, size)
+    return first_test_images(data, _search_run_config(run_dir).get("test_size"))
 
 
 def _search_attack_for_selection(cfg: FinetuneConfig, run_dir: str) -> None:
     """Choose the epoch with the search run's validation attack (its ``val_size`` and ``pgd_steps``)."""
-    import json
-
-    try:
-        run_cfg = json.loads((Path(run_dir) / "config.json").read_text()).get("config", {})
-    except (OSError, ValueError):
-        return
+    run_cfg = _search_run_config(run_dir)
     cfg.select_val_size = int(run_cfg.get("val_size") or cfg.select_val_size)
     cfg.select_pgd_steps = int(run_cfg.get("pgd_steps") or cfg.select_pgd_steps)
 

@@ -126,7 +126,7 @@ class SearchConfig(RunFolder):
         if self.finetune_members < 0 or self.finetune_epochs < 1:
             raise NasctlError(f"--finetune-members must be >= 0 (0: no fine-tune stage) and "
                               f"--finetune-epochs >= 1 (got {self.finetune_members}, {self.finetune_epochs})")
-        self.finetune_config().validate()
+        self.finetune_config().selection().validate("finetune-")
         if self.min_clean_acc is not None and not 0 <= self.min_clean_acc <= 100:
             raise NasctlError(f"--min-clean-acc is a percentage: it must be in [0, 100], got "
                               f"{self.min_clean_acc}")
