@@ -24,6 +24,20 @@ def add_run_flags(g, run_help: str = RUN_HELP, pick_help: str = "member of the r
     g.add_argument("--pick", metavar=pick_metavar, help=pick_help)
 
 
+def add_epoch_selection_flags(g, prefix: str = "") -> None:
+    """Which fine-tuning epoch is kept (:class:`nasctl.nas.finetune.EpochSelection`): ``--select``,
+    ``--select-every``, ``--patience`` for ``nasctl finetune``; ``prefix="finetune-"`` gives the search's
+    fine-tune stage the same flags as ``--finetune-select`` and so on."""
+    g.add_argument(f"--{prefix}select", choices=("best", "last"),
+                   help="which epoch to keep: the best by PGD accuracy on the validation split (the "
+                   "search's attack), or the last (default best)")
+    g.add_argument(f"--{prefix}select-every", type=int, metavar="N",
+                   help="score the validation split every N fine-tuning epochs (default 4)")
+    g.add_argument(f"--{prefix}patience", type=int, metavar="EPOCHS",
+                   help="stop fine-tuning after EPOCHS epochs without a better validation PGD accuracy "
+                   "(default 12; 0: never stop early)")
+
+
 def add_device_flag(g) -> None:
     """``--device`` and ``--threads`` of the commands that train or attack with torch (not profile's
     host | adb:SERIAL, whose ``--threads`` are the timed model's)."""

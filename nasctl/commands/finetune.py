@@ -8,6 +8,7 @@ import json
 from ._common import (
     add_config_flags,
     add_device_flag,
+    add_epoch_selection_flags,
     add_run_flags,
     command_parser,
     config_overrides,
@@ -26,14 +27,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--epochs", type=int, help="training epochs (default 40)")
     g.add_argument("--lr", type=float, help="initial learning rate (default 0.05)")
     g.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
-    g.add_argument("--select", choices=("best", "last"),
-                   help="which epoch to keep: the best by PGD accuracy on the validation split, or the "
-                   "last (default best)")
-    g.add_argument("--select-every", type=int, metavar="N",
-                   help="score the validation split every N epochs (default 4)")
-    g.add_argument("--patience", type=int, metavar="EPOCHS",
-                   help="stop after EPOCHS epochs without a better validation PGD accuracy (default 12; "
-                   "0: never stop early)")
+    add_epoch_selection_flags(g)
     add_device_flag(g)
     add_config_flags(p)
     p.set_defaults(func=run)

@@ -10,6 +10,7 @@ from ._common import (
     add_config_flags,
     add_dataset_flags,
     add_device_flag,
+    add_epoch_selection_flags,
     command_parser,
     config_overrides,
     dataset_from_args,
@@ -67,14 +68,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
                    "(default 6; 0: none)")
     g.add_argument("--finetune-epochs", type=int,
                    help="adversarial fine-tuning epochs per member (default 40)")
-    g.add_argument("--finetune-select", choices=("best", "last"),
-                   help="which epoch each member keeps: the best by PGD accuracy on the validation split "
-                   "(the search's attack), or the last (default best)")
-    g.add_argument("--finetune-select-every", type=int, metavar="N",
-                   help="score the validation split every N fine-tuning epochs (default 4)")
-    g.add_argument("--finetune-patience", type=int, metavar="EPOCHS",
-                   help="stop a member's fine-tuning after EPOCHS epochs without a better validation PGD "
-                   "accuracy (default 12; 0: never stop early)")
+    add_epoch_selection_flags(g, "finetune-")
     add_device_flag(g)
     g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
     add_config_flags(p)
