@@ -156,9 +156,25 @@ def _resolve(cfg: ExportConfig) -> tuple[ExportSource, RunPick | None]:
         checkpoint, arch = cfg.checkpoint, cfg.arch
     else:
         pick = pick_from_run(cfg.run or latest_run(cfg.run_root), cfg.pick)
+        warn_latency_violation(pick)
         # the member's own fine-tuned weights when the search trained it, else the inherited ones
         checkpoint, arch = pick.finetuned_checkpoint or pick.checkpoint, pick.genome
     return load_source(checkpoint, arch), pick
+
+
+def warn_latency_violation(pick: RunPick) -> bool:
+    """Warn (and return True) when the picked member was measured above the search's --max-latency-ms by
+    the latency check: the table predicted it under the limit, the target did not."""
+    entry = pick.entry
+    if not entry.get("latency_violation"):
+        return False
+    log.warning(
+        "front member #%d was measured at %.4g ms by the latency check, above the search's --max-latency-ms "
+        "(its table predicted %.4g ms): it may miss the latency budget on the target; pick a member under "
+        "the limit (summary.md marks the violators) if the budget is hard",
+        pick.index, entry.get("measured_latency_ms", float("nan")), entry.get("latency_ms", float("nan")),
+    )
+    return True
 
 
 def _first(*values: Any) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 
 from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+from .autoattack import AA_GAP_WARN
 from .front import knee_index
 from .objectives import OBJECTIVES
 from .report_page import md_escape
@@ -142,8 +143,8 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
         "same network trained on its own (fine-tuned); the same attack on the same test images.",
         "",
         "| # | genome | params | int8 KB | MACs | val clean % | val PGD % | test clean % | test PGD % "
-        "| fine-tuned clean % | fine-tuned PGD % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fine-tuned clean % | fine-tuned PGD % | fine-tuned AA % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lat = meta.get("latency")
     if lat:
@@ -160,8 +161,8 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
     if check:
         lines.insert(3, "- " + latency_check_line(check))
     for i, r in enumerate(front):
-        ft = (f"{r['finetuned_clean_acc']:.1f} | {r['finetuned_adv_acc']:.1f}" if "finetuned_adv_acc" in r
-              else " | ")
+        ft = (f"{r['finetuned_clean_acc']:.1f} | {r['finetuned_adv_acc']:.1f} | "
+              f"{_pct(r.get('finetuned_aa_acc'))}" if "finetuned_adv_acc" in r else " | | ")
         ms = f" {r['latency_ms']:.4g} |" if lat else ""
         if measured:
             over = " **over the limit**" if r.get("latency_violation") else ""
@@ -171,6 +172,7 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
                      f"{r['clean_acc']:.1f} | {r['adv_acc']:.1f} | "
                      f"{r.get('final_clean_acc', float('nan')):.1f} | "
                      f"{r.get('final_adv_acc', float('nan')):.1f} | {ft} |")
+    lines += finetune_lines(meta, front, knee)
     if not front:
         limits = meta.get("constraints") or {}
         flags = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in limits.items())
@@ -182,6 +184,47 @@ def summary_markdown(meta: dict[str, Any], front: list[dict[str, Any]], knee: in
               "`history.json` (hypervolume per generation), " + "".join(p + ", " for p in plots)
               + "`layer_stats.csv`, `config.json` (settings, seed, versions).", ""]
     return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
+def aa_gaps(front: list[dict[str, Any]]) -> list[tuple[int, str, float, float]]:
+    """Fine-tuned entries whose AutoAttack accuracy lies more than :data:`AA_GAP_WARN` points below their
+    PGD accuracy: ``(front index, trade-off, PGD %, AA %)`` -- PGD overstated their robustness."""
+    gaps = []
+    for i, r in enumerate(front):
+        for name, e in (r.get("finetuned_tradeoffs") or {}).items():
+            if e.get("aa_acc") is not None and e["adv_acc"] - e["aa_acc"] > AA_GAP_WARN:
+                gaps.append((i, name, e["adv_acc"], e["aa_acc"]))
+    return gaps
+
+
+def finetune_lines(meta: dict[str, Any], front: list[dict[str, Any]], knee: int) -> list[str]:
+    """The summary's section on the fine-tune stage: every trade-off entry of every fine-tuned member (the
+    front table shows the first one), the AutoAttack version, and a warning per entry where AutoAttack
+    lies more than :data:`AA_GAP_WARN` points below PGD."""
+    rows = [(i, name, e) for i, r in enumerate(front)
+            for name, e in (r.get("finetuned_tradeoffs") or {}).items()]
+    if not rows:
+        return []
+    ft = meta.get("finetune") or {}
+    aa = ft.get("autoattack", "off")
+    out = ["", "## Fine-tuned entries", "",
+           f"Each fine-tuned member once per trade-off ({', '.join(ft.get('tradeoffs') or ['robust'])}); "
+           f"epoch: the one kept ({ft.get('select', 'last')} on the validation split). "
+           f"AutoAttack: {aa}, on the same test images as PGD.", "",
+           "| # | params | trade-off | epoch | clean % | PGD % | AA % | checkpoint |",
+           "|---|---:|---|---:|---:|---:|---:|---|"]
+    for i, name, e in rows:
+        out.append(f"| {i}{'*' if i == knee else ''} | {front[i]['params']:,} | {name} | "
+                   f"{e.get('epoch', '')} | {e['clean_acc']:.1f} | {e['adv_acc']:.1f} | "
+                   f"{_pct(e.get('aa_acc'))} | `{e.get('checkpoint', '')}` |")
+    for i, name, pgd, acc in aa_gaps(front):
+        out += ["", f"**Warning:** #{i} ({name}): AutoAttack {acc:.1f} % is {pgd - acc:.1f} points below "
+                f"PGD {pgd:.1f} %: PGD overstates this member's robustness; quote the AutoAttack number."]
+    return out
 
 
 def latency_check_line(check: dict[str, Any]) -> str:

@@ -137,7 +137,8 @@ def front_table(doc: dict[str, Any]) -> dict[str, Any]:
         ["#", "genome", "params", "int8 KB", "MACs"]
         + (["latency ms"] if lat else [])
         + (["measured ms"] if measured else [])
-        + ["val clean %", "val PGD %", "test clean %", "test PGD %", "fine-tuned clean %", "fine-tuned PGD %"]
+        + ["val clean %", "val PGD %", "test clean %", "test PGD %", "fine-tuned clean %", "fine-tuned PGD %",
+                                                                           "fine-tuned AA %"]
     )
     rows = []
     for i, r in enumerate(front):
@@ -161,6 +162,7 @@ def front_table(doc: dict[str, Any]) -> dict[str, Any]:
                     "final_adv_acc",
                     "finetuned_clean_acc",
                     "finetuned_adv_acc",
+                    "finetuned_aa_acc",
                 )
             ]
         )
@@ -182,11 +184,41 @@ def _front(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
         ),
         Block("table", table=front_table(doc)),
     ]
+    out += _finetuned_entries(doc)
     for name, caption in (
         ("front_projections.png", "2-D projections of the front over every evaluated subnet"),
         ("hypervolume.png", "hypervolume per generation"),
     ):
         out.append(plot_block(run_dir / name, caption, f"nasctl search --resume {run_dir}"))
+    return out
+
+
+def _finetuned_entries(doc: dict[str, Any]) -> list[Block]:
+    """Every trade-off entry of every fine-tuned member (the front table shows the first), with the
+    AutoAttack number and a note where AutoAttack lies far below PGD."""
+    from .report import aa_gaps
+
+    front, knee = doc["front"], doc.get("knee")
+    rows = [
+        [f"{i}{'*' if i == knee else ''}", _f(r.get("params")), name, _f(e.get("epoch")),
+         _f(e.get("clean_acc")), _f(e.get("adv_acc")), _f(e.get("aa_acc")), str(e.get("checkpoint", ""))]
+        for i, r in enumerate(front)
+        for name, e in (r.get("finetuned_tradeoffs") or {}).items()
+    ]
+    if not rows:
+        return []
+    ft = doc.get("finetune") or {}
+    out = [
+        Block("h3", "Fine-tuned entries"),
+        Block("p", "Each fine-tuned member once per trade-off "
+                   f"({', '.join(ft.get('tradeoffs') or ['robust'])}); AutoAttack: "
+                   f"{ft.get('autoattack', 'off')}, on the same test images as PGD."),
+        Block("table", table={"columns": ["#", "params", "trade-off", "epoch", "clean %", "PGD %", "AA %",
+                                          "checkpoint"], "rows": rows, "id": "finetuned-entries"}),
+    ]
+    for i, name, pgd, acc in aa_gaps(front):
+        out.append(Block("note", f"#{i} ({name}): AutoAttack {acc:.1f} % is {pgd - acc:.1f} points below PGD "
+                                 f"{pgd:.1f} %: PGD overstates this member's robustness"))
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .attacks import PGD, evaluate, make_attack
+from .autoattack import autoattack_accuracy
 from .candidates import genome_seed
 from .data import TensorSplit
 from .errors import NasctlError, RunInterrupted
@@ -74,24 +75,12 @@ def _art_pgd_acc(model: torch.nn.Module, split: TensorSplit, eps: float, steps: 
 
 
 def _autoattack_acc(model: torch.nn.Module, split: TensorSplit, eps: float, seed: int) -> float | None:
-    """AutoAttack (standard) from the ``pyautoattack`` package, or the original ``autoattack``."""
-    x, y = torch.from_numpy(split.numpy_images()), split.labels
+    """AutoAttack (standard) from the ``pyautoattack`` package; None where it is not installed."""
     try:
-        from pyautoattack import AutoAttack
-
-        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed)
-        x_adv = adversary.run_standard_evaluation(x, y, batch_size=256)
+        import pyautoattack  # noqa: F401
     except ImportError:
-        try:
-            from autoattack import AutoAttack
-        except ImportError:
-            return None
-        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, verbose=False)
-        x_adv = adversary.run_standard_evaluation(x, y, bs=256)
-    if isinstance(x_adv, (tuple, list)):  # pyautoattack returns (x_adv, y_adv)
-        x_adv = x_adv[0]
-    with torch.no_grad():
-        return 100.0 * float((model(x_adv).argmax(1) == y).float().mean())
+        return None
+    return autoattack_accuracy(model, split, eps, seed, "standard")["acc"]
 
 
 def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, eps: float,

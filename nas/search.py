@@ -81,6 +81,11 @@ class SearchConfig(RunFolder):
     finetune_select: str = "best"
     finetune_select_every: int = 4
     finetune_patience: int | None = 12
+    # the clean/robust trade-off (nas/finetune.py TRADEOFFS): each member is fine-tuned once per entry, the
+    # first filling finetuned_*, every one in finetuned_tradeoffs
+    finetune_tradeoff: str = "robust,accurate"
+    # AutoAttack on each fine-tuned entry, on the same test images: standard | apgd (APGD-CE + APGD-T) | off
+    finetune_autoattack: str = "apgd"
     seed: int = 0
     device: str = "auto"
 
@@ -127,6 +132,10 @@ class SearchConfig(RunFolder):
             raise NasctlError(f"--finetune-members must be >= 0 (0: no fine-tune stage) and "
                               f"--finetune-epochs >= 1 (got {self.finetune_members}, {self.finetune_epochs})")
         self.finetune_config().selection().validate("finetune-")
+        self.tradeoffs()
+        from .autoattack import check_version
+
+        check_version(self.finetune_autoattack, "--finetune-autoattack")
         if self.min_clean_acc is not None and not 0 <= self.min_clean_acc <= 100:
             raise NasctlError(f"--min-clean-acc is a percentage: it must be in [0, 100], got "
                               f"{self.min_clean_acc}")
@@ -139,7 +148,14 @@ class SearchConfig(RunFolder):
         return FinetuneConfig(epochs=self.finetune_epochs, final_steps=self.final_steps,
                               final_restarts=self.final_restarts, select=self.finetune_select,
                               select_every=self.finetune_select_every, patience=self.finetune_patience,
-                              select_val_size=self.val_size, select_pgd_steps=self.pgd_steps, seed=self.seed)
+                              select_val_size=self.val_size, select_pgd_steps=self.pgd_steps,
+                              autoattack=self.finetune_autoattack, seed=self.seed)
+
+    def tradeoffs(self) -> list[str]:
+        """The fine-tune stage's trade-off recipes, checked, in order (the first fills ``finetuned_*``)."""
+        from .finetune import parse_tradeoffs
+
+        return parse_tradeoffs(self.finetune_tradeoff, "--finetune-tradeoff")
 
     # settings the search passes to the supernet it trains first; in 'train' they would contradict it
     SHARED_WITH_TRAINING = ("dataset", "data_dir", "space", "width_mult", "epochs", "seed", "device")

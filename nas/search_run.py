@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ from nasctl.core import atomic_write_json, resolve_device, sha256_file
 
 from . import train as train_mod
 from .archive import Archive
+from .autoattack import AA_LABELS
 from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
 from .data import DataSplits, first_test_images, subset_train, supernet_data
 from .errors import NasctlError, RunInterrupted
-from .finetune import PICK_RULE
+from .finetune import PICK_RULE, TRADEOFFS
 from .front import HV_REFERENCE
 from .latency_check import run_latency_check
 from .objectives import genome_costs, parse_objectives
@@ -239,7 +241,10 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             "finetune": {"members": cfg.finetune_members, "epochs": cfg.finetune_epochs,
                          "select": cfg.finetune_select, "select_every": cfg.finetune_select_every,
                          "patience": cfg.finetune_patience, "rule": PICK_RULE,
-                         "recipe": _finetune_recipe()},
+                         "recipe": _finetune_recipe(),
+                         "tradeoffs": {t: TRADEOFFS[t] for t in cfg.tradeoffs()},
+                         "autoattack": (AA_LABELS.get(cfg.finetune_autoattack, "off")
+                                        if cfg.finetune_members else "off")},
             "seed": cfg.seed,
             "train_subset": loaded.config.get("train_subset"),
             "evaluations": result.evaluations, "search_attack": evaluator.attack.to_dict(),
@@ -270,29 +275,39 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
     from .front import knee_index
 
     knee = knee_index(front, parse_objectives(cfg.objectives))
-    fcfg = cfg.finetune_config()
+    tradeoffs = cfg.tradeoffs()
     picks = spread_picks(front, knee, cfg.finetune_members, cover_decades=True)
     for n, i in enumerate(picks, 1):
         rec = front[i]
-        sub = run_dir / "finetune" / f"{rec['params']}-{zlib.crc32(rec['genome'].encode()):08x}"
-        done = sub / "result.json"
-        if done.is_file():
-            result = _read_json(done)
-        else:
-            log.info("fine-tuning %d/%d: %s (%s params, %d epochs)", n, len(picks), rec["genome"],
-                     f"{rec['params']:,}", cfg.finetune_epochs)
-            sub.mkdir(parents=True, exist_ok=True)
-            model = loaded.supernet.extract(Genome.decode(rec["genome"]))
-            _recalibrate_for_training(model, data, cfg.seed, cfg.calib_batches)
-            source = {"run": ".", "front_index": i, "knee": i == knee,
-                      "supernet": _portable(loaded.path, run_dir), "weights": "inherited"}
-            result = train_and_save(model, rec["genome"], loaded, data, fcfg, eps, sub, source, device)
-        rec.update(finetuned_clean_acc=result["clean_acc"], finetuned_adv_acc=result["adv_acc"],
-                   finetuned_epochs=result["epochs"],
-                   finetuned_epoch=result.get("chosen_epoch", result["epochs"]),
-                   finetuned_epochs_run=result.get("epochs_run", result["epochs"]),
-                   finetuned_select=result.get("selection", {}).get("mode", "last"),
-                   finetuned_checkpoint=str((sub / result["checkpoint"]).relative_to(run_dir)))
+        entries: dict[str, dict[str, Any]] = {}
+        for tradeoff in tradeoffs:
+            fcfg = replace(cfg.finetune_config(), tradeoff=tradeoff)
+            # the robust recipe keeps the folder name of runs from before the trade-off control
+            suffix = "" if tradeoff == "robust" else f"-{tradeoff}"
+            sub = run_dir / "finetune" / f"{rec['params']}-{zlib.crc32(rec['genome'].encode()):08x}{suffix}"
+            done = sub / "result.json"
+            if done.is_file():
+                result = _read_json(done)
+            else:
+                log.info("fine-tuning %d/%d (%s): %s (%s params, %d epochs)", n, len(picks), tradeoff,
+                         rec["genome"], f"{rec['params']:,}", cfg.finetune_epochs)
+                sub.mkdir(parents=True, exist_ok=True)
+                model = loaded.supernet.extract(Genome.decode(rec["genome"]))
+                _recalibrate_for_training(model, data, cfg.seed, cfg.calib_batches)
+                source = {"run": ".", "front_index": i, "knee": i == knee,
+                          "supernet": _portable(loaded.path, run_dir), "weights": "inherited"}
+                result = train_and_save(model, rec["genome"], loaded, data, fcfg, eps, sub, source, device)
+            entries[tradeoff] = {
+                "clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
+                "aa_acc": result.get("aa_acc"), "epoch": result.get("chosen_epoch", result["epochs"]),
+                "epochs_run": result.get("epochs_run", result["epochs"]),
+                "checkpoint": str((sub / result["checkpoint"]).relative_to(run_dir))}
+        first = entries[tradeoffs[0]]
+        rec.update(finetuned_clean_acc=first["clean_acc"], finetuned_adv_acc=first["adv_acc"],
+                   finetuned_aa_acc=first["aa_acc"], finetuned_tradeoff=tradeoffs[0],
+                   finetuned_epochs=cfg.finetune_epochs, finetuned_epoch=first["epoch"],
+                   finetuned_epochs_run=first["epochs_run"], finetuned_select=cfg.finetune_select,
+                   finetuned_checkpoint=first["checkpoint"], finetuned_tradeoffs=entries)
 
 
 def _finetune_recipe() -> str:
@@ -355,7 +370,10 @@ def config_from_run(doc: dict[str, Any], source: str = "the run's config.json") 
         raise NasctlError(f"{source} has no 'config' mapping: it was not written by nasctl search")
     # runs started before --mutation-genes existed used pymoo's default rate: keep it so they retrace exactly
     # and runs from before the fine-tune stage resume without one, so they end as they would have
-    return build_config(SearchConfig, {"mutation_genes": 1.0, "finetune_members": 0, **values}, source)
+    # and those from before the trade-off control and AutoAttack fine-tune one robust entry, unattacked
+    return build_config(SearchConfig, {"mutation_genes": 1.0, "finetune_members": 0,
+                                       "finetune_tradeoff": "robust", "finetune_autoattack": "off", **values},
+                        source)
 
 
 def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,

@@ -46,7 +46,7 @@ def test_bench_runs_and_compares_with_a_front(bench, tmp_path, capsys):
     out = tmp_path / "baselines.json"
     labels = list(bench.BASELINES)[:2]
     bench.main(["--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--run", str(run),
-                "--out", str(out), "--only", *labels])
+                "--out", str(out), "--only", *labels, "--recipe", "project"])
     doc = json.loads(out.read_text())
     assert doc["recipe"]["epochs"] == 1 and doc["recipe"]["lr"] == 0.05 and doc["test_images"] == 64
     rows = doc["baselines"]
@@ -69,6 +69,37 @@ def test_bench_runs_and_compares_with_a_front(bench, tmp_path, capsys):
     c = bench.compare(base, near_miss)
     assert c["beaten_by"] is None and c["best_within_params"]["genome"] == "x"
     assert c["nearest"]["genome"] == "x"
+
+
+def test_compare_counts_every_tradeoff_entry_and_one_image_of_slack(bench):
+    """A member's accurate entry can beat a baseline its robust entry does not; clean accuracy may be
+    up to the slack (one test image) below the baseline's, PGD accuracy never."""
+    base = {"params": 1_442, "issue_params": 1_466, "clean_acc": 98.0, "adv_acc": 60.0}
+    member = {"genome": "m", "params": 1_442, "final_clean_acc": 90.0, "final_adv_acc": 50.0,
+              "finetuned_clean_acc": 95.0, "finetuned_adv_acc": 66.0,
+              "finetuned_tradeoffs": {"robust": {"clean_acc": 95.0, "adv_acc": 66.0},
+                                      "accurate": {"clean_acc": 97.8, "adv_acc": 61.0}}}
+    assert bench.compare(base, [member])["beaten_by"] is None  # 97.8 < 98.0 without slack
+    c = bench.compare(base, [member], slack=100 / 397)
+    assert c["beaten_by"]["weights"] == "fine-tuned accurate" and c["beaten_by"]["clean_acc"] == 97.8
+    assert c["best_within_params"]["weights"] == "fine-tuned robust"  # the highest PGD entry
+    worse = {**member, "finetuned_tradeoffs": {"accurate": {"clean_acc": 98.5, "adv_acc": 59.9}}}
+    assert bench.compare(base, [worse], slack=100 / 397)["beaten_by"] is None
+
+
+def test_plain_loop_nets_are_the_issue_nets_and_train(bench, digits):
+    """The plain loop's networks are torch-only nn.Sequential stacks with conv biases: exactly the issue's
+    parameter counts; one epoch of the loop trains and is scored with the search's final attack."""
+    for label, (issue_params, genome) in bench.BASELINES.items():
+        model = bench.plain_cnn(genome, 1, 10, (0.3,), (0.4,))
+        assert sum(p.numel() for p in model.parameters()) == issue_params, label
+        strides = [m.stride for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert strides[:2] == [(1, 1), (2, 2)], label
+    small = digits.__class__(digits.info, digits.train, digits.val, digits.test.subset(64))
+    r = bench.plain_train(bench.BASELINES[next(iter(bench.BASELINES))][1], small, 0.1, epochs=2, steps=2,
+                          restarts=1)
+    assert r["params"] == 1_466 and r["test_images"] == 64 and r["recipe"] == "plain"
+    assert 0 <= r["adv_acc"] <= r["clean_acc"] <= 100 and r["clean_acc"] > 20  # learnt something
 
 
 def test_finetune_front_bench_annotates_a_copy(load_bench, tmp_path, digits):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nasctl.nas.autoattack import autoattack_accuracy
 from nasctl.nas.candidates import test_accuracy as final_attack_accuracy
 from nasctl.nas.data import load_dataset
 from nasctl.nas.finetune import reset_weights, spread_picks
@@ -58,8 +59,27 @@ def test_search_records_finetuned_members_that_reproduce(tuned_run):
         assert sub.genome == r["genome"] and sum(p.numel() for p in sub.model.parameters()) == r["params"]
         again = final_attack_accuracy(sub.model, sub.genome, data.test, sub.eps, 1, 2, 1)
         assert again["adv_acc"] == r["finetuned_adv_acc"]  # the checkpoint is the network that was scored
+        # every trade-off is its own entry, each scored by AutoAttack on the same test images
+        entries = r["finetuned_tradeoffs"]
+        assert list(entries) == ["robust", "accurate"] == list(doc["finetune"]["tradeoffs"])
+        assert r["finetuned_tradeoff"] == "robust"
+        assert entries["robust"]["checkpoint"] == r["finetuned_checkpoint"]
+        assert r["finetuned_aa_acc"] == entries["robust"]["aa_acc"] == result["aa_acc"]
+        assert result["aa_attack"]["attacks"] == ["apgd-ce", "apgd-t"] and result["tradeoff"] == "robust"
+        accurate = json.loads((tuned_run / entries["accurate"]["checkpoint"]).with_name("result.json")
+                              .read_text())
+        assert accurate["tradeoff"] == "accurate" and accurate["recipe"]["craft_mode"] == "eval"
+        assert entries["accurate"]["checkpoint"] != entries["robust"]["checkpoint"]
+        for e in entries.values():
+            assert 0 <= e["aa_acc"] <= e["clean_acc"]
+        # AutoAttack's number is the checkpoint's: the same attack on the same images gives it again
+        aa = autoattack_accuracy(sub.model, data.test, sub.eps, result["aa_attack"]["seed"], "apgd")
+        assert aa["acc"] == r["finetuned_aa_acc"] and aa["images"] == len(data.test)
+    assert doc["finetune"]["autoattack"] == "AutoAttack APGD-CE + APGD-T"
     summary = (tuned_run / "summary.md").read_text()
-    assert "fine-tuned PGD %" in summary
+    assert "fine-tuned PGD %" in summary and "fine-tuned AA %" in summary
+    assert "## Fine-tuned entries" in summary
+    assert all(f"| {r['params']:,} | accurate |" in summary for r in tuned)
     # where the time went, per stage (this run was given a supernet: no training stage)
     stages = doc["stage_seconds"]
     assert list(stages) == ["search", "front_evaluation", "finetune_stage"]
@@ -211,3 +231,37 @@ def test_nasctl_finetune_scores_on_the_runs_test_split(digits, tmp_path):
     assert data.train is digits.train and data.val is digits.val
     (tmp_path / "config.json").write_text(json.dumps({"command": "search", "config": {}}))
     assert _search_test_split(digits, str(tmp_path)) is digits
+
+
+def test_autoattack_far_below_pgd_is_warned_in_summary_report_and_cli(tuned_run, tmp_path, capsys):
+    """An entry whose AutoAttack accuracy lies more than AA_GAP_WARN points below PGD is named in
+    summary.md, the report page (a note, also warned on stderr) and the CLI's front print; within the
+    gap, nothing is said."""
+    from nasctl.nas import report_page
+    from nasctl.nas.autoattack import AA_GAP_WARN
+    from nasctl.nas.report import aa_gaps, summary_markdown
+
+    from nasctl.commands.search import print_front
+
+    run = tmp_path / "run"
+    shutil.copytree(tuned_run, run)
+    doc = json.loads((run / "pareto.json").read_text())
+    i = next(i for i, r in enumerate(doc["front"]) if "finetuned_tradeoffs" in r)
+    for r in doc["front"]:  # within the gap everywhere first
+        for e in (r.get("finetuned_tradeoffs") or {}).values():
+            e["aa_acc"] = e["adv_acc"] - AA_GAP_WARN
+    assert aa_gaps(doc["front"]) == []
+    entry = doc["front"][i]["finetuned_tradeoffs"]["accurate"]
+    entry["adv_acc"], entry["aa_acc"] = 60.0, 60.0 - AA_GAP_WARN - 0.5
+    (run / "pareto.json").write_text(json.dumps(doc))
+    assert aa_gaps(doc["front"]) == [(i, "accurate", 60.0, 56.5)]
+    summary = summary_markdown({**doc, "run": run.name}, doc["front"], doc["knee"], [])
+    assert f"**Warning:** #{i} (accurate): AutoAttack 56.5 % is 3.5 points below PGD 60.0 %" in summary
+    warned: list[str] = []
+    html, md = report_page.write_report(run, warn=warned.append)
+    assert any(f"#{i} (accurate): AutoAttack 56.5 %" in w for w in warned)
+    assert "finetuned-entries" in html.read_text() and "Fine-tuned entries" in md.read_text()
+    print_front(run / "pareto.json")
+    out = capsys.readouterr().out
+    assert f"warning: #{i} (accurate): AutoAttack 56.5 % is 3.5 points below PGD 60.0 %" in out
+    assert "ft AA" in out

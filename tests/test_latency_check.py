@@ -84,6 +84,30 @@ def test_a_limit_just_under_a_members_measured_latency_flags_it(checked_run, tin
     assert any(front[slow]["genome"] in ln and "--max-latency-ms" in ln and "predicted" in ln for ln in lines)
 
 
+def test_export_warns_when_its_pick_broke_the_limit(checked_run, tiny, caplog):  # noqa: F811
+    """The flagged member, picked for export, gets a warning naming its measured latency; one under the
+    limit gets none."""
+    from nasctl.export.pipeline import warn_latency_violation
+    from nasctl.nas.select import RunPick
+
+    front = copy.deepcopy(checked_run[1]["front"])
+    slow = max(range(len(front)), key=lambda i: front[i]["measured_latency_ms"])
+    check_front_latency(front, _source(tiny).measure_many, front[slow]["measured_latency_ms"] * 0.999,
+                        "lut:host")
+
+    def pick(i):
+        return RunPick(run_dir=".", index=i, genome=front[i]["genome"], entry=front[i], checkpoint="s.pt",
+                       is_knee=False)
+
+    with caplog.at_level(logging.WARNING, logger="nasctl.export.pipeline"):
+        assert warn_latency_violation(pick(slow)) is True
+        fast = [i for i, r in enumerate(front) if not r["latency_violation"]]
+        assert all(warn_latency_violation(pick(i)) is False for i in fast)
+    lines = [r.getMessage() for r in caplog.records if r.name == "nasctl.export.pipeline"]
+    assert len(lines) == 1 and f"#{slow}" in lines[0] and "--max-latency-ms" in lines[0]
+    assert f"{front[slow]['measured_latency_ms']:.4g} ms" in lines[0]
+
+
 def test_a_device_that_cannot_measure_is_one_warning_and_nothing_lost(checked_run, caplog):
     front = copy.deepcopy(checked_run[1]["front"])
     for r in front:

@@ -38,6 +38,21 @@ def add_epoch_selection_flags(g, prefix: str = "") -> None:
                    "(default 12; 0: never stop early)")
 
 
+def add_tradeoff_flags(g, prefix: str = "", many: bool = False) -> None:
+    """The clean/robust trade-off of the recipe (:data:`nasctl.nas.finetune.TRADEOFFS`) and the AutoAttack
+    run on the result: ``--tradeoff``/``--autoattack`` for ``nasctl finetune``, ``--finetune-tradeoff``/
+    ``--finetune-autoattack`` (``many``: a comma list, one fine-tuned entry each) for the search."""
+    g.add_argument(f"--{prefix}tradeoff", metavar="NAMES" if many else "NAME",
+                   help="the recipe's point of the clean/robust trade-off: robust (the supernet's "
+                   "trainer) or accurate (attack crafted in eval mode, plain momentum: more clean "
+                   "accuracy, less PGD)"
+                   + ("; a comma list fine-tunes each member once per entry (default robust,accurate)"
+                      if many else " (default robust)"))
+    g.add_argument(f"--{prefix}autoattack", choices=("standard", "apgd", "off"),
+                   help="AutoAttack on the test images after training, recorded beside PGD: standard "
+                   "(APGD-CE, APGD-T, FAB-T, Square), apgd (APGD-CE + APGD-T; default) or off")
+
+
 def add_device_flag(g) -> None:
     """``--device`` and ``--threads`` of the commands that train or attack with torch (not profile's
     host | adb:SERIAL, whose ``--threads`` are the timed model's)."""

@@ -10,6 +10,7 @@ from ._common import (
     add_device_flag,
     add_epoch_selection_flags,
     add_run_flags,
+    add_tradeoff_flags,
     command_parser,
     config_overrides,
     progress_bar,
@@ -28,6 +29,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--lr", type=float, help="initial learning rate (default 0.05)")
     g.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
     add_epoch_selection_flags(g)
+    add_tradeoff_flags(g)
     add_device_flag(g)
     add_config_flags(p)
     p.set_defaults(func=run)
@@ -60,5 +62,6 @@ def run(args: argparse.Namespace) -> int:
           f"{'scratch' if r['from_scratch'] else 'inherited weights'}:\n"
           f"  test clean {r['clean_acc']:.1f} %  PGD-{a['steps']} x{a['restarts']} {r['adv_acc']:.1f} %  "
           f"(eps {r['eps']:.4g}, {r['images']} test images)\n"
+          + (f"  {r['aa_attack']['attack']} {r['aa_acc']:.1f} %\n" if r.get("aa_attack") else "") +
           f"checkpoint: {path.parent / r['checkpoint']}")
     return 0

@@ -11,6 +11,7 @@ from ._common import (
     add_dataset_flags,
     add_device_flag,
     add_epoch_selection_flags,
+    add_tradeoff_flags,
     command_parser,
     config_overrides,
     dataset_from_args,
@@ -69,6 +70,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     g.add_argument("--finetune-epochs", type=int,
                    help="adversarial fine-tuning epochs per member (default 40)")
     add_epoch_selection_flags(g, "finetune-")
+    add_tradeoff_flags(g, "finetune-", many=True)
     add_device_flag(g)
     g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
     add_config_flags(p)
@@ -118,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_front(path) -> None:
+    from nasctl.nas.report import aa_gaps
+
     doc = json.loads(path.read_text())
     front, knee = doc["front"], doc["knee"]
     fa = doc.get("final_attack") or {}
@@ -126,7 +130,8 @@ def print_front(path) -> None:
           f"{doc['val_images']} validation images, "
           f"test = PGD-{fa.get('steps')} x{fa.get('restarts')} restarts)")
     tuned = any("finetuned_adv_acc" in r for r in front)
-    extra = f" {'ft clean':>8} {'ft PGD':>7}" if tuned else ""
+    aa = any(r.get("finetuned_aa_acc") is not None for r in front)
+    extra = (f" {'ft clean':>8} {'ft PGD':>7}" + (f" {'ft AA':>6}" if aa else "")) if tuned else ""
     print(f"{'#':>3} {'params':>8} {'val clean':>9} {'val PGD':>8} "
           f"{'test clean':>10} {'test PGD':>8}{extra}  genome")
     for i, r in enumerate(front):
@@ -135,9 +140,21 @@ def print_front(path) -> None:
         if tuned:
             ft = (f" {r['finetuned_clean_acc']:>8.1f} {r['finetuned_adv_acc']:>7.1f}"
                   if "finetuned_adv_acc" in r else f" {'':>8} {'':>7}")
+            if aa:
+                ft += (f" {r['finetuned_aa_acc']:>6.1f}" if r.get("finetuned_aa_acc") is not None
+                       else f" {'':>6}")
         print(f"{i:>2}{mark} {r['params']:>8,} {r['clean_acc']:>9.1f} {r['adv_acc']:>8.1f} "
               f"{r['final_clean_acc']:>10.1f} {r['final_adv_acc']:>8.1f}{ft}  {r['genome']}")
+    ft_meta = doc.get("finetune") or {}
     note = ("; ft = fine-tuned on its own, same test attack" if tuned else "")
+    if aa:
+        note += f"; ft AA = {ft_meta.get('autoattack')} on the same test images"
+    more = list(ft_meta.get("tradeoffs") or [])[1:]  # the first is the front table's
+    if tuned and more:
+        note += f"; the {', '.join(more)} entries are in summary.md"
+    for i, name, pgd, acc in aa_gaps(front):
+        print(f"warning: #{i} ({name}): AutoAttack {acc:.1f} % is {pgd - acc:.1f} points below PGD "
+              f"{pgd:.1f} %")
     check = doc.get("latency_check") or {}
     if check.get("measured") and check.get("max_latency_ms") is not None:
         bad = ", ".join(f"#{i}" for i in check.get("violators", [])) or "none"
