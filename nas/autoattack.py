@@ -10,6 +10,8 @@ named as such wherever its number is shown).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 from typing import Any
@@ -54,7 +56,9 @@ def autoattack_accuracy(model: torch.nn.Module, split: TensorSplit, eps: float, 
     x, y = x.to(device), y.to(device)
     with torch.no_grad():
         classes = int(model(x[:1]).shape[1])
-    adversary = AutoAttack(model, norm="Linf", eps=float(eps), version="standard", seed=seed, device=device)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "setting parameters for standard version"
+        adversary = AutoAttack(model, norm="Linf", eps=float(eps), version="standard", seed=seed,
+                               device=device)
     adversary.attacks_to_run = list(AA_VERSIONS[version])
     # the targeted attacks aim at the 9 most likely wrong classes; fewer classes have fewer targets
     adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, classes - 1)

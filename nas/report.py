@@ -201,6 +201,14 @@ def aa_gaps(front: list[dict[str, Any]]) -> list[tuple[int, str, float, float]]:
     return gaps
 
 
+def aa_scope_text(ft: dict[str, Any]) -> str:
+    """Which members the summary's AutoAttack column covers (``pareto.json``'s finetune.autoattack_scope)."""
+    if ft.get("autoattack", "off") == "off":
+        return ""
+    return (" (the knee and every fine-tuned member no larger)" if ft.get("autoattack_scope") == "up-to-knee"
+            else " (every fine-tuned member)")
+
+
 def finetune_lines(meta: dict[str, Any], front: list[dict[str, Any]], knee: int) -> list[str]:
     """The summary's section on the fine-tune stage: every trade-off entry of every fine-tuned member (the
     front table shows the first one), the AutoAttack version, and a warning per entry where AutoAttack
@@ -214,7 +222,7 @@ def finetune_lines(meta: dict[str, Any], front: list[dict[str, Any]], knee: int)
     out = ["", "## Fine-tuned entries", "",
            f"Each fine-tuned member once per trade-off ({', '.join(ft.get('tradeoffs') or ['robust'])}); "
            f"epoch: the one kept ({ft.get('select', 'last')} on the validation split). "
-           f"AutoAttack: {aa}, on the same test images as PGD.", "",
+           f"AutoAttack: {aa}{aa_scope_text(ft)}, on the same test images as PGD.", "",
            "| # | params | trade-off | epoch | clean % | PGD % | AA % | checkpoint |",
            "|---|---:|---|---:|---:|---:|---:|---|"]
     for i, name, e in rows:

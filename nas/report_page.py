@@ -196,7 +196,7 @@ def _front(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
 def _finetuned_entries(doc: dict[str, Any]) -> list[Block]:
     """Every trade-off entry of every fine-tuned member (the front table shows the first), with the
     AutoAttack number and a note where AutoAttack lies far below PGD."""
-    from .report import aa_gaps
+    from .report import aa_gaps, aa_scope_text
 
     front, knee = doc["front"], doc.get("knee")
     rows = [
@@ -212,7 +212,7 @@ def _finetuned_entries(doc: dict[str, Any]) -> list[Block]:
         Block("h3", "Fine-tuned entries"),
         Block("p", "Each fine-tuned member once per trade-off "
                    f"({', '.join(ft.get('tradeoffs') or ['robust'])}); AutoAttack: "
-                   f"{ft.get('autoattack', 'off')}, on the same test images as PGD."),
+                   f"{ft.get('autoattack', 'off')}{aa_scope_text(ft)}, on the same test images as PGD."),
         Block("table", table={"columns": ["#", "params", "trade-off", "epoch", "clean %", "PGD %", "AA %",
                                           "checkpoint"], "rows": rows, "id": "finetuned-entries"}),
     ]

@@ -244,7 +244,8 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
                          "recipe": _finetune_recipe(),
                          "tradeoffs": {t: TRADEOFFS[t] for t in cfg.tradeoffs()},
                          "autoattack": (AA_LABELS.get(cfg.finetune_autoattack, "off")
-                                        if cfg.finetune_members else "off")},
+                                        if cfg.finetune_members else "off"),
+                         "autoattack_scope": cfg.finetune_autoattack_scope},
             "seed": cfg.seed,
             "train_subset": loaded.config.get("train_subset"),
             "evaluations": result.evaluations, "search_attack": evaluator.attack.to_dict(),
@@ -280,8 +281,10 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
     for n, i in enumerate(picks, 1):
         rec = front[i]
         entries: dict[str, dict[str, Any]] = {}
+        attacked = cfg.finetune_autoattack_scope == "all" or rec["params"] <= front[knee]["params"]
         for tradeoff in tradeoffs:
-            fcfg = replace(cfg.finetune_config(), tradeoff=tradeoff)
+            fcfg = replace(cfg.finetune_config(), tradeoff=tradeoff,
+                           autoattack=cfg.finetune_autoattack if attacked else "off")
             # the robust recipe keeps the folder name of runs from before the trade-off control
             suffix = "" if tradeoff == "robust" else f"-{tradeoff}"
             sub = run_dir / "finetune" / f"{rec['params']}-{zlib.crc32(rec['genome'].encode()):08x}{suffix}"
@@ -372,7 +375,8 @@ def config_from_run(doc: dict[str, Any], source: str = "the run's config.json") 
     # and runs from before the fine-tune stage resume without one, so they end as they would have
     # and those from before the trade-off control and AutoAttack fine-tune one robust entry, unattacked
     return build_config(SearchConfig, {"mutation_genes": 1.0, "finetune_members": 0,
-                                       "finetune_tradeoff": "robust", "finetune_autoattack": "off", **values},
+                                       "finetune_tradeoff": "robust", "finetune_autoattack": "off",
+                                       "finetune_autoattack_scope": "all", **values},
                         source)
 
 

@@ -35,12 +35,29 @@ def cpu_vendor() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_isa() -> str:
+    """The widest vector instruction set the CPU itself has (``cpuAVX512``, ``cpuAVX2``, ``cpuSSE``).
+
+    ``ATEN_CPU_CAPABILITY`` lowers only ATen's own kernels; oneDNN and oneMKL still dispatch on the
+    hardware, so an AVX-512 CPU told ``avx2`` does not compute what a CPU without AVX-512 computes (seen
+    here: the AVX2 recording made on an AVX-512 EPYC failed exactly on an AVX2-only EPYC)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return "cpuAVX512" if "avx512f" in flags else "cpuAVX2" if "avx2" in flags else "cpuSSE"
+    except OSError:
+        pass
+    return "cpu" + (platform.machine() or "unknown")
+
+
 def machine_key() -> str:
-    """The machine class a floating-point training result is exact on: architecture, CPU vendor,
-    the kernel capability ATen dispatches to (``ATEN_CPU_CAPABILITY`` lowers it) and torch's version."""
+    """The machine class a floating-point training result is exact on: architecture, CPU vendor, the
+    CPU's own vector width (:func:`cpu_isa`), the kernel capability ATen dispatches to
+    (``ATEN_CPU_CAPABILITY`` lowers it) and torch's version."""
     import torch
 
-    return (f"{platform.machine()}-{cpu_vendor()}-{torch.backends.cpu.get_cpu_capability()}"
+    return (f"{platform.machine()}-{cpu_vendor()}-{cpu_isa()}-{torch.backends.cpu.get_cpu_capability()}"
             f"-torch{torch.__version__}")
 
 

@@ -31,7 +31,8 @@ def tuned_run(tmp_path_factory) -> Path:
                                       run_root=str(root)))[0]
     return search(SearchConfig(supernet=str(ckpt), run_root=str(root), pop_size=6, generations=2, val_size=60,
                                pgd_steps=2, calib_batches=1, final_steps=2, final_restarts=1,
-                               finetune_members=2, finetune_epochs=1)).parent
+                               finetune_members=2, finetune_epochs=1,
+                               finetune_tradeoff="robust,accurate")).parent
 
 
 def _tuned(doc: dict) -> list[dict]:
@@ -65,17 +66,22 @@ def test_search_records_finetuned_members_that_reproduce(tuned_run):
         assert r["finetuned_tradeoff"] == "robust"
         assert entries["robust"]["checkpoint"] == r["finetuned_checkpoint"]
         assert r["finetuned_aa_acc"] == entries["robust"]["aa_acc"] == result["aa_acc"]
-        assert result["aa_attack"]["attacks"] == ["apgd-ce", "apgd-t"] and result["tradeoff"] == "robust"
+        assert result["tradeoff"] == "robust"
         accurate = json.loads((tuned_run / entries["accurate"]["checkpoint"]).with_name("result.json")
                               .read_text())
         assert accurate["tradeoff"] == "accurate" and accurate["recipe"]["craft_mode"] == "eval"
         assert entries["accurate"]["checkpoint"] != entries["robust"]["checkpoint"]
+        if r["params"] > doc["front"][doc["knee"]]["params"]:  # AutoAttack's default scope: up to the knee
+            assert result["aa_attack"] is None and all(e["aa_acc"] is None for e in entries.values())
+            continue
+        assert result["aa_attack"]["attacks"] == ["apgd-ce", "apgd-t"]
         for e in entries.values():
             assert 0 <= e["aa_acc"] <= e["clean_acc"]
         # AutoAttack's number is the checkpoint's: the same attack on the same images gives it again
         aa = autoattack_accuracy(sub.model, data.test, sub.eps, result["aa_attack"]["seed"], "apgd")
         assert aa["acc"] == r["finetuned_aa_acc"] and aa["images"] == len(data.test)
     assert doc["finetune"]["autoattack"] == "AutoAttack APGD-CE + APGD-T"
+    assert doc["finetune"]["autoattack_scope"] == "up-to-knee"
     summary = (tuned_run / "summary.md").read_text()
     assert "fine-tuned PGD %" in summary and "fine-tuned AA %" in summary
     assert "## Fine-tuned entries" in summary

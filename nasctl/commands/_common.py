@@ -38,6 +38,9 @@ def add_epoch_selection_flags(g, prefix: str = "") -> None:
                    "(default 12; 0: never stop early)")
 
 
+AA_SCOPES = ("up-to-knee", "all")  # nasctl.nas.search.AA_SCOPES (not imported: CLI start-up time)
+
+
 def add_tradeoff_flags(g, prefix: str = "", many: bool = False) -> None:
     """The clean/robust trade-off of the recipe (:data:`nasctl.nas.finetune.TRADEOFFS`) and the AutoAttack
     run on the result: ``--tradeoff``/``--autoattack`` for ``nasctl finetune``, ``--finetune-tradeoff``/
@@ -46,11 +49,16 @@ def add_tradeoff_flags(g, prefix: str = "", many: bool = False) -> None:
                    help="the recipe's point of the clean/robust trade-off: robust (the supernet's "
                    "trainer) or accurate (attack crafted in eval mode, plain momentum: more clean "
                    "accuracy, less PGD)"
-                   + ("; a comma list fine-tunes each member once per entry (default robust,accurate)"
-                      if many else " (default robust)"))
+                   + ("; a comma list fine-tunes each member once per entry, e.g. robust,accurate "
+                      "(default robust)" if many else " (default robust)"))
     g.add_argument(f"--{prefix}autoattack", choices=("standard", "apgd", "off"),
                    help="AutoAttack on the test images after training, recorded beside PGD: standard "
                    "(APGD-CE, APGD-T, FAB-T, Square), apgd (APGD-CE + APGD-T; default) or off")
+    if many:
+        g.add_argument(f"--{prefix}autoattack-scope", choices=AA_SCOPES,
+                       help="which fine-tuned members AutoAttack scores: up-to-knee (the knee, what "
+                       "nasctl export ships by default, and every member no larger: the sizes that "
+                       "compete with hand-designed nets; default) or all (the large members cost the most)")
 
 
 def add_device_flag(g) -> None:
