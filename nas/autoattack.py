@@ -11,7 +11,6 @@ named as such wherever its number is shown).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import time
 from typing import Any
@@ -31,6 +30,17 @@ AA_LABELS = {"standard": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)",
              "apgd": "AutoAttack APGD-CE + APGD-T"}
 # a fine-tuned member's AutoAttack accuracy this far below its PGD accuracy means PGD overstated it
 AA_GAP_WARN = 3.0
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger):
+    """``logger`` at WARNING for the block, then as it was: pyautoattack's info lines are not nasctl's."""
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_version(version: str, flag: str = "--autoattack") -> None:
@@ -56,7 +66,7 @@ def autoattack_accuracy(model: torch.nn.Module, split: TensorSplit, eps: float, 
     x, y = x.to(device), y.to(device)
     with torch.no_grad():
         classes = int(model(x[:1]).shape[1])
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints "setting parameters for standard version"
+    with _quiet(logging.getLogger("auto-attack")):  # it logs "setting parameters for standard version"
         adversary = AutoAttack(model, norm="Linf", eps=float(eps), version="standard", seed=seed,
                                device=device)
     adversary.attacks_to_run = list(AA_VERSIONS[version])
