@@ -6,6 +6,9 @@ dependencies (onnx, onnxruntime, onnx2tf, TensorFlow, LiteRT) are imported only 
 that need them; TensorFlow and onnx2tf only in :mod:`nasctl.export.tflite`.
 """
 
+import sys as _sys
+import types as _types
+
 from .errors import ConversionError, ExportError
 from .pipeline import ExportCallbacks, ExportConfig, ExportResult, StepRecord, export
 from .source import ExportSource, latest_run, load_source, pick_from_run
@@ -28,3 +31,17 @@ __all__ = [
     "pick_from_run",
     "register_target",
 ]
+
+
+class _CallableModule(_types.ModuleType):
+    """``nasctl.export(member, int8=True)`` (:func:`nasctl.api.export`): once imported, ``nasctl.export``
+    names this package, so the package itself takes the Python API's call; ``nasctl.export.export(cfg)``
+    stays the config-level function the CLI calls."""
+
+    def __call__(self, member, *args, **kwargs):
+        from nasctl.api import export as export_member
+
+        return export_member(member, *args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -87,11 +87,13 @@ def test_page_has_one_row_per_member_and_embedded_pngs(reported):
     assert len(rows) == len(doc["front"])
     for i, (row, rec) in enumerate(zip(rows, doc["front"])):
         assert row[0] == f"{i}{'*' if i == doc['knee'] else ''}" and row[1] == rec["genome"]
-        assert row[2] == f"{rec['params']:,}" and float(row[-3]) == pytest.approx(
+        assert row[2] == f"{rec['params']:,}" and float(row[-4]) == pytest.approx(
             rec["final_adv_acc"], abs=0.05
         )
         if "finetuned_adv_acc" in rec:
-            assert float(row[-1]) == pytest.approx(rec["finetuned_adv_acc"], abs=0.05)
+            assert float(row[-2]) == pytest.approx(rec["finetuned_adv_acc"], abs=0.05)
+        if rec.get("finetuned_aa_acc") is not None:  # AutoAttack, the last column
+            assert float(row[-1]) == pytest.approx(rec["finetuned_aa_acc"], abs=0.05)
     # front projections, hypervolume, layer heat map, the transfer heat map
     assert len(page.imgs) == 4
     for src in page.imgs:
