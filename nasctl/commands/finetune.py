@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     kept = (f" (kept epoch {r['chosen_epoch']} of {r['epochs_run']}, best on validation)"
             if r.get("selection", {}).get("mode") == "best" else "")
     print(f"\n{r['genome']} ({r['params']:,} params), {r['epochs']} epochs{kept} from "
-          f"{'scratch' if r['from_scratch'] else 'inherited weights'}:\n"
+          f"{'scratch' if r['from_scratch'] else 'inherited weights'}, "
+          f"trade-off {r.get('tradeoff', 'robust')}:\n"
           f"  test clean {r['clean_acc']:.1f} %  PGD-{a['steps']} x{a['restarts']} {r['adv_acc']:.1f} %  "
           f"(eps {r['eps']:.4g}, {r['images']} test images)\n"
           + (f"  {r['aa_attack']['attack']} {r['aa_acc']:.1f} %\n" if r.get("aa_attack") else "") +
