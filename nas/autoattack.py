@@ -32,6 +32,11 @@ AA_LABELS = {"standard": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)",
 AA_GAP_WARN = 3.0
 
 
+def pgd_overstates(pgd_acc: float, aa_acc: float | None) -> bool:
+    """PGD's accuracy lies more than :data:`AA_GAP_WARN` points above AutoAttack's (None: not attacked)."""
+    return aa_acc is not None and pgd_acc - aa_acc > AA_GAP_WARN
+
+
 @contextlib.contextmanager
 def _quiet(logger: logging.Logger):
     """``logger`` at WARNING for the block, then as it was: pyautoattack's info lines are not nasctl's."""
@@ -79,16 +84,13 @@ def autoattack_accuracy(model: torch.nn.Module, split: TensorSplit, eps: float, 
     t0 = time.perf_counter()
     try:
         x_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        if isinstance(x_adv, (tuple, list)):  # pyautoattack returns (x_adv, y_adv)
+            x_adv = x_adv[0]
+        with torch.no_grad():
+            acc = 100.0 * float((model(x_adv.to(device)).argmax(1) == y).float().mean())
     finally:
         torch.set_rng_state(state)
         model.train(was_training)
-    if isinstance(x_adv, (tuple, list)):  # pyautoattack returns (x_adv, y_adv)
-        x_adv = x_adv[0]
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        acc = 100.0 * float((model(x_adv.to(device)).argmax(1) == y).float().mean())
-        model.train(was)
     return {"acc": acc, "version": version, "attack": AA_LABELS[version],
             "attacks": list(adversary.attacks_to_run), "norm": "Linf", "eps": float(eps), "seed": seed,
             "images": len(y), "seconds": time.perf_counter() - t0}

@@ -26,7 +26,7 @@ from torch import nn
 from nasctl.core import atomic_write_json, resolve_device
 
 from .attacks import ATTACKS, PGD, evaluate
-from .autoattack import AA_GAP_WARN, autoattack_accuracy, check_version
+from .autoattack import autoattack_accuracy, check_version, pgd_overstates
 from .data import DataSplits
 from .errors import NasctlError, RunInterrupted
 from .optim import sgd_cosine
@@ -302,7 +302,7 @@ def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg:
     aa = None
     if cfg.autoattack != "off":  # the same test images as PGD
         aa = autoattack_accuracy(model, data.test, eps, cfg.seed + 1, cfg.autoattack)
-        if acc["adv_acc"] - aa["acc"] > AA_GAP_WARN:
+        if pgd_overstates(acc["adv_acc"], aa["acc"]):
             log.warning("%s: %s accuracy %.1f %% is %.1f points below PGD-%d x%d (%.1f %%): PGD overstates "
                         "this model's robustness; trust the AutoAttack number", genome, aa["attack"],
                         aa["acc"], acc["adv_acc"] - aa["acc"], cfg.final_steps, cfg.final_restarts,

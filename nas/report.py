@@ -17,7 +17,7 @@ import numpy as np
 
 from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-from .autoattack import AA_GAP_WARN
+from .autoattack import pgd_overstates
 from .front import knee_index
 from .objectives import OBJECTIVES
 from .report_page import md_escape
@@ -190,15 +190,24 @@ def _pct(v: float | None) -> str:
     return "" if v is None else f"{v:.1f}"
 
 
+def finetuned_entries(front: list[dict[str, Any]]) -> list[tuple[int, str, dict[str, Any]]]:
+    """``(front index, trade-off, entry)`` of every fine-tuned entry (``finetuned_tradeoffs``), in order:
+    the rows of the summary's and the report page's "Fine-tuned entries" tables."""
+    return [(i, name, e) for i, r in enumerate(front)
+            for name, e in (r.get("finetuned_tradeoffs") or {}).items()]
+
+
 def aa_gaps(front: list[dict[str, Any]]) -> list[tuple[int, str, float, float]]:
     """Fine-tuned entries whose AutoAttack accuracy lies more than :data:`AA_GAP_WARN` points below their
     PGD accuracy: ``(front index, trade-off, PGD %, AA %)`` -- PGD overstated their robustness."""
-    gaps = []
-    for i, r in enumerate(front):
-        for name, e in (r.get("finetuned_tradeoffs") or {}).items():
-            if e.get("aa_acc") is not None and e["adv_acc"] - e["aa_acc"] > AA_GAP_WARN:
-                gaps.append((i, name, e["adv_acc"], e["aa_acc"]))
-    return gaps
+    return [(i, name, e["adv_acc"], e["aa_acc"]) for i, name, e in finetuned_entries(front)
+            if pgd_overstates(e["adv_acc"], e.get("aa_acc"))]
+
+
+def aa_gap_line(i: int, name: str, pgd: float, acc: float) -> str:
+    """The one wording of an :func:`aa_gaps` warning (summary.md, the report page, the CLI's front print)."""
+    return (f"#{i} ({name}): AutoAttack {acc:.1f} % is {pgd - acc:.1f} points below PGD {pgd:.1f} %: PGD "
+            f"overstates this member's robustness")
 
 
 def aa_scope_text(ft: dict[str, Any]) -> str:
@@ -213,8 +222,7 @@ def finetune_lines(meta: dict[str, Any], front: list[dict[str, Any]], knee: int)
     """The summary's section on the fine-tune stage: every trade-off entry of every fine-tuned member (the
     front table shows the first one), the AutoAttack version, and a warning per entry where AutoAttack
     lies more than :data:`AA_GAP_WARN` points below PGD."""
-    rows = [(i, name, e) for i, r in enumerate(front)
-            for name, e in (r.get("finetuned_tradeoffs") or {}).items()]
+    rows = finetuned_entries(front)
     if not rows:
         return []
     ft = meta.get("finetune") or {}
@@ -230,8 +238,7 @@ def finetune_lines(meta: dict[str, Any], front: list[dict[str, Any]], knee: int)
                    f"{e.get('epoch', '')} | {e['clean_acc']:.1f} | {e['adv_acc']:.1f} | "
                    f"{_pct(e.get('aa_acc'))} | `{e.get('checkpoint', '')}` |")
     for i, name, pgd, acc in aa_gaps(front):
-        out += ["", f"**Warning:** #{i} ({name}): AutoAttack {acc:.1f} % is {pgd - acc:.1f} points below "
-                f"PGD {pgd:.1f} %: PGD overstates this member's robustness; quote the AutoAttack number."]
+        out += ["", f"**Warning:** {aa_gap_line(i, name, pgd, acc)}; quote the AutoAttack number."]
     return out
 
 

@@ -196,14 +196,13 @@ def _front(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
 def _finetuned_entries(doc: dict[str, Any]) -> list[Block]:
     """Every trade-off entry of every fine-tuned member (the front table shows the first), with the
     AutoAttack number and a note where AutoAttack lies far below PGD."""
-    from .report import aa_gaps, aa_scope_text
+    from .report import aa_gap_line, aa_gaps, aa_scope_text, finetuned_entries
 
     front, knee = doc["front"], doc.get("knee")
     rows = [
-        [f"{i}{'*' if i == knee else ''}", _f(r.get("params")), name, _f(e.get("epoch")),
+        [f"{i}{'*' if i == knee else ''}", _f(front[i].get("params")), name, _f(e.get("epoch")),
          _f(e.get("clean_acc")), _f(e.get("adv_acc")), _f(e.get("aa_acc")), str(e.get("checkpoint", ""))]
-        for i, r in enumerate(front)
-        for name, e in (r.get("finetuned_tradeoffs") or {}).items()
+        for i, name, e in finetuned_entries(front)
     ]
     if not rows:
         return []
@@ -216,9 +215,7 @@ def _finetuned_entries(doc: dict[str, Any]) -> list[Block]:
         Block("table", table={"columns": ["#", "params", "trade-off", "epoch", "clean %", "PGD %", "AA %",
                                           "checkpoint"], "rows": rows, "id": "finetuned-entries"}),
     ]
-    for i, name, pgd, acc in aa_gaps(front):
-        out.append(Block("note", f"#{i} ({name}): AutoAttack {acc:.1f} % is {pgd - acc:.1f} points below PGD "
-                                 f"{pgd:.1f} %: PGD overstates this member's robustness"))
+    out += [Block("note", aa_gap_line(*gap)) for gap in aa_gaps(front)]
     return out
 
 

@@ -24,6 +24,7 @@ from nasctl.core import did_you_mean
 
 from . import front as front_mod
 from .algorithms import ALGORITHMS
+from .autoattack import check_version
 from .data import dataset_spec
 from .errors import NasctlError
 from .front import HV_REFERENCE
@@ -141,8 +142,6 @@ class SearchConfig(RunFolder):
                               f"--finetune-epochs >= 1 (got {self.finetune_members}, {self.finetune_epochs})")
         self.finetune_config().selection().validate("finetune-")
         self.tradeoffs()
-        from .autoattack import check_version
-
         check_version(self.finetune_autoattack, "--finetune-autoattack")
         if self.finetune_autoattack_scope not in AA_SCOPES:
             raise NasctlError(f"--finetune-autoattack-scope must be one of {', '.join(AA_SCOPES)}, got "

@@ -24,15 +24,20 @@ HV_TOLERANCE = 0.25  # relative, around the range of the recorded final hypervol
 FRONT_SIZE_SLACK = 2  # members, around the range of the recorded front sizes
 
 
-def cpu_vendor() -> str:
-    """``GenuineIntel``, ``AuthenticAMD``, ... from /proc/cpuinfo (the processor string elsewhere)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` value of /proc/cpuinfo (None where there is no such file or field)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_vendor() -> str:
+    """``GenuineIntel``, ``AuthenticAMD``, ... from /proc/cpuinfo (the processor string elsewhere)."""
+    return _cpuinfo("vendor_id") or platform.processor() or "unknown"
 
 
 def cpu_isa() -> str:
@@ -41,14 +46,11 @@ def cpu_isa() -> str:
     ``ATEN_CPU_CAPABILITY`` lowers only ATen's own kernels; oneDNN and oneMKL still dispatch on the
     hardware, so an AVX-512 CPU told ``avx2`` does not compute what a CPU without AVX-512 computes (seen
     here: the AVX2 recording made on an AVX-512 EPYC failed exactly on an AVX2-only EPYC)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return "cpuAVX512" if "avx512f" in flags else "cpuAVX2" if "avx2" in flags else "cpuSSE"
-    except OSError:
-        pass
-    return "cpu" + (platform.machine() or "unknown")
+    flags = _cpuinfo("flags")
+    if flags is None:
+        return "cpu" + (platform.machine() or "unknown")
+    flags = set(flags.split())
+    return "cpuAVX512" if "avx512f" in flags else "cpuAVX2" if "avx2" in flags else "cpuSSE"
 
 
 def machine_key() -> str:

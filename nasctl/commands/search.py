@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_front(path) -> None:
-    from nasctl.nas.report import aa_gaps
+    from nasctl.nas.report import aa_gap_line, aa_gaps
 
     doc = json.loads(path.read_text())
     front, knee = doc["front"], doc["knee"]
@@ -152,9 +152,8 @@ def print_front(path) -> None:
     more = list(ft_meta.get("tradeoffs") or [])[1:]  # the first is the front table's
     if tuned and more:
         note += f"; the {', '.join(more)} entries are in summary.md"
-    for i, name, pgd, acc in aa_gaps(front):
-        print(f"warning: #{i} ({name}): AutoAttack {acc:.1f} % is {pgd - acc:.1f} points below PGD "
-              f"{pgd:.1f} %")
+    for gap in aa_gaps(front):
+        print(f"warning: {aa_gap_line(*gap)}")
     check = doc.get("latency_check") or {}
     if check.get("measured") and check.get("max_latency_ms") is not None:
         bad = ", ".join(f"#{i}" for i in check.get("violators", [])) or "none"
