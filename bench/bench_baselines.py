@@ -53,7 +53,14 @@ from typing import Any
 import torch
 from nasctl.nas.candidates import test_accuracy
 from nasctl.nas.data import DataSplits, dataset_spec, first_test_images, load_dataset, subset_train
-from nasctl.nas.finetune import EpochSelection, FinetuneConfig, SubnetTrainConfig, adversarial_train
+from nasctl.nas.finetune import (
+    EpochSelection,
+    FinetuneConfig,
+    SubnetTrainConfig,
+    adversarial_train,
+    parse_tradeoffs,
+    tradeoff_recipe,
+)
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import build_subnet
@@ -240,6 +247,15 @@ def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConf
     return data, recipe, meta
 
 
+def run_tradeoffs(args: argparse.Namespace) -> list[str]:
+    """The trade-offs the run's fine-tune stage used (its config.json; robust for older runs and for
+    ``--config`` recipes without one), in the run's order."""
+    if not args.run:
+        return ["robust"]
+    doc = json.loads((Path(args.run) / "config.json").read_text())
+    return parse_tradeoffs(doc.get("finetune_tradeoff") or "robust", "finetune_tradeoff")
+
+
 def front_numbers(entry: dict[str, Any]) -> list[tuple[float, float, str]]:
     """(clean %, PGD %, which weights) of a pareto.json member: one per fine-tuned trade-off entry
     (``finetuned_tradeoffs``; older runs: ``finetuned_*``) where present, else the inherited weights'."""
@@ -362,9 +378,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--test-size", type=int, default=None,
                     help="fashion-mnist: score on the first N test images (0: all) instead of the recipe's "
                     "test_size; the run's fine-tuned members are re-scored on the same images")
-    ap.add_argument("--recipe", choices=("project", "plain", "both"), default=None,
-                    help="train the baselines with the project's trainer, the independent plain loop "
-                    "(digits only), or both (default: both on digits, project elsewhere)")
+    ap.add_argument("--recipe", choices=("project", "accurate", "plain", "both", "tradeoffs"), default=None,
+                    help="train the baselines with the project's trainer (its robust trade-off), the same "
+                    "trainer at the accurate trade-off, the independent plain loop (digits only), both "
+                    "(project and plain), or tradeoffs: one baseline per trade-off the run fine-tuned "
+                    "with (default: both on digits, tradeoffs elsewhere)")
     ap.add_argument("--only", nargs="*", default=None, help="labels of the baselines to train (default: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny nets run as fast on one)")
     ap.add_argument("--out", default=None,
@@ -389,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      for label, (issue_params, genome) in BASELINES.items()}
     else:
         data, cfg, meta = fashion_setup(args)
+        meta["tradeoffs"] = run_tradeoffs(args)
         baselines = {label: (space if isinstance(space, SearchSpace) or args.space is None else args.space,
                              genome, None) for label, (space, genome) in FASHION_BASELINES.items()}
     if args.limit_train or args.limit_test:
@@ -397,8 +416,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     front = read_front(args.run) if args.run else None
     if front and args.test_size is not None:
         front = rescore_front(args.run, front, data, cfg.seed, meta["final_steps"], meta["final_restarts"])
-    recipes = {"both": ["project", "plain"], None: ["project", "plain"] if args.dataset == "digits"
-               else ["project"]}.get(args.recipe, [args.recipe])
+    # a trade-off the front was fine-tuned with is given to the baselines too: same recipe on both sides
+    by_tradeoff = ["project" if t == "robust" else t for t in meta.get("tradeoffs", ["robust"])]
+    recipes = {"both": ["project", "plain"], "tradeoffs": by_tradeoff,
+               None: ["project", "plain"] if args.dataset == "digits" else by_tradeoff}.get(
+                   args.recipe, [args.recipe])
     if "plain" in recipes and args.dataset != "digits":
         raise SystemExit("--recipe plain: the plain loop's networks are written for the digits baselines; "
                          "give --recipe project for other data sets")
@@ -414,7 +436,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 trained = plain_train(genome, data, cfg.eps, cfg.seed, cfg.epochs, meta["final_steps"],
                                       meta["final_restarts"])
             else:
-                trained = train_and_evaluate(genome, data, cfg, space, meta["final_steps"],
+                recipe_cfg = cfg if recipe == "project" else tradeoff_recipe(cfg, recipe)
+                trained = train_and_evaluate(genome, data, recipe_cfg, space, meta["final_steps"],
                                              meta["final_restarts"], EpochSelection(**meta["select"]))
             r: dict[str, Any] = {"label": label, "recipe": recipe,
                                  **({"issue_params": issue_params} if issue_params else {}), **trained}

@@ -137,3 +137,33 @@ def test_finetune_front_bench_annotates_a_copy(load_bench, tmp_path, digits):
         assert 0 <= e["finetuned_adv_acc"] <= e["finetuned_clean_acc"] <= 100
         assert e["finetuned_from"] == "inherited"
     assert doc["finetune_recipe"]["epochs"] == 1 and doc["finetune_recipe"]["lr"] == 0.05
+
+
+def test_baselines_get_every_tradeoff_the_run_fine_tuned_with(bench, tmp_path, monkeypatch):
+    """Same recipe on both sides: a run fine-tuned at robust and accurate gives each baseline both
+    recipes (the accurate one with the trade-off's settings: attack crafted in eval mode, no Nesterov,
+    every batch kept); an older run without the key, and a recipe file, give robust alone."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"finetune_tradeoff": "robust,accurate"}))
+    args = type("A", (), {"run": str(run)})()
+    assert bench.run_tradeoffs(args) == ["robust", "accurate"]
+    (run / "config.json").write_text(json.dumps({"seed": 0}))
+    assert bench.run_tradeoffs(args) == ["robust"]
+    assert bench.run_tradeoffs(type("A", (), {"run": None})()) == ["robust"]
+
+    seen = []
+    real = bench.adversarial_train
+
+    def spy(model, data, cfg, **kw):
+        seen.append((cfg.craft_mode, cfg.nesterov, cfg.drop_last))
+        return real(model, data, cfg, **kw)
+
+    monkeypatch.setattr(bench, "adversarial_train", spy)
+    out = tmp_path / "b.json"
+    label = next(iter(bench.BASELINES))
+    doc = bench.main(["--epochs", "1", "--limit-train", "64", "--limit-test", "16", "--only", label,
+                      "--recipe", "accurate", "--out", str(out)])
+    assert [r["recipe"] for r in doc["baselines"]] == ["accurate"]
+    assert seen == [("eval", False, False)]
+    assert json.loads(out.read_text())["recipes"] == ["accurate"]
