@@ -215,8 +215,9 @@ def plain_train(genome: str, data: DataSplits, eps: float, seed: int = 0, epochs
 def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConfig, dict[str, Any]]:
     """The data, recipe and attack of the search's fine-tune stage, from the run's config.json (``--run``)
     or a recipe file (``--config``): same split seed, train subset, epochs, eps and test images."""
-    from nasctl.nas.runs import merge_config
     from nasctl.nas.search import SearchConfig
+
+    from nasctl.config import merge_config
 
     if args.run:
         from nasctl.nas.search_run import config_from_run

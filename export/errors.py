@@ -7,7 +7,7 @@ that holds the converter's full output, so the terminal never shows a 500-line d
 
 from __future__ import annotations
 
-from nasctl.nas.errors import NasctlError
+from nasctl.errors import NasctlError
 
 
 class ExportError(NasctlError):

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 from nasctl.nas.data import DatasetInfo, DataSplits, load_dataset
-from nasctl.nas.errors import NasctlError
-from nasctl.nas.runs import RunFolder
 
 from nasctl.core import atomic_write_json, atomic_write_text
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder
 
 from .errors import ExportError
 from .source import ExportSource, RunPick, latest_run, load_source, pick_from_run, sha256_file
@@ -320,9 +320,8 @@ def _roll_forward(staging: Path, out_dir: Path) -> None:
 def _setup(cfg: ExportConfig, splits: DataSplits | None, guard: contextlib.ExitStack) -> ExportContext:
     """Everything before the first step: target, model, data, output folder (locked on ``guard``, the
     files written into its staging folder), config.json."""
-    from nasctl.nas.runs import run_lock, write_run_config
-
     from nasctl.core import versions
+    from nasctl.runfolder import run_lock, write_run_config
 
     cfg.validate()
     target = get_target(cfg.target)

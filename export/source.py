@@ -50,8 +50,9 @@ def load_source(checkpoint: str | os.PathLike, arch: str | None) -> ExportSource
     another genome than a subnet checkpoint's) and :class:`NasctlError` for unreadable checkpoints.
     """
     from nasctl.nas.checkpoint import FORMAT, read_checkpoint
-    from nasctl.nas.errors import NasctlError
     from nasctl.nas.subnet_ckpt import SUBNET_FORMAT, check_subnet_arch, subnet_from_checkpoint
+
+    from nasctl.errors import NasctlError
 
     ckpt = read_checkpoint(checkpoint, formats=(FORMAT, SUBNET_FORMAT))  # its metadata checked there
     if ckpt["format"] == SUBNET_FORMAT:

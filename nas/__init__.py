@@ -8,10 +8,11 @@ Modules, one job each: ``data`` (data sets and splits), ``space`` (blocks, genom
 random), ``archive``, ``front``, ``search`` (config and driver), ``search_run`` (a whole
 ``nasctl search`` run), ``report`` (front, plots, layer statistics), ``select`` (picking subnets
 from a run), ``robust_eval`` (``nasctl eval``), ``finetune`` (stand-alone subnet training),
-``runs`` (run folders and config merging), ``errors``.
+``runs`` (run folders and config merging). :class:`NasctlError` lives in the ground layer,
+``nasctl.errors``, and is re-exported here.
 
-Names resolve lazily (PEP 562): ``nasctl.nas.errors`` is imported by every package for
-:class:`NasctlError`, and must not pull torch in with it (``nasctl devices`` needs no torch).
+Names resolve lazily (PEP 562): ``nasctl.nas`` must not pull torch in when a command only needs a
+name or two (``nasctl devices`` needs no torch).
 """
 
 import importlib
@@ -20,7 +21,7 @@ _EXPORTS = {
     "attacks": ("PGD", "evaluate", "make_attack"),
     "checkpoint": ("load_supernet",),
     "data": ("load_dataset",),
-    "errors": ("NasctlError",),
+    "nasctl.errors": ("NasctlError",),
     "search": ("SearchConfig",),
     "search_run": ("resume_search", "run_search"),
     "space": ("Genome", "SearchSpace", "load_space"),
@@ -34,6 +35,7 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str):
     if name in _WHERE:
-        module = importlib.import_module(f".{_WHERE[name]}", __name__)
+        where = _WHERE[name]
+        module = importlib.import_module(where if where.startswith("nasctl.") else f".{where}", __name__)
         return getattr(module, _RENAMED.get(name, name))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

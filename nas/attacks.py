@@ -242,8 +242,7 @@ def make_attack(name: str, **settings) -> Attack:
     """An attack from the registry by name. A setting the attack does not take is an error, not
     silently dropped: a typo or a setting meant for another attack must not change what is measured."""
     from nasctl.core import did_you_mean
-
-    from .errors import NasctlError
+    from nasctl.errors import NasctlError
 
     if name not in ATTACKS:
         raise NasctlError(f"unknown attack {name!r}{did_you_mean(name, ATTACKS)}; choose one of "

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
+from nasctl.errors import NasctlError
+
 from .data import TensorSplit
-from .errors import NasctlError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from nasctl.core import sha256_file  # noqa: F401 (the checkpoint's identity, used with load_supernet)
+from nasctl.errors import NasctlError
 
-from .errors import NasctlError
 from .space import SearchSpace
 from .supernet import Supernet
 

@@ -46,8 +46,7 @@ import numpy as np
 import torch
 
 from nasctl.core import did_you_mean
-
-from .errors import NasctlError
+from nasctl.errors import NasctlError
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from nasctl.core import atomic_write_json, resolve_device
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder
 
 from .attacks import ATTACKS, PGD, evaluate
 from .autoattack import autoattack_accuracy, check_version, pgd_overstates
 from .data import DataSplits
-from .errors import NasctlError, RunInterrupted
 from .optim import sgd_cosine
-from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class FinetuneConfig(RunFolder):
     device: str = "auto"
 
     def validate(self) -> None:
-        from .runs import check_at_least_one, check_eps
+        from nasctl.config import check_at_least_one, check_eps
 
         check_at_least_one(self, ("epochs", "batch_size", "attack_steps", "final_steps", "final_restarts"))
         if not self.lr > 0:
@@ -350,9 +350,10 @@ def _search_attack_for_selection(cfg: FinetuneConfig, run_dir: str) -> None:
 def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None = None) -> Path:
     """``nasctl finetune``: train one front member of a search run in a new run folder; returns the
     path of its ``result.json``. The search run itself is only read, never written."""
+    from nasctl.runfolder import run_scope, write_run_config
+
     from .checkpoint import load_supernet
     from .data import supernet_data
-    from .runs import discard_if_unused, run_lock, write_run_config
     from .select import latest_run, pick_from_run
 
     cfg.validate()
@@ -367,20 +368,14 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     out_dir = cfg.new_run_dir("finetune", genome.encode()[:80])
     source = {"run": pick.run_dir, "front_index": pick.index, "knee": pick.is_knee,
               "supernet": loaded.path, "weights": "scratch" if cfg.from_scratch else "inherited"}
-    try:
-        with run_lock(out_dir):
-            write_run_config(out_dir, "finetune", cfg, {"genome": genome.encode(), "source": source,
-                                                        "eps": eps})
-            model = loaded.supernet.extract(genome)
-            calib = pick.bn_calibration or {}
-            _recalibrate_for_training(model, data, int(calib.get("seed", cfg.seed)),
-                                      int(calib.get("batches", 4)))
-            train_and_save(model, genome.encode(), loaded, data, cfg, eps, out_dir, source, device, on_epoch)
-    except NasctlError:
-        discard_if_unused(out_dir)
-        raise
-    except KeyboardInterrupt as e:
-        raise RunInterrupted(out_dir) from e
+    with run_scope(out_dir):
+        write_run_config(out_dir, "finetune", cfg, {"genome": genome.encode(), "source": source,
+                                                    "eps": eps})
+        model = loaded.supernet.extract(genome)
+        calib = pick.bn_calibration or {}
+        _recalibrate_for_training(model, data, int(calib.get("seed", cfg.seed)),
+                                  int(calib.get("batches", 4)))
+        train_and_save(model, genome.encode(), loaded, data, cfg, eps, out_dir, source, device, on_epoch)
     return out_dir / "result.json"
 
 

@@ -19,7 +19,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import NasctlError
+from nasctl.errors import NasctlError
+
 from .space import Genome
 
 log = logging.getLogger(__name__)

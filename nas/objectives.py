@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nasctl.core import did_you_mean
-
-from .errors import NasctlError
+from nasctl.errors import NasctlError
 
 if TYPE_CHECKING:
     from .space import Genome, SearchSpace

@@ -32,8 +32,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from nasctl.core import atomic_write_text
-
-from .errors import NasctlError
+from nasctl.errors import NasctlError
 
 log = logging.getLogger(__name__)
 

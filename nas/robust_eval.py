@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder, run_scope
+
 from .attacks import PGD, evaluate, make_attack
-from .autoattack import autoattack_accuracy
+from .autoattack import AA_LABELS, autoattack_accuracy, check_version
 from .candidates import genome_seed
 from .data import TensorSplit
-from .errors import NasctlError, RunInterrupted
-from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +35,19 @@ class StrongEvalConfig:
     restarts: int = 5
     n_images: int | None = None  # None: the whole test split
     art: bool = True  # cross-check with ART's PGD when installed
-    autoattack: bool = True  # AutoAttack (standard) when the autoattack package is installed
+    # AutoAttack: standard (APGD-CE, APGD-T, FAB-T, Square), apgd (APGD-CE + APGD-T: a fraction of the
+    # cost on a CPU, named as such in eval.json) or off
+    autoattack: str = "standard"
     square_queries: int = 1000  # the query-only Square attack's budget per image; 0: skip it
     seed: int = 0
     eps: float | None = None  # L-inf radius on [0, 1] pixels; None: the supernet's training eps
 
     def validate(self) -> None:
-        from .runs import check_at_least_one, check_eps
+        from nasctl.config import check_at_least_one, check_eps
 
         check_at_least_one(self, ("steps", "restarts", "n_images"))
         check_eps(self.eps)
+        check_version(self.autoattack, "--autoattack")
         if isinstance(self.square_queries, bool) or not isinstance(self.square_queries, int) \
                 or self.square_queries < 0:
             raise NasctlError(f"square_queries must be 0 (skip the Square attack) or a positive number of "
@@ -74,13 +78,14 @@ def _art_pgd_acc(model: torch.nn.Module, split: TensorSplit, eps: float, steps: 
     return 100.0 * float(ok.mean())
 
 
-def _autoattack_acc(model: torch.nn.Module, split: TensorSplit, eps: float, seed: int) -> float | None:
-    """AutoAttack (standard) from the ``pyautoattack`` package; None where it is not installed."""
+def _autoattack_acc(model: torch.nn.Module, split: TensorSplit, eps: float, seed: int,
+                    version: str = "standard") -> float | None:
+    """AutoAttack ``version`` from the ``pyautoattack`` package; None where it is not installed."""
     try:
         import pyautoattack  # noqa: F401
     except ImportError:
         return None
-    return autoattack_accuracy(model, split, eps, seed, "standard")["acc"]
+    return autoattack_accuracy(model, split, eps, seed, version)["acc"]
 
 
 def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, eps: float,
@@ -106,10 +111,11 @@ def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, e
         square = make_attack("square", eps=eps, queries=cfg.square_queries, seed=cfg.seed)
         sq = evaluate(model, split.batches(1024), square, "cpu")
         out["attacks"]["square"] = {"acc": sq.adv_acc, **square.to_dict()}
-    if cfg.autoattack:
-        acc = _autoattack_acc(model, split, eps, cfg.seed)
+    if cfg.autoattack != "off":
+        acc = _autoattack_acc(model, split, eps, cfg.seed, cfg.autoattack)
         if acc is not None:
-            out["attacks"]["autoattack"] = {"acc": acc, "attack": "AutoAttack standard", "eps": eps}
+            out["attacks"]["autoattack"] = {"acc": acc, "attack": AA_LABELS[cfg.autoattack],
+                                            "version": cfg.autoattack, "eps": eps}
         else:
             log.info("AutoAttack is not installed (pip install pyautoattack): reporting the attacks above")
     out["robust_acc"] = min(a["acc"] for a in out["attacks"].values())
@@ -128,6 +134,7 @@ class EvalConfig(RunFolder):
     steps: int = 50  # PGD-50
     restarts: int = 5  # x 5 random restarts
     square_queries: int = 1000  # query-only Square attack per image; 0: skip
+    autoattack: str = "standard"  # standard | apgd | off (StrongEvalConfig.autoattack)
     eps: float | None = None  # None: the training eps
     n_images: int | None = None  # None: the whole test split
     data_dir: str | None = None
@@ -141,7 +148,8 @@ class EvalConfig(RunFolder):
 
     def protocol(self) -> StrongEvalConfig:
         return StrongEvalConfig(steps=self.steps, restarts=self.restarts, n_images=self.n_images,
-                                square_queries=self.square_queries, seed=self.seed, eps=self.eps)
+                                square_queries=self.square_queries, autoattack=self.autoattack, seed=self.seed,
+                                eps=self.eps)
 
 
 @dataclass
@@ -222,8 +230,7 @@ def evaluate_subnets(cfg: EvalConfig, on_result=None) -> Path:
     ``on_result(result)`` is called after each subnet (the CLI prints a line). Returns the JSON's path.
     """
     from nasctl.core import atomic_write_json
-
-    from .runs import write_run_config
+    from nasctl.runfolder import write_run_config
 
     cfg.validate()
     data = _Data(cfg.data_dir)
@@ -239,7 +246,7 @@ def evaluate_subnets(cfg: EvalConfig, on_result=None) -> Path:
                                                   "chosen": len(targets), "results": results})
 
     write("running")
-    try:
+    with run_scope(out_dir, fresh=False, lock=False, on_interrupt=lambda: write("interrupted")):
         for t in targets:
             eps = cfg.eps if cfg.eps is not None else t.eps
             r = strong_evaluation(t.model, t.genome, test, eps, t.dataset, cfg.protocol())
@@ -248,7 +255,4 @@ def evaluate_subnets(cfg: EvalConfig, on_result=None) -> Path:
             write("running" if len(results) < len(targets) else "complete")
             if on_result is not None:
                 on_result(r)
-    except KeyboardInterrupt as e:
-        write("interrupted")
-        raise RunInterrupted(out_dir) from e
     return out_dir / "eval.json"

@@ -20,17 +20,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasctl.config import check_at_least_one, check_eps
 from nasctl.core import did_you_mean
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder
 
 from . import front as front_mod
 from .algorithms import ALGORITHMS
 from .autoattack import check_version
 from .data import dataset_spec
-from .errors import NasctlError
 from .front import HV_REFERENCE
 from .objectives import DEFAULT_OBJECTIVES, parse_objectives
 from .problem import SearchState
-from .runs import RunFolder, check_at_least_one, check_eps, check_width
+from .space import check_width
 from .userdata import is_user_spec
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,8 @@ class SearchConfig(RunFolder):
 
     def train_config(self):
         """The :class:`TrainConfig` of the supernet this search trains first (type-checked, validated)."""
-        from .runs import build_config
+        from nasctl.config import build_config
+
         from .train import TrainConfig
 
         extra = dict(self.train or {})

@@ -15,7 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nasctl.config import build_config
 from nasctl.core import atomic_write_json, resolve_device, sha256_file
+from nasctl.errors import NasctlError
+from nasctl.runfolder import run_lock, run_scope, write_run_config
 
 from . import train as train_mod
 from .archive import Archive
@@ -23,14 +26,12 @@ from .autoattack import AA_LABELS
 from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
 from .data import DataSplits, first_test_images, subset_train, supernet_data
-from .errors import NasctlError, RunInterrupted
 from .finetune import PICK_RULE, TRADEOFFS
 from .front import HV_REFERENCE
 from .latency_check import run_latency_check
 from .objectives import genome_costs, parse_objectives
 from .problem import SearchState
 from .report import write_outputs
-from .runs import build_config, discard_if_unused, run_lock, write_run_config
 from .search import SearchCallbacks, SearchConfig, run_generations
 from .space import Genome, GenomeError
 
@@ -335,22 +336,18 @@ def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_ca
         _check_supernet_folder(cfg.supernet)
         load_supernet(cfg.supernet, expect_space=_expected_space(cfg))  # fail before creating anything
     run_dir = cfg.new_run_dir("search")
-    try:
+    # bad input found before any work leaves no empty run behind; execute() takes the folder's lock
+    with run_scope(run_dir, lock=False):
         write_run_config(run_dir, "search", cfg)
         log.info("run folder: %s", run_dir)
         return execute(cfg, run_dir, callbacks, train_callbacks, data)
-    except NasctlError:
-        discard_if_unused(run_dir)  # bad input found before any work: leave no empty run behind
-        raise
-    except KeyboardInterrupt as e:
-        raise RunInterrupted(run_dir) from e
 
 
 def _check_supernet_folder(supernet: str) -> None:
     """``--supernet`` takes a ``supernet.pt`` or the training run that holds one. A folder of another kind
     (a search run, an export, a study) is one line naming what it is, and for a search run the supernet
     it searched, instead of a checkpoint reader's complaint about a directory."""
-    from .folder_kind import describe, folder_kind
+    from nasctl.runfolder import describe, folder_kind
 
     path = Path(supernet)
     if not path.is_dir() or any((path / n).exists() for n in ("supernet.pt", "checkpoint.pt", "subnet.pt")):
@@ -391,13 +388,11 @@ def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,
                           f"give runs/search/<stamp>-<name>")
     doc = _read_json(cfg_path)
     if doc.get("command") != "search":
-        from .folder_kind import describe
+        from nasctl.runfolder import describe
 
         raise NasctlError(f"--resume {str(run_dir)!r} is {describe(run_dir)}, not a search run: give the "
                           f"folder of a 'nasctl search' run (runs/search/<stamp>-<name>)")
     cfg = config_from_run(doc, f"{str(cfg_path)!r}")
     log.info("resuming search %s", run_dir)
-    try:
+    with run_scope(run_dir, fresh=False, lock=False):
         return execute(cfg, run_dir, callbacks, train_callbacks, data)
-    except KeyboardInterrupt as e:
-        raise RunInterrupted(run_dir) from e

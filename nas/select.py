@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from nasctl.core import read_json_object
+from nasctl.errors import NasctlError
 
-from .errors import NasctlError
 from .space import Genome, GenomeError
 
 
@@ -98,7 +98,7 @@ def no_front_message(folder: Path, run: str, instead: str | None) -> str:
     """Why ``folder`` has no ``pareto.json`` and what to give instead: an unfinished search is resumed, a
     folder of another kind (a training run, an export, a study, ...) is named as such with the search run
     it came from, anything else is not a run folder at all."""
-    from .folder_kind import describe, folder_kind, source_run
+    from nasctl.runfolder import describe, folder_kind, source_run
 
     kind = folder_kind(folder)
     head = f"search run {run!r} has no pareto.json"

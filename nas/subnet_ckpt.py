@@ -17,9 +17,9 @@ from typing import Any
 from torch import nn
 
 from nasctl.core import atomic_torch_save
+from nasctl.errors import NasctlError
 
 from .checkpoint import SUBNET_FORMAT, build_supernet, read_checkpoint
-from .errors import NasctlError
 from .space import GenomeError, SearchSpace
 
 

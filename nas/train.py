@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder, run_scope, write_run_config
 
 from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
 from .checkpoint import FORMAT, build_supernet, check_supernet_fits, read_checkpoint
@@ -42,10 +44,8 @@ from .data import (
     load_dataset,
     subset_train,
 )
-from .errors import NasctlError, RunInterrupted
 from .optim import sgd_cosine
-from .runs import RunFolder, check_width, discard_if_unused, run_lock, write_run_config
-from .space import AUTO, Genome, SearchSpace, is_auto, space_for
+from .space import AUTO, Genome, SearchSpace, check_width, is_auto, space_for
 from .supernet import BNCalibration, Supernet, prepare_subnet
 from .userdata import is_user_spec
 
@@ -450,36 +450,24 @@ def train_supernet(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, ru
     """Train a supernet in a new run folder; returns (path of supernet.pt, per-epoch metrics)."""
     made_dir = run_dir is None
     with _process_group(resolve_device(cfg.device)) as owns_pg:
-        try:
-            rank, _ = _dist_info()
-            if run_dir is None:
-                run_dir = cfg.new_run_dir("train") if rank == 0 else None
-                if owns_pg:  # every rank writes into rank 0's folder
-                    box = [str(run_dir) if run_dir else None]
-                    torch.distributed.broadcast_object_list(box, src=0)
-                    run_dir = Path(box[0])
-            with _writer_lock(run_dir, rank):
-                try:
-                    trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
-                except NasctlError:
-                    if made_dir and rank == 0:
-                        discard_if_unused(run_dir)  # bad input before any work: no empty run folder left
-                    raise
-                if trainer.rank == 0:
-                    write_run_config(run_dir, "train", cfg, {"space": trainer.space.to_dict(),
-                                                             "dataset": trainer.data.info.to_dict(),
-                                                             "eps": trainer.eps,
-                                                             "world_size": trainer.world,
-                                                             "device": str(trainer.device)})
-                history = trainer.fit()
-        except KeyboardInterrupt as e:
-            raise RunInterrupted(run_dir) from e
+        rank, _ = _dist_info()
+        if run_dir is None:
+            run_dir = cfg.new_run_dir("train") if rank == 0 else None
+            if owns_pg:  # every rank writes into rank 0's folder
+                box = [str(run_dir) if run_dir else None]
+                torch.distributed.broadcast_object_list(box, src=0)
+                run_dir = Path(box[0])
+        # rank 0 alone writes and locks the folder; bad input before any work leaves no empty folder
+        with run_scope(run_dir, fresh=made_dir and rank == 0, lock=rank == 0):
+            trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
+            if trainer.rank == 0:
+                write_run_config(run_dir, "train", cfg, {"space": trainer.space.to_dict(),
+                                                         "dataset": trainer.data.info.to_dict(),
+                                                         "eps": trainer.eps,
+                                                         "world_size": trainer.world,
+                                                         "device": str(trainer.device)})
+            history = trainer.fit()
     return run_dir / "supernet.pt", history
-
-
-def _writer_lock(run_dir: Path, rank: int):
-    """The run folder's lock, held by the process that writes it (rank 0 under DDP)."""
-    return run_lock(run_dir) if rank == 0 else contextlib.nullcontext()
 
 
 def resume_training(run_dir: str | Path, callbacks: TrainCallbacks | None = None,
@@ -489,7 +477,7 @@ def resume_training(run_dir: str | Path, callbacks: TrainCallbacks | None = None
     A run stopped before its first checkpoint (Ctrl-C during epoch 1) starts again at epoch 0 in the same
     folder with the config its ``config.json`` recorded: the resume command printed on Ctrl-C always works.
     """
-    from .runs import build_config
+    from nasctl.config import build_config
 
     run_dir = Path(run_dir)
     _check_train_folder(run_dir)
@@ -502,22 +490,19 @@ def resume_training(run_dir: str | Path, callbacks: TrainCallbacks | None = None
         cfg.epochs = epochs
         cfg.validate()
     with _process_group(resolve_device(cfg.device)):
-        try:
-            with _writer_lock(run_dir, _dist_info()[0]):
-                trainer = Trainer(cfg, run_dir, callbacks=callbacks)
-                trainer.load_state(ckpt)
-                trainer.sched.T_max = max(cfg.epochs, 1)
-                log.info("resuming %s at epoch %d of %d", run_dir, trainer.epoch, cfg.epochs)
-                history = trainer.fit()
-        except KeyboardInterrupt as e:
-            raise RunInterrupted(run_dir) from e
+        with run_scope(run_dir, fresh=False, lock=_dist_info()[0] == 0):
+            trainer = Trainer(cfg, run_dir, callbacks=callbacks)
+            trainer.load_state(ckpt)
+            trainer.sched.T_max = max(cfg.epochs, 1)
+            log.info("resuming %s at epoch %d of %d", run_dir, trainer.epoch, cfg.epochs)
+            history = trainer.fit()
     return run_dir / "supernet.pt", history
 
 
 def _check_train_folder(run_dir: Path) -> None:
     """``--resume`` takes a training run's folder: anything else is one line saying what it got instead
     (and, for a search run that trains its own supernet, the command that continues both)."""
-    from .folder_kind import describe, folder_kind
+    from nasctl.runfolder import describe, folder_kind
 
     if not run_dir.is_dir():
         raise NasctlError(f"--resume {str(run_dir)!r} is not a run folder: give runs/train/<stamp>-<name>")
@@ -538,9 +523,8 @@ def _check_train_folder(run_dir: Path) -> None:
 def _restart(run_dir: Path, callbacks: TrainCallbacks | None,
              epochs: int | None) -> tuple[Path, list[EpochMetrics]]:
     """Train a run that has no checkpoint yet from epoch 0, in its own folder, with its recorded config."""
+    from nasctl.config import build_config
     from nasctl.core import read_json_object
-
-    from .runs import build_config
 
     path = run_dir / "config.json"
     doc = read_json_object(path, missing=f"--resume {str(run_dir)!r} has neither checkpoint.pt nor "

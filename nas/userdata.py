@@ -67,8 +67,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nasctl.core import atomic_write_json, atomic_write_with, did_you_mean
-
-from .errors import NasctlError
+from nasctl.errors import NasctlError
 
 if TYPE_CHECKING:  # torch and .data (which imports torch) are imported where used: decoding workers
     import torch  # import this module and must stay free of torch and its threads

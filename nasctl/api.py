@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .nas.errors import NasctlError
+from .errors import NasctlError
 
 if TYPE_CHECKING:
     import torch
@@ -165,7 +165,7 @@ def search(dataset: str = "digits", *, progress: Callable[[Progress], None] | No
     ``pop_size``, ``run_root``, ``finetune_members``, ...; a supernet's training settings go in
     ``train={...}``); ``data`` takes ready :class:`~nasctl.nas.data.DataSplits` instead of loading
     ``dataset``. Without a ``supernet`` it trains one first, as the CLI does."""
-    from .nas.runs import build_config
+    from .config import build_config
     from .nas.search import SearchConfig
     from .nas.search_run import search as run_search
 

@@ -68,7 +68,7 @@ def _main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s")
-    from nasctl.nas.errors import NasctlError, RunInterrupted
+    from nasctl.errors import NasctlError, RunInterrupted
 
     try:
         if args.command in TORCH_COMMANDS:
@@ -122,7 +122,7 @@ TORCH_COMMANDS = ("train", "search", "finetune", "eval", "experiment")
 
 
 def _set_threads(requested: int | None) -> None:
-    from nasctl.nas.errors import NasctlError
+    from nasctl.errors import NasctlError
 
     try:
         choice = threads.choose_threads(requested)

@@ -151,7 +151,7 @@ def read_json_object(path: str | os.PathLike, *, missing: str | None = None,
     """The JSON object in ``path``, or one error line (``error``, default ``NasctlError``): ``missing`` when
     the file is absent (None: the file is assumed to exist), else that it is not valid JSON or not an
     object, followed by ``fix``. Every run file a command reads back goes through here."""
-    from nasctl.nas.errors import NasctlError
+    from nasctl.errors import NasctlError
 
     error = error or NasctlError
     path = Path(path)
@@ -184,7 +184,7 @@ def resolve_device(name: str):
     one clear error (raised as the caller's ``NasctlError``)."""
     import torch
 
-    from nasctl.nas.errors import NasctlError
+    from nasctl.errors import NasctlError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nasctl.nas.errors import NasctlError
+from nasctl.errors import NasctlError
 
 
 class ProfilingError(NasctlError):

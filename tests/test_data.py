@@ -24,7 +24,8 @@ from nasctl.nas.data import (
     dataset_names,
     load_dataset,
 )
-from nasctl.nas.errors import NasctlError
+
+from nasctl.errors import NasctlError
 
 TORCHVISION_SETS = [n for n in DATASETS if n != "digits"]
 

@@ -24,8 +24,9 @@ from nasctl.nas.data import (
     load_dataset,
     subset_train,
 )
-from nasctl.nas.errors import NasctlError
 from nasctl.nas.space import load_space
+
+from nasctl.errors import NasctlError
 
 from .test_train import nasctl, one_line_error
 
@@ -329,8 +330,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("name", ["fashion-mnist-cpu", "fashion-mnist-gpu"])
 def test_recipes_are_valid_search_configs(name):
-    from nasctl.nas.runs import merge_config
     from nasctl.nas.search import SearchConfig
+
+    from nasctl.config import merge_config
 
     path = CONFIGS / f"{name}.yaml"
     assert path.read_text().startswith("#"), "each recipe explains its numbers at the top"

@@ -130,7 +130,9 @@ def test_finetune_command_writes_its_own_run_and_leaves_the_search_alone(tuned_r
     assert result["genome"] == front[0]["genome"] and result["epochs"] == 1
     assert json.loads((out / "config.json").read_text())["command"] == "finetune"
     assert main(["eval", "--checkpoint", str(out / "subnet.pt"), "--steps", "2", "--restarts", "1",
-                 "--n-images", "40", "--run-root", str(tmp_path)]) == 0
+                 "--n-images", "40", "--autoattack", "off", "--run-root", str(tmp_path)]) == 0
+    evald = json.loads(next((tmp_path / "eval").glob("*/eval.json")).read_text())
+    assert "autoattack" not in evald["results"][0]["attacks"]  # off: not run, not reported
     assert main(["export", "--checkpoint", str(out / "subnet.pt"), "--target", "onnx",
                  "--out", str(tmp_path / "e")]) == 0
 
@@ -185,9 +187,13 @@ def test_spread_picks_cover_the_size_range_with_the_knee():
 
 def test_eval_of_a_run_uses_the_finetuned_weights_and_takes_a_config(tuned_run, tmp_path, capsys):
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text(f"run: {tuned_run}\npick: all\nsteps: 2\nrestarts: 1\nn_images: 40\n")
+    cfg.write_text(f"run: {tuned_run}\npick: all\nsteps: 2\nrestarts: 1\nn_images: 40\nautoattack: apgd\n")
     assert main(["eval", "--config", str(cfg), "--run-root", str(tmp_path)]) == 0
     results = json.loads(next((tmp_path / "eval").glob("*/eval.json")).read_text())["results"]
+    for r in results:  # the cheaper AutoAttack, named as such, and part of the minimum
+        aa = r["attacks"]["autoattack"]
+        assert aa["version"] == "apgd" and aa["attack"] == "AutoAttack APGD-CE + APGD-T"
+        assert r["robust_acc"] <= aa["acc"]
     doc = json.loads((tuned_run / "pareto.json").read_text())
     assert [r["genome"] for r in results] == [e["genome"] for e in doc["front"]]
     for r, e in zip(results, doc["front"]):

@@ -9,10 +9,11 @@ import dataclasses
 import pytest
 import torch
 from nasctl.nas.attacks import PGD, evaluate
-from nasctl.nas.errors import NasctlError
 from nasctl.nas.finetune import EpochSelection, SubnetTrainConfig, adversarial_train, spread_picks
 from nasctl.nas.search import SearchConfig
 from torch import nn
+
+from nasctl.errors import NasctlError
 
 
 def _net(seed: int = 0, bn: bool = True) -> nn.Module:

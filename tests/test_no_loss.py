@@ -226,7 +226,8 @@ def test_ctrl_c_in_eval_writes_the_subnets_it_finished(checkpoint, tmp_path, cap
 def test_a_folder_without_a_checkpoint_is_named_as_such(tmp_path):
     """``--checkpoint DIR`` on a folder holding no checkpoint: one line saying so, not "corrupt"."""
     from nasctl.nas.checkpoint import read_checkpoint
-    from nasctl.nas.errors import NasctlError
+
+    from nasctl.errors import NasctlError
 
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(NasctlError, match="folder without a checkpoint") as e:

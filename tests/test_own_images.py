@@ -71,7 +71,7 @@ def test_a_folder_of_rgb_images_becomes_a_labelled_verified_int8_model(size, tmp
     runs = tmp_path / "runs"
     assert main(["search", "--dataset", f"folder:{folder}", "--epochs", "2", "--pop-size", "4",
                  "--generations", "1", "--val-size", "40", "--pgd-steps", "1", "--finetune-members", "1",
-                 "--finetune-epochs", "2", "--run-root", str(runs)]) == 0
+                 "--finetune-epochs", "2", "--max-params", "30000", "--run-root", str(runs)]) == 0
     run = next((runs / "search").iterdir())
     pareto = json.loads((run / "pareto.json").read_text())
     assert pareto["dataset"] == f"folder:{folder}" and pareto["classes"] == sorted(NAMES)
@@ -93,7 +93,7 @@ def test_a_folder_of_rgb_images_becomes_a_labelled_verified_int8_model(size, tmp
         return
     # the commands that reload the data from the run's stored name take it too
     assert main(["eval", "--run", str(run), "--steps", "2", "--restarts", "1", "--square-queries", "10",
-                 "--n-images", "20", "--run-root", str(runs)]) == 0
+                 "--n-images", "20", "--autoattack", "apgd", "--run-root", str(runs)]) == 0
     evald = json.loads(next((runs / "eval").glob("*/eval.json")).read_text())
     assert evald["dataset"] == f"folder:{folder}" if "dataset" in evald else True
     assert main(["finetune", "--run", str(run), "--epochs", "1", "--run-root", str(runs)]) == 0

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from nasctl.nas.errors import NasctlError
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.search_run import search
 from nasctl.nas.train import TrainConfig, train_supernet
 
 from nasctl.cli import main
+from nasctl.errors import NasctlError
 
 from .test_android_bench import arm64_binary, model, phones  # noqa: F401 (the fake adb's fixtures)
 
@@ -239,7 +239,7 @@ def test_arch_equal_to_the_subnets_genome_is_fine(subnet, tmp_path, capsys):
 
     path, genome = subnet
     assert main(["eval", "--checkpoint", str(path), "--arch", genome, "--steps", "1", "--restarts", "1",
-                 "--square-queries", "0", "--n-images", "10", "--run-root", str(tmp_path)]) == 0
+                 "--square-queries", "0", "--n-images", "10", "--autoattack", "off", "--run-root", str(tmp_path)]) == 0
     result = json.loads(next(tmp_path.glob("eval/*/eval.json")).read_text())["results"]
     assert [(r["genome"], r["weights"]) for r in result] == [(genome, "fine-tuned")]
     assert load_source(path, genome).genome == genome and load_source(path, None).kind == "subnet"
@@ -256,7 +256,7 @@ def test_every_config_refuses_a_name_that_leaves_its_folder(name, tmp_path):
     for cls in _command_configs():
         with pytest.raises(NasctlError, match="--name"):
             cls(run_root=str(tmp_path), name=name)
-    from nasctl.nas.runs import make_run_dir
+    from nasctl.runfolder import make_run_dir
 
     with pytest.raises(NasctlError, match="one path component"):
         make_run_dir(tmp_path, "cmd", name)
@@ -277,7 +277,7 @@ def test_cli_name_escape_is_one_line_and_makes_nothing(name, search_run, subnet,
 
 
 def test_plain_names_still_name_the_folder(tmp_path):
-    from nasctl.nas.runs import make_run_dir
+    from nasctl.runfolder import make_run_dir
 
     for name in ("digits-w2", "ünïcode name", "a.b"):
         path = make_run_dir(tmp_path, "cmd", name)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 from nasctl.nas import report_page
-from nasctl.nas.errors import NasctlError
-from nasctl.nas.yaml_strict import DuplicateKeyError, load_strict
 
 from nasctl.cli import COMMANDS, build_parser, interrupt_hint, main
+from nasctl.errors import NasctlError
+from nasctl.yaml_strict import DuplicateKeyError, load_strict
 
 from .test_probe import error_line, fails, search_run, supernet, tree  # noqa: F401 (the fixtures)
 
@@ -379,7 +379,7 @@ def folders(supernet, search_run, tmp_path_factory) -> dict[str, Path]:  # noqa:
     quiet = ["--run-root", str(root)]
     assert main(["finetune", "--run", str(search_run), "--epochs", "1", *quiet]) == 0
     assert main(["eval", "--run", str(search_run), "--steps", "1", "--restarts", "1", "--square-queries", "0",
-                 "--n-images", "20", *quiet]) == 0
+                 "--n-images", "20", "--autoattack", "off", *quiet]) == 0
     assert main(["experiment", "transfer", "--run", str(search_run), "--members", "1", "--steps", "1",
                  "--restarts", "1", *quiet]) == 0
     out = {"train": supernet.parent, "search": search_run}

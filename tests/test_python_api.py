@@ -78,7 +78,7 @@ def test_open_run_reads_the_same_front(page_run):
 
 
 def test_bad_arguments_are_named_as_written(tmp_path, page_run):
-    from nasctl.nas.errors import NasctlError
+    from nasctl.errors import NasctlError
 
     with pytest.raises(NasctlError, match=r"unknown setting 'pop_sise'.*did you mean 'pop_size'"):
         nasctl.search(pop_sise=4, run_root=str(tmp_path))

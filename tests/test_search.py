@@ -270,6 +270,7 @@ def test_eval_command_writes_strong_results(finished_run, tmp_path):
     doc = json.loads(next((tmp_path / "eval").glob("*/eval.json")).read_text())
     r = doc["results"][0]
     assert r["images"] == 64 and "pgd3x2" in r["attacks"]
+    assert r["attacks"]["autoattack"]["version"] == "standard"  # the default: the whole of AutoAttack
     assert r["robust_acc"] == min(a["acc"] for a in r["attacks"].values()) <= r["clean_acc"]
 
 
@@ -396,7 +397,7 @@ def test_the_golden_comparison_catches_a_one_image_change(supernet_ckpt, tmp_pat
 
 def test_search_sets_any_training_setting_of_the_supernet_it_trains_first(tmp_path):
     """SearchConfig nests the training config: attack and sampling of the supernet trained first."""
-    from nasctl.nas.errors import NasctlError
+    from nasctl.errors import NasctlError
 
     with pytest.raises(NasctlError, match="leave them out"):
         SearchConfig(supernet="x.pt", train={"attack": "trades"}).validate()

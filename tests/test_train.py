@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from nasctl.nas.checkpoint import load_supernet, read_checkpoint
-from nasctl.nas.errors import NasctlError
 from nasctl.nas.space import load_space
 from nasctl.nas.train import (
     EpochMetrics,
@@ -21,6 +20,8 @@ from nasctl.nas.train import (
     resume_training,
     train_supernet,
 )
+
+from nasctl.errors import NasctlError
 
 TINY = dict(limit_train=128, batch_size=64, epochs=2, eval_size=40, eval_steps=2, attack_steps=2)
 
@@ -120,7 +121,7 @@ def test_catastrophic_overfitting_guard_restores_best(tmp_path, digits):
 
 
 def test_config_rejects_bad_values():
-    from nasctl.nas.runs import merge_config
+    from nasctl.config import merge_config
 
     with pytest.raises(NasctlError, match="--epochs must be >= 0"):
         merge_config(TrainConfig, None, {"epochs": -1})
@@ -129,7 +130,7 @@ def test_config_rejects_bad_values():
 
 
 def test_config_file_then_flags(tmp_path):
-    from nasctl.nas.runs import merge_config
+    from nasctl.config import merge_config
 
     p = tmp_path / "c.yaml"
     p.write_text("epochs: 3\nlr: 0.2\n")

@@ -24,8 +24,9 @@ from nasctl.nas.data import (
     load_dataset,
     supernet_data,
 )
-from nasctl.nas.errors import NasctlError
 from PIL import Image
+
+from nasctl.errors import NasctlError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -61,12 +61,13 @@ STUDIES: dict[str, Study] = {
 
 def resume_experiment(path: str | Path) -> Path:
     """Finish an interrupted experiment folder with its recorded config (finished cells are kept)."""
-    from ..runs import build_config
+    from nasctl.config import build_config
+
     from .folder import reopen
 
     folder = reopen(path)
     if folder.study not in STUDIES:
-        from ..errors import NasctlError
+        from nasctl.errors import NasctlError
 
         raise NasctlError(f"experiment {str(path)!r} is of an unknown study {folder.study!r}")
     cls, run = STUDIES[folder.study].resolve()

@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from nasctl.config import check_at_least_one
 from nasctl.core import atomic_write_text, resolve_device
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder, run_scope
 
-from ..errors import NasctlError, RunInterrupted
 from ..finetune import FinetuneConfig
-from ..runs import RunFolder, check_at_least_one, discard_if_unused, run_lock
 from . import folder as folder_mod
 from .run_data import check_members, member_label, member_picks, open_run, read_run
 
@@ -83,14 +84,8 @@ def run_finetune_scratch(cfg: FinetuneScratchConfig, resume: str | Path | None =
     run = open_run(run_dir, doc)
     if folder is None:
         folder = folder_mod.start(cfg, STUDY, [str(run_dir)], {"members": picks, "epochs": epochs})
-    try:
-        with run_lock(folder.path):
-            return _execute(cfg, folder, run, picks, epochs)
-    except NasctlError:
-        discard_if_unused(folder.path)
-        raise
-    except KeyboardInterrupt as e:
-        raise RunInterrupted(folder.path) from e
+    with run_scope(folder.path):
+        return _execute(cfg, folder, run, picks, epochs)
 
 
 def choose_members(cfg: FinetuneScratchConfig, doc: dict[str, Any], run_dir: Path, epochs: int) -> list[int]:

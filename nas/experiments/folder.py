@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nasctl.core import atomic_write_json, atomic_write_text, read_json_object
-
-from ..errors import NasctlError
-from ..runs import RunFolder, make_run_dir, write_run_config
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder, make_run_dir, write_run_config
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def reopen(path: str | os.PathLike) -> ExperimentFolder:
                            missing=f"--resume {str(path)!r} is not an experiment folder (no config.json): "
                            f"give runs/experiment/<stamp>-<study>")
     if not str(doc.get("command", "")).startswith(COMMAND) or "study" not in doc:
-        from ..folder_kind import describe
+        from nasctl.runfolder import describe
 
         raise NasctlError(f"--resume {str(path)!r} is {describe(path)}, not an experiment: give the folder "
                           f"of a 'nasctl experiment' study (runs/experiment/<stamp>-<study>)")

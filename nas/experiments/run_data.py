@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import NasctlError
+from nasctl.errors import NasctlError
 
 
 @dataclass

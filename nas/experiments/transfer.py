@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from nasctl.config import check_at_least_one, check_eps
 from nasctl.core import atomic_write_text, resolve_device
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder, run_scope
 
-from ..errors import NasctlError, RunInterrupted
-from ..runs import RunFolder, check_at_least_one, check_eps, discard_if_unused, run_lock
 from . import folder as folder_mod
 from .run_data import check_members, member_label, member_picks, open_run, read_run
 
@@ -117,14 +118,8 @@ def run_transfer(cfg: TransferConfig, resume: str | Path | None = None) -> Path:
                 "attack": {"steps": steps, "restarts": restarts, "eps": run.eps, "seed": seed},
             },
         )
-    try:
-        with run_lock(folder.path):
-            return _execute(cfg, folder, run, picks, steps, restarts, seed)
-    except NasctlError:
-        discard_if_unused(folder.path)
-        raise
-    except KeyboardInterrupt as e:
-        raise RunInterrupted(folder.path) from e
+    with run_scope(folder.path):
+        return _execute(cfg, folder, run, picks, steps, restarts, seed)
 
 
 def _execute(cfg, folder, run, picks, steps, restarts, seed) -> Path:

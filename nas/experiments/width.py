@@ -33,11 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from nasctl.config import check_at_least_one
 from nasctl.core import atomic_write_text
+from nasctl.errors import NasctlError
+from nasctl.runfolder import RunFolder, run_scope, write_run_config
 
-from ..errors import NasctlError, RunInterrupted
 from ..front import HV_REFERENCE, hypervolume
-from ..runs import RunFolder, check_at_least_one, check_width, discard_if_unused, run_lock, write_run_config
+from ..space import check_width
 from . import folder as folder_mod
 
 log = logging.getLogger(__name__)
@@ -154,14 +156,8 @@ def run_width(cfg: WidthConfig, resume: str | Path | None = None) -> Path:
         if resume is not None
         else folder_mod.start(cfg, STUDY, [], {"budget": cfg.budget()})
     )
-    try:
-        with run_lock(folder.path):
-            return _execute(cfg, folder)
-    except NasctlError:
-        discard_if_unused(folder.path)
-        raise
-    except KeyboardInterrupt as e:
-        raise RunInterrupted(folder.path) from e
+    with run_scope(folder.path):
+        return _execute(cfg, folder)
 
 
 def _train(cfg: WidthConfig, width: float, sub: Path) -> Path:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import NasctlError
+from nasctl.errors import NasctlError
+
 from .blocks import BLOCKS, SKIP
 
 _LAYER_RE = re.compile(r"^(?P<op>[a-z][a-z0-9_]*?)_c(?P<ch>[1-9][0-9]*)$")

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from nasctl.core import did_you_mean
+from nasctl.errors import NasctlError
 
 from .blocks import BLOCKS, SKIP
 from .genome import Genome, GenomeError, LayerGene
@@ -429,7 +430,7 @@ def load_space(name_or_path: str, width_mult: float | None = None) -> SearchSpac
                              f"{', '.join(builtin_spaces())}, or give a path to a YAML file")
     elif not path.exists():
         raise ValueError(f"search space file {str(path)!r} does not exist")
-    from ..yaml_strict import DuplicateKeyError, load_strict
+    from nasctl.yaml_strict import DuplicateKeyError, load_strict
 
     try:
         data = load_strict(path.read_text())
@@ -441,3 +442,12 @@ def load_space(name_or_path: str, width_mult: float | None = None) -> SearchSpac
     except (yaml.YAMLError, KeyError, TypeError) as e:
         raise ValueError(f"search space file {str(path)!r} is not a valid space definition: {e!r}") from e
     return space.with_width(width_mult) if width_mult is not None else space
+
+
+def check_width(width_mult: object, flag: str = "--width-mult") -> None:
+    """A width multiplier is a finite number in (0, MAX_WIDTH_MULT] (inf would overflow the channel counts,
+    nan compare false everywhere): one line naming ``flag`` otherwise. None: the caller's default."""
+    if width_mult is not None and not check_width_mult(width_mult):
+        raise NasctlError(f"{flag} must be a finite number in (0, {MAX_WIDTH_MULT:g}] (it multiplies every "
+                          f"channel choice; 1 is the space as written), got {width_mult!r}: give e.g. 0.5, 1 "
+                          f"or 2")

@@ -108,8 +108,8 @@ def dataset_from_args(args: argparse.Namespace) -> None:
     """Fold ``--image-size``, ``--channels``, ``--test-fraction`` and ``--skip-bad-images`` into
     ``args.dataset`` (``folder:/abs/DIR?image_size=32``): the name is what every config and checkpoint
     stores, so later stages reload exactly the same images."""
+    from nasctl.errors import NasctlError
     from nasctl.nas.data import dataset_spec
-    from nasctl.nas.errors import NasctlError
 
     opts = {k: getattr(args, k, None) for k in ("image_size", "channels", "test_fraction", "skip_bad_images")}
     if getattr(args, "dataset", None) is None:

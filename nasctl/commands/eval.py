@@ -19,6 +19,9 @@ def add_parser(sub, name: str, help_text: str) -> None:
     p.add_argument("--restarts", type=int, help="PGD random restarts (default 5)")
     p.add_argument("--square-queries", type=int, help="query-only Square attack: queries per image "
                    "(default 1000; 0 skips it)")
+    p.add_argument("--autoattack", choices=("standard", "apgd", "off"),
+                   help="AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square; the default), apgd "
+                   "(APGD-CE + APGD-T: much faster on a CPU, named as such in eval.json) or off")
     p.add_argument("--eps", type=float, help="L-inf budget (default: the training eps)")
     p.add_argument("--n-images", type=int, help="evaluate on the first N test images only")
     p.add_argument("--data-dir", help="folder of a torchvision data set")
@@ -28,8 +31,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nasctl.config import merge_config
     from nasctl.nas.robust_eval import EvalConfig, evaluate_subnets
-    from nasctl.nas.runs import merge_config
 
     cfg = merge_config(EvalConfig, args.config, config_overrides(args, EvalConfig))
 

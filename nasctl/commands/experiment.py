@@ -17,7 +17,7 @@ from ._common import (
 
 
 def _floats(text: str) -> list[float]:
-    from nasctl.nas.errors import NasctlError
+    from nasctl.errors import NasctlError
 
     try:
         return [float(t) for t in text.split(",") if t.strip()]
@@ -28,7 +28,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _ints(text: str) -> list[int]:
-    from nasctl.nas.errors import NasctlError
+    from nasctl.errors import NasctlError
 
     try:
         return [int(float(t.replace("_", ""))) for t in text.split(",") if t.strip()]
@@ -121,10 +121,10 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nasctl.nas.errors import NasctlError
+    from nasctl.config import merge_config
+    from nasctl.errors import NasctlError
     from nasctl.nas.experiments import STUDIES, resume_experiment
     from nasctl.nas.experiments.folder import reopen
-    from nasctl.nas.runs import merge_config
 
     study = STUDIES[args.study]
     if args.resume:

@@ -110,8 +110,8 @@ def _printer():
 
 
 def run(args: argparse.Namespace) -> int:
+    from nasctl.config import merge_config
     from nasctl.export import ExportConfig, export
-    from nasctl.nas.runs import merge_config
 
     overrides = config_overrides(args, ExportConfig)
     cfg = merge_config(ExportConfig, args.config, overrides)

@@ -48,8 +48,8 @@ def _progress():
 
 
 def run(args: argparse.Namespace) -> int:
+    from nasctl.config import merge_config
     from nasctl.nas.finetune import FinetuneConfig, finetune
-    from nasctl.nas.runs import merge_config
 
     overrides = config_overrides(args, FinetuneConfig)
     cfg = merge_config(FinetuneConfig, args.config, overrides)

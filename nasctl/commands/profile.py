@@ -77,7 +77,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nasctl.nas.errors import NasctlError
+    from nasctl.errors import NasctlError
     from nasctl.profiling.backends import ProfileSettings
     from nasctl.profiling.store import MeasurementStore
     from nasctl.profiling.target import check_device_name

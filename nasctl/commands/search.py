@@ -101,7 +101,7 @@ def _progress():
 
 
 def run(args: argparse.Namespace) -> int:
-    from nasctl.nas.runs import merge_config
+    from nasctl.config import merge_config
     from nasctl.nas.search import SearchConfig
     from nasctl.nas.search_run import resume_search, search
 

@@ -52,7 +52,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nasctl.nas.runs import merge_config
+    from nasctl.config import merge_config
     from nasctl.nas.train import TrainConfig, resume_training, train_supernet
 
     if args.resume:

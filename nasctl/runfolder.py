@@ -1,9 +1,11 @@
-"""Self-describing run folders and config merging shared by every command.
+"""Self-describing run folders: where a command's results go, and how it works in one (the ground layer).
 
-A run folder (``runs/<command>/<YYYYmmdd-HHMMSS>-<name>/``) gets ``config.json`` -- the merged
-config, the seed and every relevant library version -- before any work starts, so a result never
-exists without the settings that produced it. Configs are dataclasses; precedence is defaults, then
-a YAML file, then command-line flags, and unknown keys are rejected with a "did you mean".
+A run folder (``runs/<command>/<YYYYmmdd-HHMMSS>-<name>/``) gets ``config.json`` -- the merged config, the
+seed and every relevant library version -- before any work starts, so a result never exists without the
+settings that produced it. :func:`run_scope` is the one way a command holds its folder: the lock, a fresh
+folder removed again when bad input stops the command before any work, Ctrl-C turned into
+:class:`RunInterrupted` naming the folder to resume. Every folder names the command that made it, so a
+folder handed to the wrong command is told apart (:func:`describe`).
 """
 
 from __future__ import annotations
@@ -11,97 +13,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import os
 import sys
 import time
-import types
-import typing
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
-import yaml
-
-from nasctl.core import atomic_write_json, did_you_mean, torch_threads, versions
-
-from .errors import NasctlError
-from .yaml_strict import DuplicateKeyError, load_strict
-
-C = TypeVar("C")
+from nasctl.core import atomic_write_json, torch_threads, versions
+from nasctl.errors import NasctlError, RunInterrupted
 
 MAX_NAME_BYTES = 100  # a run folder's name is <stamp>-<name>: well inside the file systems' 255 bytes
-
-
-def merge_config(cls: type[C], yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Build config ``cls`` from its defaults, then a YAML file, then non-None ``overrides``."""
-    values: dict[str, Any] = {}
-    source = "the command line"
-    if yaml_path:
-        path = Path(yaml_path)
-        source = f"config file {yaml_path!r}"
-        if not path.exists():
-            raise NasctlError(f"config file {yaml_path!r} does not exist: check the --config path")
-        try:
-            loaded = load_strict(path.read_text(), same_key=_setting_name) or {}
-        except DuplicateKeyError as e:
-            raise NasctlError(f"config file {yaml_path!r} sets {e.key!r} twice, at line {e.first} and again "
-                              f"at line {e.line} (YAML would silently keep the later): keep one of them"
-                              ) from e
-        except yaml.YAMLError as e:
-            raise NasctlError(f"config file {yaml_path!r} is not valid YAML "
-                              f"({str(e).splitlines()[0]}): fix it") from e
-        if not isinstance(loaded, dict):
-            raise NasctlError(f"config file {yaml_path!r} must hold a mapping of settings, "
-                              f"not {type(loaded).__name__}")
-        values.update({_setting_name(k): v for k, v in loaded.items()})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build_config(cls, values, source)
-
-
-def _setting_name(key: object) -> str:
-    """The config field a YAML key sets: ``batch-size`` and ``batch_size`` are one setting."""
-    return str(key).replace("-", "_")
-
-
-def _allowed_types(hint: Any) -> tuple[type, ...]:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return tuple(t for a in typing.get_args(hint) for t in _allowed_types(a))
-    if hint is type(None) or hint is None:
-        return (type(None),)
-    origin = typing.get_origin(hint)
-    return (origin,) if isinstance(origin, type) else (hint,) if isinstance(hint, type) else (object,)
-
-
-def _type_ok(value: Any, allowed: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # a bool is an int to Python, not to a user who wrote 'true'
-        return bool in allowed or object in allowed
-    if isinstance(value, int) and float in allowed:
-        return True
-    return isinstance(value, allowed)
-
-
-def build_config(cls: type[C], values: dict[str, Any], source: str) -> C:
-    """Config ``cls`` from ``values`` (a YAML file's, a run's ``config.json``), checked field by field.
-
-    Unknown keys get a "did you mean", values of the wrong type name the field and the type it takes,
-    and the config's own ``validate()`` runs last: every way a hand-edited file can be wrong becomes
-    one :class:`NasctlError` naming ``source``, never a TypeError deep inside a run.
-    """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key, value in values.items():
-        if key not in names:
-            hint = did_you_mean(key, names) or f"; known: {', '.join(names)}"
-            raise NasctlError(f"unknown setting {key!r} for {cls.__name__} in {source}{hint}")
-        allowed = _allowed_types(hints[key])
-        if not _type_ok(value, allowed):
-            want = " or ".join(sorted({"none" if t is type(None) else t.__name__ for t in allowed}))
-            raise NasctlError(f"setting {key!r} in {source} must be {want}, not {type(value).__name__} "
-                              f"{value!r}: fix the value")
-    cfg = cls(**values)
-    validate = getattr(cfg, "validate", None)
-    if validate:
-        validate()
-    return cfg
 
 
 @dataclasses.dataclass
@@ -229,29 +151,83 @@ def discard_if_unused(run_dir: str | Path) -> bool:
     return True
 
 
-def check_at_least_one(cfg: Any, names: dict[str, str] | tuple[str, ...]) -> None:
-    """Every count setting in ``names`` (None means "not set") is >= 1; ``names`` may map each to a
-    few words saying what it counts, for the message."""
-    what = names if isinstance(names, dict) else dict.fromkeys(names, "")
-    for name, words in what.items():
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            label = f" ({words})" if words else ""
-            raise NasctlError(f"--{name.replace('_', '-')}{label} must be >= 1, got {value}")
+@contextlib.contextmanager
+def run_scope(run_dir: str | Path, *, fresh: bool = True, lock: bool = True,
+              on_interrupt: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Work inside a run folder: start, failure and Ctrl-C handled the one way every command needs.
+
+    Holds the folder's lock (``lock``; ranks that do not write pass False). A :class:`NasctlError` --
+    bad input found before any work -- removes a ``fresh`` folder that holds nothing but its config
+    (:func:`discard_if_unused`; a folder with any result in it is kept whole) and propagates. Ctrl-C
+    runs ``on_interrupt`` (e.g. mark a status file) and becomes :class:`RunInterrupted` carrying the
+    folder, so the CLI can print the command that resumes it.
+    """
+    run_dir = Path(run_dir)
+    try:
+        with run_lock(run_dir) if lock else contextlib.nullcontext():
+            yield run_dir
+    except NasctlError:
+        if fresh:
+            discard_if_unused(run_dir)
+        raise
+    except KeyboardInterrupt as e:
+        if isinstance(e, RunInterrupted):
+            raise
+        if on_interrupt is not None:
+            on_interrupt()
+        raise RunInterrupted(run_dir) from e
 
 
-def check_eps(eps: float | None, hint: str = "") -> None:
-    """An L-inf radius on [0, 1] pixels must be in (0, 1] (None: the caller's default)."""
-    if eps is not None and not 0 < eps <= 1:
-        raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got {eps}{hint}")
+# command -> what its folder is, for "it is <...>, not a search run"
+WHAT = {
+    "train": "a 'nasctl train' run (a supernet)",
+    "search": "a 'nasctl search' run",
+    "finetune": "a 'nasctl finetune' folder (one fine-tuned subnet)",
+    "eval": "a 'nasctl eval' folder (robustness results)",
+    "export": "a 'nasctl export' folder (model files)",
+    "experiment": "a 'nasctl experiment' folder (a study)",
+}
 
 
-def check_width(width_mult: object, flag: str = "--width-mult") -> None:
-    """A width multiplier is a finite number in (0, MAX_WIDTH_MULT] (inf would overflow the channel counts,
-    nan compare false everywhere): one line naming ``flag`` otherwise. None: the caller's default."""
-    from .space.space import MAX_WIDTH_MULT, check_width_mult
+def _config(folder: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
-    if width_mult is not None and not check_width_mult(width_mult):
-        raise NasctlError(f"{flag} must be a finite number in (0, {MAX_WIDTH_MULT:g}] (it multiplies every "
-                          f"channel choice; 1 is the space as written), got {width_mult!r}: give e.g. 0.5, 1 "
-                          f"or 2")
+
+def folder_kind(folder: str | os.PathLike) -> str | None:
+    """The command whose run folder this is (``train``, ``search``, ``finetune``, ``eval``, ``export``,
+    ``experiment``), or None for a folder nasctl did not make (no readable ``config.json``)."""
+    doc = _config(Path(folder))
+    command = str((doc or {}).get("command") or "").split(" ")[0]
+    return command if command in WHAT else None
+
+
+def describe(folder: str | os.PathLike) -> str:
+    """A few words on what ``folder`` is: "a 'nasctl train' run (a supernet)", "not a nasctl run folder
+    (no config.json)", ..."""
+    folder = Path(folder)
+    kind = folder_kind(folder)
+    if kind is not None:
+        doc = _config(folder) or {}
+        return WHAT[kind] if kind != "experiment" else f"a 'nasctl {doc.get('command')}' folder (a study)"
+    if not folder.is_dir():
+        return "not a folder"
+    if (folder / "config.json").exists():
+        return "not a nasctl run folder (its config.json is not one nasctl wrote)"
+    return "not a nasctl run folder (no config.json)"
+
+
+def source_run(folder: str | os.PathLike) -> str | None:
+    """The search run a finetune, eval, export or experiment folder was made from, as its ``config.json``
+    records it (None when it records none)."""
+    doc = _config(Path(folder)) or {}
+    runs = doc.get("search_runs") or []
+    src = (doc.get("source") or {}).get("run") if isinstance(doc.get("source"), dict) else None
+    cfg_run = (doc.get("config") or {}).get("run") if isinstance(doc.get("config"), dict) else None
+    for candidate in (src, *(runs if isinstance(runs, list) else []), cfg_run):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return None

@@ -1,0 +1,114 @@
+"""The layers of the product packages, read from the source with ``ast`` (function-local imports
+included: a late import does not dodge the rule).
+
+The ground layer (``nasctl.errors``, ``nasctl.yaml_strict``, ``nasctl.core``, ``nasctl.config``,
+``nasctl.runfolder``, ``nasctl.threads``) imports nothing above it, so any package can use run folders,
+configs and errors without pulling in the search. Above it the packages stand in the order of
+:data:`PACKAGE_ORDER`; an import from a lower package into a higher one is a new violation and fails.
+The few that remain from before the layers were drawn are listed in :data:`KNOWN_UPWARD` with the
+module that makes each; when one is fixed the test fails until it is struck from the list, so the list
+only shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# import name -> source folder (pyproject's package-dir)
+PACKAGES = {"nasctl": ROOT / "nasctl", "nasctl.nas": ROOT / "nas", "nasctl.export": ROOT / "export",
+            "nasctl.profiling": ROOT / "profiling", "nasctl.android_bench": ROOT / "android_bench"}
+GROUND = ("nasctl.errors", "nasctl.yaml_strict", "nasctl.core", "nasctl.config", "nasctl.runfolder",
+          "nasctl.threads")
+# low to high; the CLI and the Python API (everything else under nasctl/) sit on top of all of them
+PACKAGE_ORDER = ("ground", "nasctl.nas", "nasctl.export", "nasctl.profiling", "nasctl.android_bench",
+                 "nasctl (cli, api)")
+KNOWN_UPWARD = {
+    # the search opens its latency source itself (issue 21.2: pass it in as a callable instead)
+    ("nasctl.nas.search", "nasctl.profiling.source"),
+    ("nasctl.nas.search_run", "nasctl.profiling.source"),
+    ("nasctl.nas.search_run", "nasctl.profiling.store"),
+    # a phone target is built by profiling (issue 21.2: android_bench registers it instead)
+    ("nasctl.profiling.target", "nasctl.android_bench.adb"),
+    ("nasctl.profiling.target", "nasctl.android_bench.runner"),
+    # nasctl.export(member) is the Python API's call (issue 21.3)
+    ("nasctl.export", "nasctl.api"),
+}
+
+
+def module_files() -> dict[str, Path]:
+    """Every product module by its import name."""
+    out = {}
+    for pkg, folder in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            rel = path.relative_to(folder).with_suffix("").parts
+            if pkg == "nasctl" and rel[0] in ("nas", "export", "profiling", "android_bench"):
+                continue  # a development symlink, not part of the nasctl/ folder
+            parts = rel[:-1] if rel[-1] == "__init__" else rel
+            out[".".join((pkg, *parts))] = path
+    return out
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """The product modules ``name`` imports anywhere in its file (top level or inside functions)."""
+    tree = ast.parse(path.read_text(), str(path))
+    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{a.name}" for a in node.names)  # ``from pkg import module``
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {t for t in found if t == "nasctl" or t.startswith("nasctl.")}
+
+
+def layer(name: str) -> int:
+    if name in GROUND or any(name.startswith(g + ".") for g in GROUND):
+        return 0
+    for i, pkg in enumerate(PACKAGE_ORDER[1:-1], start=1):
+        if name == pkg or name.startswith(pkg + "."):
+            return i
+    return len(PACKAGE_ORDER) - 1
+
+
+def edges() -> set[tuple[str, str]]:
+    files = module_files()
+    out = set()
+    for name, path in files.items():
+        for target in imports_of(name, path):
+            while target not in files and "." in target:  # ``from pkg import name``: the module is pkg
+                target = target.rsplit(".", 1)[0]
+            if target in files and target != name:
+                out.add((name, target))
+    return out
+
+
+def test_the_import_reader_sees_late_imports(tmp_path):
+    """The reader itself: a function-local import and a relative one are both seen."""
+    src = tmp_path / "m.py"
+    src.write_text("from .errors import NasctlError\n\ndef f():\n    from nasctl.profiling import store\n")
+    assert imports_of("nasctl.nas.m", src) == {"nasctl.nas.errors", "nasctl.nas.errors.NasctlError",
+                                               "nasctl.profiling", "nasctl.profiling.store"}
+
+
+def test_ground_layer_imports_nothing_above_it():
+    files = module_files()
+    assert set(GROUND) <= set(files), "a ground module is missing"
+    above = sorted((a, b) for a, b in edges() if layer(a) == 0 and layer(b) > 0)
+    assert not above, f"ground modules import layers above them: {above}"
+
+
+def test_no_package_imports_one_above_it():
+    upward = {(a, b) for a, b in edges() if layer(b) > layer(a)}
+    new = sorted(upward - KNOWN_UPWARD)
+    assert not new, (f"imports from a lower layer into a higher one (order: {' < '.join(PACKAGE_ORDER)}): "
+                     f"{new}")
+    fixed = sorted(KNOWN_UPWARD - upward)
+    assert not fixed, f"these are fixed: strike them from KNOWN_UPWARD: {fixed}"
+
