@@ -148,8 +148,8 @@ class EvalConfig(RunFolder):
 
     def protocol(self) -> StrongEvalConfig:
         return StrongEvalConfig(steps=self.steps, restarts=self.restarts, n_images=self.n_images,
-                                square_queries=self.square_queries, autoattack=self.autoattack, seed=self.seed,
-                                eps=self.eps)
+                                square_queries=self.square_queries, autoattack=self.autoattack,
+                                seed=self.seed, eps=self.eps)
 
 
 @dataclass

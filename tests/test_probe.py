@@ -239,7 +239,8 @@ def test_arch_equal_to_the_subnets_genome_is_fine(subnet, tmp_path, capsys):
 
     path, genome = subnet
     assert main(["eval", "--checkpoint", str(path), "--arch", genome, "--steps", "1", "--restarts", "1",
-                 "--square-queries", "0", "--n-images", "10", "--autoattack", "off", "--run-root", str(tmp_path)]) == 0
+                 "--square-queries", "0", "--n-images", "10", "--autoattack", "off",
+                 "--run-root", str(tmp_path)]) == 0
     result = json.loads(next(tmp_path.glob("eval/*/eval.json")).read_text())["results"]
     assert [(r["genome"], r["weights"]) for r in result] == [(genome, "fine-tuned")]
     assert load_source(path, genome).genome == genome and load_source(path, None).kind == "subnet"
