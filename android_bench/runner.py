@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nasctl.core import sha256_file
 from nasctl.profiling.backends import ProfileSettings, check_threads
 from nasctl.profiling.device import DeviceInfo
 from nasctl.profiling.errors import ProfilingError
 from nasctl.profiling.result import DRIFT_WARN, LatencyResult, summarize
 from nasctl.profiling.store import finite_or_none
-
-from nasctl.core import sha256_file
 
 from .adb import Adb, AdbError, AdbTimeout, classify, state_error
 from .binary import check_tflite, find_binary

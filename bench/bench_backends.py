@@ -49,6 +49,7 @@ def genomes(args) -> list[tuple[str, str]]:
 
 def write_models(space_name: str, genome: str, out: Path) -> dict[str, Path]:
     import torch
+
     from nasctl.export.onnx import export_onnx
     from nasctl.export.prepare import fold_batchnorm
     from nasctl.nas.supernet import build_subnet
@@ -123,11 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench/results/backends.json")
     args = ap.parse_args(argv)
+    from nasctl.core import atomic_write_json, versions
     from nasctl.nas.data import dataset_info
     from nasctl.nas.space import load_space
     from nasctl.profiling import host_device
-
-    from nasctl.core import atomic_write_json, versions
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from nasctl.nas.candidates import test_accuracy
 from nasctl.nas.data import DataSplits, dataset_spec, first_test_images, load_dataset, subset_train
 from nasctl.nas.finetune import (
@@ -215,9 +216,8 @@ def plain_train(genome: str, data: DataSplits, eps: float, seed: int = 0, epochs
 def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConfig, dict[str, Any]]:
     """The data, recipe and attack of the search's fine-tune stage, from the run's config.json (``--run``)
     or a recipe file (``--config``): same split seed, train subset, epochs, eps and test images."""
-    from nasctl.nas.search import SearchConfig
-
     from nasctl.config import merge_config
+    from nasctl.nas.search import SearchConfig
 
     if args.run:
         from nasctl.nas.search_run import config_from_run

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from nasctl.nas import supernet as supernet_module
 from nasctl.nas.data import load_dataset
 from nasctl.nas.space import SearchSpace, load_space

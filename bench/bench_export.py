@@ -141,11 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
+    from nasctl.core import atomic_write_json, versions
     from nasctl.export import ExportConfig, export
     from nasctl.export.source import load_source
     from nasctl.nas.space import Genome
-
-    from nasctl.core import atomic_write_json, versions
 
     out = Path(args.out or f"bench/results/export-{time.strftime('%Y%m%d-%H%M%S')}")
     checkpoint, genomes = pick_genomes(args)

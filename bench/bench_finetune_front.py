@@ -23,6 +23,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+
 from nasctl.nas.candidates import test_accuracy
 from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset

@@ -93,6 +93,7 @@ def main() -> None:
     import math
 
     import torch
+
     from nasctl.nas import userdata
     from nasctl.nas.data import dataset_info, load_dataset
 

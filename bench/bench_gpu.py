@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset, subset_train
 from nasctl.nas.train import TrainConfig, Trainer
 

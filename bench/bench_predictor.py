@@ -114,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    from nasctl.profiling import host_device
-
     from nasctl.core import atomic_write_json, versions
+    from nasctl.profiling import host_device
 
     atomic_write_json(
         args.out,

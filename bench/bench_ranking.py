@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import kendalltau
+
 from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset
 from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train, reset_weights, robust_accuracy
 from nasctl.nas.select import run_supernet
-from scipy.stats import kendalltau
 
 
 def pick_subnets(run: Path, n: int) -> list[dict]:

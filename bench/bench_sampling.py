@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from nasctl.nas.candidates import CandidateEvaluator, EvalSettings
 from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset

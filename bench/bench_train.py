@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from nasctl.nas.data import DataSplits, load_dataset
 from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train
 from nasctl.nas.space import load_space

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nasctl.nas.data import DatasetInfo, DataSplits, load_dataset
 
 from nasctl.core import atomic_write_json, atomic_write_text
 from nasctl.errors import NasctlError
+from nasctl.nas.data import DatasetInfo, DataSplits, load_dataset
 from nasctl.runfolder import RunFolder
 
 from .errors import ExportError

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from nasctl.nas.data import TensorSplit
-from nasctl.nas.supernet import BNCalibration, recalibrate_bn
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from nasctl.nas.data import TensorSplit
+from nasctl.nas.supernet import BNCalibration, recalibrate_bn
 
 log = logging.getLogger(__name__)
 

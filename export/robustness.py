@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from nasctl.nas.attacks import PGD
 from nasctl.nas.square import Square
-from torch import nn
 
 from .verify import top1_agreement, torch_logits
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from nasctl.nas.data import DataSplits
 
 from .source import ExportSource

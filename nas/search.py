@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nasctl.config import check_at_least_one, check_eps
 from nasctl.core import did_you_mean
@@ -39,6 +39,31 @@ log = logging.getLogger(__name__)
 
 # which fine-tuned members AutoAttack scores (SearchConfig.finetune_autoattack_scope)
 AA_SCOPES = ("up-to-knee", "all")
+
+
+class LatencyProvider(Protocol):
+    """Where the search's ``latency_ms`` comes from, handed in by the caller (the CLI and ``nasctl.search``
+    pass :class:`nasctl.profiling.LatencySources`): the search sits below profiling and never imports it.
+
+    ``check`` refuses a bad ``--latency-source`` before any work; ``open`` binds the source to the
+    run's space and input shape once the supernet is loaded, and returns a callable ``genome -> ms``
+    with ``spec`` (kind, device, precision, threads; ``describe()``), ``provenance`` and, for the
+    latency check, ``measure_many(genomes)``.
+    """
+
+    def check(self, spec: str, precision: str, threads: int) -> None: ...
+
+    def open(self, spec: str, store: str, space: Any, info: Any, precision: str, threads: int) -> Any: ...
+
+
+def check_latency_provider(cfg: SearchConfig, latency: LatencyProvider | None) -> None:
+    """A run with ``latency_source`` needs a provider, and the provider accepts the spec."""
+    if not cfg.latency_source:
+        return
+    if latency is None:
+        raise NasctlError(f"latency_source {cfg.latency_source!r} needs a latency provider: pass "
+                          f"latency=nasctl.profiling.LatencySources() (the CLI and nasctl.search() do)")
+    latency.check(cfg.latency_source, cfg.latency_precision, cfg.latency_threads)
 
 
 @dataclass
@@ -119,10 +144,6 @@ class SearchConfig(RunFolder):
                               f"lut:host (build the table first: nasctl profile --build-lut --space SPACE "
                               f"--device host "
                               f"--int8) or --latency-source measure:host")
-        if self.latency_source:
-            from nasctl.profiling.source import parse_latency_source
-
-            parse_latency_source(self.latency_source, self.latency_precision, self.latency_threads)
         if self.max_latency_ms is not None and not self.max_latency_ms > 0:
             raise NasctlError(f"--max-latency-ms must be > 0, got {self.max_latency_ms}")
         if is_user_spec(self.dataset):  # a user's images: stored with an absolute path, options in order

@@ -32,7 +32,7 @@ from .latency_check import run_latency_check
 from .objectives import genome_costs, parse_objectives
 from .problem import SearchState
 from .report import write_outputs
-from .search import SearchCallbacks, SearchConfig, run_generations
+from .search import LatencyProvider, SearchCallbacks, SearchConfig, check_latency_provider, run_generations
 from .space import Genome, GenomeError
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
@@ -73,18 +73,17 @@ def _sizes_fn(space, info: dict[str, Any], latency=None):
     return sizes
 
 
-def _latency_source(cfg: SearchConfig, loaded: LoadedSupernet):
-    """The run's latency source (None without --latency-source), bound to its space and input shape."""
+def _latency_source(cfg: SearchConfig, loaded: LoadedSupernet, latency: LatencyProvider | None):
+    """The run's latency source (None without --latency-source), bound to its space and input shape by
+    the caller's provider (:func:`check_latency_provider` made sure there is one)."""
     if not cfg.latency_source:
         return None
-    from nasctl.profiling.source import open_latency_source
-    from nasctl.profiling.store import MeasurementStore
-
+    check_latency_provider(cfg, latency)
     from .data import DatasetInfo
 
     info = DatasetInfo.from_dict(loaded.dataset)
-    return open_latency_source(cfg.latency_source, MeasurementStore(cfg.store).open(), loaded.space, info,
-                               cfg.latency_precision, cfg.latency_threads)
+    return latency.open(cfg.latency_source, cfg.store, loaded.space, info, cfg.latency_precision,
+                        cfg.latency_threads)
 
 
 def _recorded_space(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
@@ -164,18 +163,20 @@ def _no_feasible_message(cfg: SearchConfig, archive: Archive) -> str:
 
 
 def execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks | None = None,
-            train_callbacks=None, data: DataSplits | None = None) -> Path:
+            train_callbacks=None, data: DataSplits | None = None,
+            latency: LatencyProvider | None = None) -> Path:
     """Run (or continue) the search in ``run_dir``; returns the path of ``pareto.json``.
 
     Holds the run folder's lock throughout, so a second process cannot resume the same run at once.
-    ``data``: splits in hand instead of the data set ``cfg.dataset`` names (see :func:`search`).
+    ``data``: splits in hand instead of the data set ``cfg.dataset`` names (see :func:`search`);
+    ``latency``: where ``latency_ms`` comes from (see :func:`search`).
     """
     with run_lock(run_dir):
-        return _execute(cfg, run_dir, callbacks or SearchCallbacks(), train_callbacks, data)
+        return _execute(cfg, run_dir, callbacks or SearchCallbacks(), train_callbacks, data, latency)
 
 
 def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train_callbacks,
-             given: DataSplits | None = None) -> Path:
+             given: DataSplits | None = None, latency_provider: LatencyProvider | None = None) -> Path:
     t0 = time.perf_counter()
     stages: dict[str, float] = {}  # wall seconds per stage of this invocation (a resume redoes less)
     lap = t0
@@ -212,7 +213,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
     evaluator = CandidateEvaluator(loaded.supernet, data, eps, settings, seed=cfg.seed, device=device)
     if len(archive):
         log.info("archive.jsonl holds %d evaluated subnets: they are reused, not re-evaluated", len(archive))
-    latency = _latency_source(cfg, loaded)
+    latency = _latency_source(cfg, loaded, latency_provider)
     if latency is not None:
         log.info("latency_ms from %s", latency.spec.describe())
     state = SearchState(loaded.space, objectives, evaluator.accuracy,
@@ -323,15 +324,18 @@ def _finetune_recipe() -> str:
 
 
 def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_callbacks=None,
-           data: DataSplits | None = None) -> Path:
+           data: DataSplits | None = None, latency: LatencyProvider | None = None) -> Path:
     """Start a new search run folder under ``cfg.run_root``; returns the path of ``pareto.json``.
 
     ``data``: ready :class:`DataSplits` (a notebook's own arrays) instead of loading ``cfg.dataset``;
     ``cfg.dataset`` becomes their ``info.name``, and a name nasctl cannot load gets the ``auto`` space.
-    A resume of such a run needs the same splits again (:func:`resume_search`'s ``data``)."""
+    A resume of such a run needs the same splits again (:func:`resume_search`'s ``data``).
+    ``latency``: the provider of ``cfg.latency_source`` (:class:`nasctl.profiling.LatencySources`),
+    needed only when the config names one."""
     if data is not None:
         cfg.dataset = data.info.name
     cfg.validate()
+    check_latency_provider(cfg, latency)  # a bad --latency-source fails before anything is created
     if cfg.supernet is not None:
         _check_supernet_folder(cfg.supernet)
         load_supernet(cfg.supernet, expect_space=_expected_space(cfg))  # fail before creating anything
@@ -340,7 +344,7 @@ def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_ca
     with run_scope(run_dir, lock=False):
         write_run_config(run_dir, "search", cfg)
         log.info("run folder: %s", run_dir)
-        return execute(cfg, run_dir, callbacks, train_callbacks, data)
+        return execute(cfg, run_dir, callbacks, train_callbacks, data, latency)
 
 
 def _check_supernet_folder(supernet: str) -> None:
@@ -378,7 +382,8 @@ def config_from_run(doc: dict[str, Any], source: str = "the run's config.json") 
 
 
 def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,
-                  train_callbacks=None, data: DataSplits | None = None) -> Path:
+                  train_callbacks=None, data: DataSplits | None = None,
+                  latency: LatencyProvider | None = None) -> Path:
     """Continue a search run after a crash or interrupt, with the run's own config and seed (and the
     ``data`` it was started with, if :func:`search` was given splits)."""
     run_dir = Path(run_dir)
@@ -394,5 +399,6 @@ def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,
                           f"folder of a 'nasctl search' run (runs/search/<stamp>-<name>)")
     cfg = config_from_run(doc, f"{str(cfg_path)!r}")
     log.info("resuming search %s", run_dir)
+    check_latency_provider(cfg, latency)
     with run_scope(run_dir, fresh=False, lock=False):
-        return execute(cfg, run_dir, callbacks, train_callbacks, data)
+        return execute(cfg, run_dir, callbacks, train_callbacks, data, latency)

@@ -168,11 +168,12 @@ def search(dataset: str = "digits", *, progress: Callable[[Progress], None] | No
     from .config import build_config
     from .nas.search import SearchConfig
     from .nas.search_run import search as run_search
+    from .profiling.source import LatencySources
 
     search_cb, train_cb = _callbacks(progress)
     with _arguments(SearchConfig):
         cfg = build_config(SearchConfig, {"dataset": dataset, **settings}, "nasctl.search()")
-        path = run_search(cfg, search_cb, train_cb, data=data)
+        path = run_search(cfg, search_cb, train_cb, data=data, latency=LatencySources())
     return open_run(path.parent)
 
 

@@ -6,7 +6,8 @@
   backend, runtime version, precision and threads.
 * :func:`build_table` measures a space's lookup table (every block at every position and width),
   :func:`calibrate` fits the whole-model predictor, :func:`load_table` reads them back.
-* :func:`open_latency_source` is what ``nasctl search --latency-source`` uses.
+* :class:`LatencySources` is what ``nasctl search --latency-source`` hands the search
+  (:func:`open_latency_source` behind it).
 
 
 Names resolve lazily (PEP 562): the measuring worker, ``python -m nasctl.profiling.worker``, imports this
@@ -32,7 +33,7 @@ _EXPORTS = {
         "space_entries",
     ),
     "result": ("LatencyResult",),
-    "source": ("LatencySource", "open_latency_source", "parse_latency_source"),
+    "source": ("LatencySource", "LatencySources", "open_latency_source", "parse_latency_source"),
     "store": ("MeasurementStore", "Scope", "default_store_path", "open_store"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from torch import nn
+
 from nasctl.nas.data import DatasetInfo
 from nasctl.nas.space import SKIP, Genome, SearchSpace
-from torch import nn
 
 from .backends import ProfileSettings
 from .convert import ToConvert, convert_modules

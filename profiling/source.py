@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nasctl.core import did_you_mean
 from nasctl.nas.data import DatasetInfo
 from nasctl.nas.space import Genome, SearchSpace
-
-from nasctl.core import did_you_mean
 
 from .backends import ProfileSettings, check_threads
 from .errors import ProfilingError
@@ -136,3 +135,17 @@ def open_latency_source(
     threads: int = 1,
 ) -> LatencySource:
     return LatencySource(parse_latency_source(text, precision, threads), store, space, info)
+
+
+class LatencySources:
+    """nasctl.profiling's latency sources as the search takes them (``nasctl.nas.search.LatencyProvider``):
+    the caller hands one to ``search(..., latency=LatencySources())``, so the search never imports this
+    package. ``check`` parses a spec (one line for a bad one); ``open`` opens the store at ``store`` and
+    returns the :class:`LatencySource`."""
+
+    def check(self, spec: str, precision: str = "int8", threads: int = 1) -> None:
+        parse_latency_source(spec, precision, threads)
+
+    def open(self, spec: str, store: str, space: SearchSpace, info: DatasetInfo, precision: str = "int8",
+             threads: int = 1) -> LatencySource:
+        return open_latency_source(spec, MeasurementStore(store).open(), space, info, precision, threads)

@@ -7,10 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nasctl.core import sha256_file
 from nasctl.nas.data import DatasetInfo, dataset_info, dataset_names, default_space
 from nasctl.nas.space import SearchSpace, is_auto, space_for
-
-from nasctl.core import sha256_file
 
 from .backends import ProfileSettings, check_threads, measure
 from .errors import ProfilingError

@@ -20,18 +20,18 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from nasctl.android_bench import ADB_BACKEND
 from nasctl.android_bench.adb import Adb, AdbError, parse_devices
 from nasctl.android_bench.binary import check_tflite, elf_abis, find_binary
 from nasctl.android_bench.device import choose_devices, count_cpus, device_info, list_devices, parse_getprop
 from nasctl.android_bench.parse import KEYS, BenchmarkOutputError, parse_benchmark_output
 from nasctl.android_bench.runner import BenchOptions, benchmark_command, summarize_runs
+from nasctl.cli import main
+from nasctl.core import sha256_file
 from nasctl.profiling.device import DeviceInfo
 from nasctl.profiling.errors import ProfilingError
 from nasctl.profiling.store import MeasurementStore, Scope
-
-from nasctl.cli import main
-from nasctl.core import sha256_file
 
 DATA = Path(__file__).parent / "data" / "benchmark_model"
 SAMPLE = DATA / "synaptics_vs680_nnapi_adb.txt"  # a real `adb shell benchmark_model` output

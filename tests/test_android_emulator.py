@@ -33,11 +33,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from nasctl.android_bench.binary import cache_path
-from nasctl.profiling.store import MeasurementStore, Scope
 
+from nasctl.android_bench.binary import cache_path
 from nasctl.cli import main
 from nasctl.core import sha256_file
+from nasctl.profiling.store import MeasurementStore, Scope
 
 from .adbd_emulator import EmulatedDevice
 from .test_android_bench import elf
@@ -109,8 +109,9 @@ def phone(adb_server, tmp_path):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> list[Path]:
     """Two small float32 TFLite models from nasctl's own converter (torch -> ONNX -> TFLite)."""
-    from nasctl.profiling.convert import ToConvert, convert_modules
     from torch import nn
+
+    from nasctl.profiling.convert import ToConvert, convert_modules
 
     def small():
         return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

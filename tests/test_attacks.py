@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nasctl.nas.attacks import ATTACKS, FGSM, FGSMRS, NFGSM, PGD, evaluate, make_attack, trades_loss
-from nasctl.nas.square import Square
 
 from nasctl.errors import NasctlError
+from nasctl.nas.attacks import ATTACKS, FGSM, FGSMRS, NFGSM, PGD, evaluate, make_attack, trades_loss
+from nasctl.nas.square import Square
 
 
 def _acc(model, digits, attack, n=397, seed=0):

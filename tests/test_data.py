@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from nasctl.errors import NasctlError
 from nasctl.nas.data import (
     DATASETS,
     DatasetInfo,
@@ -24,8 +26,6 @@ from nasctl.nas.data import (
     dataset_names,
     load_dataset,
 )
-
-from nasctl.errors import NasctlError
 
 TORCHVISION_SETS = [n for n in DATASETS if n != "digits"]
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from nasctl.cli import main
 from nasctl.nas.experiments import resume_experiment
 from nasctl.nas.experiments.finetune_scratch import FinetuneScratchConfig, run_finetune_scratch
 from nasctl.nas.experiments.transfer import TransferConfig, analyse, run_transfer
@@ -17,8 +19,6 @@ from nasctl.nas.front import hypervolume
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.search_run import search
 from nasctl.nas.train import TrainConfig, train_supernet
-
-from nasctl.cli import main
 
 TINY_SEARCH = dict(
     pop_size=6,

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from nasctl.cli import main
+from nasctl.core import atomic_torch_save
 from nasctl.export import TARGETS, ConversionError
 from nasctl.export.pipeline import FLOAT_FILE, INT8_FILE, STEPS, StepRecord
 from nasctl.export.targets import missing_modules
@@ -20,9 +23,6 @@ from nasctl.nas.checkpoint import FORMAT
 from nasctl.nas.data import load_dataset
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import Supernet
-
-from nasctl.cli import main
-from nasctl.core import atomic_torch_save
 
 GENOMES = [
     "dsc_k3_c8-skip-ghost_c16-skip-shuffle_c24-skip",
@@ -96,6 +96,7 @@ def one_error_line(err: str) -> str:
 def test_onnx_target_from_a_run(run_dir, tmp_path, capsys):
     import onnx
     import onnxruntime as ort
+
     from nasctl.export.onnx import read_metadata
 
     out = tmp_path / "out"
@@ -324,8 +325,9 @@ def test_help_imports_no_heavy_packages():
 def test_onnx2tf_failure_names_the_op_and_the_log(tmp_path):
     """LpPool has no onnx2tf converter: one short line with the op, the node and the log file."""
     import onnx
-    from nasctl.export.tflite import TFLiteConversion
     from onnx import TensorProto, helper, numpy_helper
+
+    from nasctl.export.tflite import TFLiteConversion
 
     w = numpy_helper.from_array(np.random.default_rng(0).random((4, 1, 3, 3), dtype=np.float32), "w")
     graph = helper.make_graph(

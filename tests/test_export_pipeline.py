@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from nasctl.core import atomic_torch_save
 from nasctl.export import TARGETS, ExportConfig, export
 from nasctl.export.prepare import recalibrate
 from nasctl.export.source import load_source
@@ -31,8 +33,6 @@ from nasctl.nas.checkpoint import FORMAT
 from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset
 from nasctl.nas.space import BLOCKS, SKIP, Genome, SearchSpace
 from nasctl.nas.supernet import BNCalibration, Supernet
-
-from nasctl.core import atomic_torch_save
 
 pytestmark = pytest.mark.skipif(
     bool(missing_modules(TARGETS["tflite"].modules)),
@@ -46,13 +46,14 @@ ROBUST = {"robust_images": 64, "pgd_steps": 10, "square_queries": 100}
 
 
 def all_blocks_space() -> SearchSpace:
-    """8 layers (4 at 8x8, 4 at 4x4) that may use every registered block type."""
+    """10 layers (5 at 8x8, 5 at 4x4) that may use every registered block type: two genomes cover the
+    19 tokens, so the chain runs twice (once grey, once RGB) and not three times."""
     return SearchSpace.from_dict(
         {
             "name": "export-all-blocks",
             "stem_channels": 8,
             "stem_stride": 1,
-            "stages": [{"layers": 4, "stride": 1, "widths": [8]}, {"layers": 4, "stride": 2, "widths": [16]}],
+            "stages": [{"layers": 5, "stride": 1, "widths": [8]}, {"layers": 5, "stride": 2, "widths": [16]}],
             "blocks": TOKENS,
             "head_channels": 32,
         }

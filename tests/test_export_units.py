@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from nasctl.export import TARGETS, ExportError, get_target
 from nasctl.export.fakequant import (
     FakeQuantTwin,

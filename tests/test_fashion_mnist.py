@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from nasctl.errors import NasctlError
 from nasctl.nas.data import (
     DATASETS,
     IDX_FILES,
@@ -25,8 +27,6 @@ from nasctl.nas.data import (
     subset_train,
 )
 from nasctl.nas.space import load_space
-
-from nasctl.errors import NasctlError
 
 from .test_train import nasctl, one_line_error
 
@@ -330,9 +330,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("name", ["fashion-mnist-cpu", "fashion-mnist-gpu"])
 def test_recipes_are_valid_search_configs(name):
-    from nasctl.nas.search import SearchConfig
-
     from nasctl.config import merge_config
+    from nasctl.nas.search import SearchConfig
 
     path = CONFIGS / f"{name}.yaml"
     assert path.read_text().startswith("#"), "each recipe explains its numbers at the top"

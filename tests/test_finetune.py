@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from nasctl.cli import main
 from nasctl.nas.autoattack import autoattack_accuracy
 from nasctl.nas.candidates import test_accuracy as final_attack_accuracy
 from nasctl.nas.data import load_dataset
@@ -18,8 +20,6 @@ from nasctl.nas.search import SearchConfig
 from nasctl.nas.search_run import resume_search, search
 from nasctl.nas.subnet_ckpt import load_subnet
 from nasctl.nas.train import TrainConfig, train_supernet
-
-from nasctl.cli import main
 
 from .test_reliability import error_line, tree
 
@@ -249,11 +249,10 @@ def test_autoattack_far_below_pgd_is_warned_in_summary_report_and_cli(tuned_run,
     """An entry whose AutoAttack accuracy lies more than AA_GAP_WARN points below PGD is named in
     summary.md, the report page (a note, also warned on stderr) and the CLI's front print; within the
     gap, nothing is said."""
+    from nasctl.commands.search import print_front
     from nasctl.nas import report_page
     from nasctl.nas.autoattack import AA_GAP_WARN
     from nasctl.nas.report import aa_gaps, summary_markdown
-
-    from nasctl.commands.search import print_front
 
     run = tmp_path / "run"
     shutil.copytree(tuned_run, run)

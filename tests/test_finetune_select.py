@@ -8,12 +8,12 @@ import dataclasses
 
 import pytest
 import torch
-from nasctl.nas.attacks import PGD, evaluate
-from nasctl.nas.finetune import EpochSelection, SubnetTrainConfig, adversarial_train, spread_picks
-from nasctl.nas.search import SearchConfig
 from torch import nn
 
 from nasctl.errors import NasctlError
+from nasctl.nas.attacks import PGD, evaluate
+from nasctl.nas.finetune import EpochSelection, SubnetTrainConfig, adversarial_train, spread_picks
+from nasctl.nas.search import SearchConfig
 
 
 def _net(seed: int = 0, bn: bool = True) -> nn.Module:

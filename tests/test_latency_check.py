@@ -9,6 +9,7 @@ import json
 import logging
 
 import pytest
+
 from nasctl.nas.latency_check import check_front_latency, run_latency_check
 from nasctl.profiling import MeasurementStore, ProfilingError
 
@@ -141,13 +142,47 @@ def test_measured_sources_and_no_check_latency_are_skipped_and_recorded():
 
 
 def test_no_check_latency_flag_reaches_the_config():
-    from nasctl.nas.search import SearchConfig
-
     from nasctl.cli import build_parser
     from nasctl.commands._common import config_overrides
+    from nasctl.nas.search import SearchConfig
 
     argv = ["search", "--no-check-latency"]
     assert config_overrides(build_parser(argv).parse_args(argv), SearchConfig)["check_latency"] is False
     argv = ["search"]
     assert "check_latency" not in config_overrides(build_parser(argv).parse_args(argv), SearchConfig)
     assert SearchConfig().check_latency is True
+
+
+def test_the_search_takes_its_latency_from_the_callers_provider(tmp_path):
+    """nas sits below profiling: search() opens no latency source itself. With latency_source and no
+    provider it says which argument to pass; a provider's refusal of the spec comes before any folder;
+    a given provider is asked to check the spec first."""
+    from nasctl.errors import NasctlError
+    from nasctl.nas.search import SearchConfig
+    from nasctl.nas.search_run import search
+    from nasctl.profiling import LatencySources
+
+    def cfg():
+        return SearchConfig(run_root=str(tmp_path), objectives="clean_acc,latency_ms",
+                            latency_source="lut:host")
+
+    with pytest.raises(NasctlError, match=r"latency=nasctl\.profiling\.LatencySources\(\)"):
+        search(cfg())
+    bad = cfg()
+    bad.latency_source = "lutt:host"
+    with pytest.raises(NasctlError, match="lutt:host"):
+        search(bad, latency=LatencySources())
+    asked = []
+
+    class Refuses:
+        def check(self, spec, precision, threads):
+            asked.append((spec, precision, threads))
+            raise NasctlError("no such device here")
+
+        def open(self, *a):
+            raise AssertionError("opened before the check")
+
+    with pytest.raises(NasctlError, match="no such device"):
+        search(cfg(), latency=Refuses())
+    assert asked == [("lut:host", "int8", 1)]
+    assert not (tmp_path / "search").exists()  # nothing created for any of them

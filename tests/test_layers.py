@@ -25,10 +25,6 @@ GROUND = ("nasctl.errors", "nasctl.yaml_strict", "nasctl.core", "nasctl.config",
 PACKAGE_ORDER = ("ground", "nasctl.nas", "nasctl.export", "nasctl.profiling", "nasctl.android_bench",
                  "nasctl (cli, api)")
 KNOWN_UPWARD = {
-    # the search opens its latency source itself (issue 21.2: pass it in as a callable instead)
-    ("nasctl.nas.search", "nasctl.profiling.source"),
-    ("nasctl.nas.search_run", "nasctl.profiling.source"),
-    ("nasctl.nas.search_run", "nasctl.profiling.store"),
     # a phone target is built by profiling (issue 21.2: android_bench registers it instead)
     ("nasctl.profiling.target", "nasctl.android_bench.adb"),
     ("nasctl.profiling.target", "nasctl.android_bench.runner"),

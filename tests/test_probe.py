@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from nasctl.nas.search import SearchConfig
-from nasctl.nas.search_run import search
-from nasctl.nas.train import TrainConfig, train_supernet
 
 from nasctl.cli import main
 from nasctl.errors import NasctlError
+from nasctl.nas.search import SearchConfig
+from nasctl.nas.search_run import search
+from nasctl.nas.train import TrainConfig, train_supernet
 
 from .test_android_bench import arm64_binary, model, phones  # noqa: F401 (the fake adb's fixtures)
 

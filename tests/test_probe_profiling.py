@@ -14,10 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from nasctl.profiling.result import LatencyResult
-from nasctl.profiling.store import APPLICATION_ID, MeasurementStore, Scope
 
 from nasctl.cli import main
+from nasctl.profiling.result import LatencyResult
+from nasctl.profiling.store import APPLICATION_ID, MeasurementStore, Scope
 
 from .test_android_emulator import cli, one_error_line  # the same CLI-call and one-line-error checks
 from .test_profiling import TINY_SPACE
@@ -336,8 +336,9 @@ def test_profile_a_file_on_the_phone_it_names(phones, tflite, arm64_binary, tmp_
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory) -> Path:
     import torch
-    from nasctl.export.onnx import export_onnx
     from torch import nn
+
+    from nasctl.export.onnx import export_onnx
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -25,10 +25,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from nasctl.nas import report_page
 
 from nasctl.cli import COMMANDS, build_parser, interrupt_hint, main
 from nasctl.errors import NasctlError
+from nasctl.nas import report_page
 from nasctl.yaml_strict import DuplicateKeyError, load_strict
 
 from .test_probe import error_line, fails, search_run, supernet, tree  # noqa: F401 (the fixtures)

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+from nasctl.cli import main
 from nasctl.nas.data import dataset_info
 from nasctl.nas.space import load_space
 from nasctl.profiling import (
@@ -26,9 +29,6 @@ from nasctl.profiling import (
     space_entries,
 )
 from nasctl.profiling.result import LatencyResult, summarize
-from torch import nn
-
-from nasctl.cli import main
 
 TINY_SPACE = textwrap.dedent("""\
     # three searchable layers at 8x8 and 4x4: skips, two blocks, width choices and a stride; 50 subnets
@@ -500,7 +500,6 @@ def test_a_phones_table_feeds_the_search(tiny, tiny_supernet, tmp_path, monkeypa
     answering with a real captured output), and --latency-source lut:adb:SERIAL searches with it."""
     from nasctl.android_bench.adb import Adb
     from nasctl.android_bench.device import device_info
-
     from nasctl.core import sha256_file
 
     from .test_android_bench import SAMPLE, Phones, elf

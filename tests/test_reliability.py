@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from nasctl.cli import main
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.search_run import search
 from nasctl.nas.train import TrainConfig, train_supernet
-
-from nasctl.cli import main
 from nasctl.runfolder import run_lock
 
 TINY = dict(pop_size=4, generations=2, val_size=40, pgd_steps=1, calib_batches=1, final_steps=1,

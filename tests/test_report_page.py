@@ -13,10 +13,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from nasctl.nas.experiments.transfer import TransferConfig, run_transfer
-from nasctl.nas.report_page import write_report
 
 from nasctl.cli import main
+from nasctl.nas.experiments.transfer import TransferConfig, run_transfer
+from nasctl.nas.report_page import write_report
 
 from .test_experiments import tiny_run  # noqa: F401 (the fixture)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.search_run import resume_search, search
 from nasctl.nas.space import Genome
@@ -328,6 +329,7 @@ def test_hv_ceiling_bench_scores_runs_against_their_union(finished_run, supernet
 def test_plots_leave_the_users_matplotlib_backend_alone(finished_run, tmp_path):
     """A notebook user's backend must not be switched by writing a run's plots."""
     import matplotlib
+
     from nasctl.nas.report import plot_hypervolume
 
     before = matplotlib.get_backend()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from nasctl.nas.objectives import SIZE_OBJECTIVES
 from nasctl.nas.space import BLOCKS, SKIP, Genome, GenomeError, SearchSpace, builtin_spaces, load_space
 from nasctl.nas.supernet import Supernet

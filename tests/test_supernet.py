@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from nasctl.nas.space import load_space
 from nasctl.nas.supernet import Supernet, recalibrate_bn
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from nasctl.errors import NasctlError
 from nasctl.nas.checkpoint import load_supernet, read_checkpoint
 from nasctl.nas.space import load_space
 from nasctl.nas.train import (
@@ -20,8 +22,6 @@ from nasctl.nas.train import (
     resume_training,
     train_supernet,
 )
-
-from nasctl.errors import NasctlError
 
 TINY = dict(limit_train=128, batch_size=64, epochs=2, eval_size=40, eval_steps=2, attack_steps=2)
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from nasctl.errors import NasctlError
 from nasctl.nas import userdata
 from nasctl.nas.data import (
     DatasetInfo,
@@ -24,9 +27,6 @@ from nasctl.nas.data import (
     load_dataset,
     supernet_data,
 )
-from PIL import Image
-
-from nasctl.errors import NasctlError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -104,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
     from nasctl.config import merge_config
     from nasctl.nas.search import SearchConfig
     from nasctl.nas.search_run import resume_search, search
+    from nasctl.profiling.source import LatencySources
 
     if args.resume:
-        path = resume_search(args.resume, _progress(), epoch_progress())
+        path = resume_search(args.resume, _progress(), epoch_progress(), latency=LatencySources())
     else:
         dataset_from_args(args)
         overrides = config_overrides(args, SearchConfig)
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if args.train_subset is not None:  # a setting of the supernet trained first
             cfg.train = {**(cfg.train or {}), "train_subset": args.train_subset}
             cfg.validate()
-        path = search(cfg, _progress(), epoch_progress())
+        path = search(cfg, _progress(), epoch_progress(), latency=LatencySources())
     print_front(path)
     return 0
 
