@@ -3,7 +3,8 @@
 Modules, one job each: ``adb`` (the one adb wrapper and its one-line errors), ``device`` (attached
 phones and their fingerprint from ``getprop``), ``binary`` (finding ``benchmark_model`` and checking
 its ABI; checking models are TFLite), ``parse`` (benchmark_model output -> numbers, a pure function),
-``runner`` (push, run, repeat, cool down, clean up; one worker per phone). The command line is
+``runner`` (push, run, repeat, cool down, clean up; one worker per phone), ``target`` (a phone as
+profiling's measuring target, the plug-in ``profiling.target.DEVICE_PLUGINS`` names). The command line is
 ``nasctl devices`` and ``nasctl bench``; docs/android.md has the phone set-up.
 
 Importing this package registers the ``adb`` latency backend with :mod:`nasctl.profiling` (suffix

@@ -8,6 +8,7 @@ runtime, and an interrupted build continues); its :meth:`~MeasureTarget.measure`
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ from .result import LatencyResult
 from .store import Scope
 
 ADB_PREFIX = "adb:"
+# device kinds measured by a plug-in package, as module:function (the backends' ``measure`` convention),
+# loaded on first use: a phone target is built by the layer above (android_bench), which profiling never
+# imports
+DEVICE_PLUGINS = {ADB_PREFIX: "nasctl.android_bench.target:phone_target"}
 
 
 @dataclass
@@ -72,16 +77,6 @@ def resolve_target(
             threads,
             lambda paths, s: measure_host(paths, backend, s, info),
         )
-    from nasctl.android_bench.adb import Adb
-    from nasctl.android_bench.runner import BenchOptions, bench_device, phone_runtime
-
-    serial = device[len(ADB_PREFIX) :]
-    BenchOptions.for_profiling(ProfileSettings(threads=threads), None, timeout_s)  # bad flags fail first
-    tool = Adb(adb)
-    info, _, binary, version = phone_runtime(tool, serial, benchmark_binary)
-
-    def measure(paths: list[str], s: ProfileSettings) -> list[LatencyResult]:
-        options = BenchOptions.for_profiling(s, str(binary), timeout_s, timeout_flag)
-        return bench_device(tool, serial, paths, options)
-
-    return MeasureTarget(device, info, get_backend("adb"), version, threads, measure)
+    module, func = DEVICE_PLUGINS[ADB_PREFIX].split(":")
+    phone_target = getattr(importlib.import_module(module), func)
+    return phone_target(device, threads, adb, benchmark_binary, timeout_s, timeout_flag)

@@ -25,9 +25,6 @@ GROUND = ("nasctl.errors", "nasctl.yaml_strict", "nasctl.core", "nasctl.config",
 PACKAGE_ORDER = ("ground", "nasctl.nas", "nasctl.export", "nasctl.profiling", "nasctl.android_bench",
                  "nasctl (cli, api)")
 KNOWN_UPWARD = {
-    # a phone target is built by profiling (issue 21.2: android_bench registers it instead)
-    ("nasctl.profiling.target", "nasctl.android_bench.adb"),
-    ("nasctl.profiling.target", "nasctl.android_bench.runner"),
     # nasctl.export(member) is the Python API's call (issue 21.3)
     ("nasctl.export", "nasctl.api"),
 }
