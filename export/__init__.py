@@ -34,12 +34,13 @@ __all__ = [
 
 
 class _CallableModule(_types.ModuleType):
-    """``nasctl.export(member, int8=True)`` (:func:`nasctl.api.export`): once imported, ``nasctl.export``
+    """``nasctl.export(member, int8=True)`` (:func:`nasctl.export.member.export_member`, also
+    :func:`nasctl.api.export`): once imported, ``nasctl.export``
     names this package, so the package itself takes the Python API's call; ``nasctl.export.export(cfg)``
     stays the config-level function the CLI calls."""
 
     def __call__(self, member, *args, **kwargs):
-        from nasctl.api import export as export_member
+        from .member import export_member
 
         return export_member(member, *args, **kwargs)
 

@@ -15,15 +15,12 @@ Settings are :class:`nasctl.nas.search.SearchConfig`'s fields, passed by name; a
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import NasctlError
+from .config import speaks_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -171,7 +168,7 @@ def search(dataset: str = "digits", *, progress: Callable[[Progress], None] | No
     from .profiling.source import LatencySources
 
     search_cb, train_cb = _callbacks(progress)
-    with _arguments(SearchConfig):
+    with speaks_arguments(SearchConfig):
         cfg = build_config(SearchConfig, {"dataset": dataset, **settings}, "nasctl.search()")
         path = run_search(cfg, search_cb, train_cb, data=data, latency=LatencySources())
     return open_run(path.parent)
@@ -181,41 +178,11 @@ def export(member: Member, target: str = "tflite", int8: bool = True, out: str |
            **settings: Any) -> ExportResult:
     """Export ``member`` (its fine-tuned weights when trained) to ``target`` with every check of
     ``nasctl export``; returns the :class:`~nasctl.export.ExportResult` (``out_dir``, ``ok``, the
-    report). ``settings`` are :class:`~nasctl.export.ExportConfig`'s other fields."""
-    from .export import ExportConfig
-    from .export import export as run_export
+    report). ``settings`` are :class:`~nasctl.export.ExportConfig`'s other fields. The same call as
+    ``nasctl.export(member)`` (:func:`nasctl.export.member.export_member`)."""
+    from .export.member import export_member
 
-    values = {"run": str(member.run.run_dir), "pick": str(member.index), "target": target, "int8": int8,
-              "out": None if out is None else str(out),
-              # beside the run: <run_root>/export/<stamp>-<name>, as the CLI's --run-root
-              "run_root": str(member.run.run_dir.parent.parent), **settings}
-    names = {f.name for f in dataclasses.fields(ExportConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise NasctlError(f"unknown argument {unknown[0]!r} for nasctl.export(); known: "
-                          f"{', '.join(sorted(names))}")
-    with _arguments(ExportConfig):
-        cfg = ExportConfig(**values)
-        cfg.validate()
-        return run_export(cfg)
-
-
-def as_arguments(message: str, cls: type) -> str:
-    """``message`` with each CLI flag of a field of ``cls`` (``--finetune-members``) written as the
-    argument a Python caller passed (``finetune_members``)."""
-    fields = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(cls)}
-    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: fields.get(m.group(1), m.group(0)), message)
-
-
-@contextlib.contextmanager
-def _arguments(cls: type):
-    """A :class:`NasctlError` raised inside speaks of ``cls``'s arguments instead of CLI flags (its type,
-    and so what a caller catches, unchanged)."""
-    try:
-        yield
-    except NasctlError as e:
-        e.args = (as_arguments(str(e), cls), *e.args[1:])
-        raise
+    return export_member(member, target, int8, out, **settings)
 
 
 def _callbacks(progress: Callable[[Progress], None] | None):

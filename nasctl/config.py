@@ -8,11 +8,13 @@ a TypeError deep inside a run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import yaml
 
@@ -111,3 +113,21 @@ def check_eps(eps: float | None, hint: str = "") -> None:
     """An L-inf radius on [0, 1] pixels must be in (0, 1] (None: the caller's default)."""
     if eps is not None and not 0 < eps <= 1:
         raise NasctlError(f"--eps is an L-inf radius on [0, 1] pixels: it must be in (0, 1], got {eps}{hint}")
+
+
+def as_arguments(message: str, cls: type) -> str:
+    """``message`` with each CLI flag of a field of ``cls`` (``--finetune-members``) written as the
+    argument a Python caller passed (``finetune_members``)."""
+    fields = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(cls)}
+    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: fields.get(m.group(1), m.group(0)), message)
+
+
+@contextlib.contextmanager
+def speaks_arguments(cls: type) -> Iterator[None]:
+    """A :class:`NasctlError` raised inside speaks of ``cls``'s arguments instead of CLI flags (its type,
+    and so what a caller catches, unchanged)."""
+    try:
+        yield
+    except NasctlError as e:
+        e.args = (as_arguments(str(e), cls), *e.args[1:])
+        raise
