@@ -54,6 +54,7 @@ import torch
 
 from nasctl.nas.candidates import test_accuracy
 from nasctl.nas.data import DataSplits, dataset_spec, first_test_images, load_dataset, subset_train
+from nasctl.nas.data.userdata import is_user_spec
 from nasctl.nas.finetune import (
     EpochSelection,
     FinetuneConfig,
@@ -66,7 +67,6 @@ from nasctl.nas.search import SearchConfig
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import build_subnet
 from nasctl.nas.train import resolve_space
-from nasctl.nas.userdata import is_user_spec
 
 # label -> (parameters in the table, with conv biases; genome in the built-in digits space)
 BASELINES: dict[str, tuple[int, str]] = {

@@ -94,8 +94,7 @@ def main() -> None:
 
     import torch
 
-    from nasctl.nas import userdata
-    from nasctl.nas.data import dataset_info, load_dataset
+    from nasctl.nas.data import dataset_info, load_dataset, userdata
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     folder = Path(args.folder).resolve()

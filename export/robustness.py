@@ -3,7 +3,8 @@
 The int8 interpreter has no gradients, so three attacks stand in, and the report keeps the worst:
 (a) transfer -- PGD crafted on the float PyTorch model, replayed on the int8 model;
 (b) white-box on a fake-quantised PyTorch twin (:mod:`fakequant`), replayed on the int8 model;
-(c) query-only Square attack (:class:`nasctl.nas.square.Square`) run against the int8 interpreter itself.
+(c) query-only Square attack (:class:`nasctl.nas.attacks.square.Square`) run against the int8
+    interpreter itself.
 Every adversarial image is rounded to the uint8 pixel grid (k / 255) inside the eps-ball before
 the int8 model sees it, as a camera frame would be. An image counts as robust when the model is
 right on the clean image and on the adversarial one (as :func:`nasctl.nas.attacks.evaluate`). Next
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from nasctl.nas.attacks import PGD
-from nasctl.nas.square import Square
+from nasctl.nas.attacks.square import Square
 
 from .verify import top1_agreement, torch_logits
 

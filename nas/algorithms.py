@@ -17,8 +17,7 @@ from .problem import _pymoo, genome_from_vars, make_problem, vars_from_genome
 from .space import SearchSpace
 
 if TYPE_CHECKING:
-    from .problem import SearchState
-    from .search import SearchConfig
+    from .problem import SearchSettings, SearchState
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def make_nsga2(space: SearchSpace, pop_size: int, mutation_genes: float = 2.0, c
                  eliminate_duplicates=dup, callback=callback)
 
 
-def run_nsga2(state: SearchState, cfg: SearchConfig, end_generation: Callable[[int], None]) -> None:
+def run_nsga2(state: SearchState, cfg: SearchSettings, end_generation: Callable[[int], None]) -> None:
     """pymoo's NSGA-II through ask/tell: one generation per ask, evaluated by the problem."""
     from pymoo.core.callback import Callback
 
@@ -86,7 +85,7 @@ def run_nsga2(state: SearchState, cfg: SearchConfig, end_generation: Callable[[i
         algo.tell(infills=pop)
 
 
-def run_random(state: SearchState, cfg: SearchConfig, end_generation: Callable[[int], None]) -> None:
+def run_random(state: SearchState, cfg: SearchSettings, end_generation: Callable[[int], None]) -> None:
     """The baseline at the same budget: ``pop_size`` new distinct random subnets per generation."""
     rng = np.random.default_rng(cfg.seed)
     seen: set[str] = set()
@@ -107,6 +106,6 @@ def run_random(state: SearchState, cfg: SearchConfig, end_generation: Callable[[
 
 # search algorithms by --algorithm name: each runs cfg.generations generations through the state and
 # calls end_generation(gen) after each; a new one is a function and a line here
-ALGORITHMS: dict[str, Callable[[SearchState, SearchConfig, Callable[[int], None]], None]] = {
+ALGORITHMS: dict[str, Callable[[SearchState, SearchSettings, Callable[[int], None]], None]] = {
     "nsga2": run_nsga2, "random": run_random,
 }

@@ -10,7 +10,7 @@ record.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,8 +18,27 @@ from .archive import Archive
 from .objectives import OBJECTIVES, minimised
 from .space import Genome, SearchSpace
 
-if TYPE_CHECKING:
-    from .search import SearchCallbacks, SearchConfig
+
+class SearchSettings(Protocol):
+    """What the problem and the algorithms read of a run's settings (:class:`.search.SearchConfig` is
+    one): the budget, the seed, NSGA-II's mutation and the constraints. A protocol, so the problem sits
+    below the driver and never imports it."""
+
+    pop_size: int
+    generations: int
+    seed: int
+    mutation_genes: float
+    max_params: int | None
+    min_clean_acc: float | None
+    max_latency_ms: float | None
+
+    def constraints(self) -> dict[str, float]: ...
+
+
+class EvaluationHook(Protocol):
+    """Told of every record the problem evaluates (:class:`.search.SearchCallbacks` is one)."""
+
+    def on_evaluation(self, record: dict[str, Any]) -> None: ...
 
 
 def _pymoo():
@@ -53,8 +72,8 @@ class SearchState:
     """The objective function of one run: cache/archive lookup, evaluation, and bookkeeping."""
 
     def __init__(self, space: SearchSpace, objectives: tuple[str, ...], evaluate_fn: Callable[[Genome], dict],
-                 sizes: Callable[[Genome], dict], archive: Archive, cfg: SearchConfig,
-                 callbacks: SearchCallbacks):
+                 sizes: Callable[[Genome], dict], archive: Archive, cfg: SearchSettings,
+                 callbacks: EvaluationHook):
         self.space, self.objectives, self.evaluate_fn, self.sizes = space, objectives, evaluate_fn, sizes
         self.archive, self.cfg, self.cb = archive, cfg, callbacks
         largest = sizes(space.largest())

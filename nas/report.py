@@ -8,8 +8,10 @@ a heat map. Plots are plain matplotlib Figures rendered to PNG: no display, no p
 from __future__ import annotations
 
 import csv
+import html
 import io
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,27 @@ from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .autoattack import pgd_overstates
 from .front import knee_index
 from .objectives import OBJECTIVES
-from .report_page import md_escape
 from .space import SKIP, Genome, SearchSpace
+
+# inline Markdown syntax: code, emphasis, links, tables, strikethrough, escapes; '_' only where it can open
+# or close emphasis (inside a word, as in a genome or front_projections.png, it is plain text)
+_MD_INLINE = re.compile(r"([\\`*\[\]|~])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# what would start a heading, list, rule or ordered list, and a heading's closing '#'s
+_MD_LINE_START = re.compile(r"^(\s*)(?=[#+=-])|^(\s*\d+)(?=[.)])|(?<=\s)(?=#+\s*$)")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` as literal Markdown: HTML (``<script>``, ``<b>``, entities) and Markdown syntax cannot act.
+
+    Every string the report takes from data -- genomes, folder and class names, config values, a study's
+    findings -- passes here: a Markdown renderer would otherwise run the HTML a genome or a hand-edited
+    pareto.json carries, or turn ``*`` and ``[..](..)`` into formatting and links. ``<``, ``>`` and ``&``
+    become entities, the rest a backslash escape; line breaks become spaces (one block stays one block).
+    """
+    flat = " ".join(str(text).splitlines())
+    out = html.escape(flat, quote=False)
+    out = _MD_INLINE.sub(lambda m: "\\" + m.group(0), out)
+    return _MD_LINE_START.sub(lambda m: (m.group(1) or m.group(2) or "") + "\\", out)
 
 
 def layer_stats(space: SearchSpace,

@@ -25,7 +25,6 @@ import html
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +32,8 @@ from urllib.parse import quote
 
 from nasctl.core import atomic_write_text
 from nasctl.errors import NasctlError
+
+from .report import aa_gap_line, aa_gaps, aa_scope_text, finetuned_entries, latency_check_line, md_escape
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,6 @@ def _front(run_dir: Path, doc: dict[str, Any]) -> list[Block]:
 def _finetuned_entries(doc: dict[str, Any]) -> list[Block]:
     """Every trade-off entry of every fine-tuned member (the front table shows the first), with the
     AutoAttack number and a note where AutoAttack lies far below PGD."""
-    from .report import aa_gap_line, aa_gaps, aa_scope_text, finetuned_entries
-
     front, knee = doc["front"], doc.get("knee")
     rows = [
         [f"{i}{'*' if i == knee else ''}", _f(front[i].get("params")), name, _f(e.get("epoch")),
@@ -386,8 +385,6 @@ def _latency(doc: dict[str, Any]) -> list[Block]:
     )
     check = doc.get("latency_check")
     if check:
-        from .report import latency_check_line
-
         out.append(Block("p", latency_check_line(check).replace("**", "")))
     return out
 
@@ -482,25 +479,6 @@ def render_html(blocks: list[Block], title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-# inline Markdown syntax: code, emphasis, links, tables, strikethrough, escapes; '_' only where it can open
-# or close emphasis (inside a word, as in a genome or front_projections.png, it is plain text)
-_MD_INLINE = re.compile(r"([\\`*\[\]|~])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
-# what would start a heading, list, rule or ordered list, and a heading's closing '#'s
-_MD_LINE_START = re.compile(r"^(\s*)(?=[#+=-])|^(\s*\d+)(?=[.)])|(?<=\s)(?=#+\s*$)")
-
-
-def md_escape(text: Any) -> str:
-    """``text`` as literal Markdown: HTML (``<script>``, ``<b>``, entities) and Markdown syntax cannot act.
-
-    Every string the report takes from data -- genomes, folder and class names, config values, a study's
-    findings -- passes here: a Markdown renderer would otherwise run the HTML a genome or a hand-edited
-    pareto.json carries, or turn ``*`` and ``[..](..)`` into formatting and links. ``<``, ``>`` and ``&``
-    become entities, the rest a backslash escape; line breaks become spaces (one block stays one block).
-    """
-    flat = " ".join(str(text).splitlines())
-    out = html.escape(flat, quote=False)
-    out = _MD_INLINE.sub(lambda m: "\\" + m.group(0), out)
-    return _MD_LINE_START.sub(lambda m: (m.group(1) or m.group(2) or "") + "\\", out)
 
 
 def _md_cell(v: Any) -> str:

@@ -29,11 +29,11 @@ from . import front as front_mod
 from .algorithms import ALGORITHMS
 from .autoattack import check_version
 from .data import dataset_spec
+from .data.userdata import is_user_spec
 from .front import HV_REFERENCE
 from .objectives import DEFAULT_OBJECTIVES, parse_objectives
 from .problem import SearchState
 from .space import check_width
-from .userdata import is_user_spec
 
 log = logging.getLogger(__name__)
 

@@ -44,10 +44,10 @@ from .data import (
     load_dataset,
     subset_train,
 )
+from .data.userdata import is_user_spec
 from .optim import sgd_cosine
 from .space import AUTO, Genome, SearchSpace, check_width, is_auto, space_for
 from .supernet import BNCalibration, Supernet, prepare_subnet
-from .userdata import is_user_spec
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import torch
 
 from nasctl.errors import NasctlError
 from nasctl.nas.attacks import ATTACKS, FGSM, FGSMRS, NFGSM, PGD, evaluate, make_attack, trades_loss
-from nasctl.nas.square import Square
+from nasctl.nas.attacks.square import Square
 
 
 def _acc(model, digits, attack, n=397, seed=0):
@@ -170,11 +170,11 @@ def test_the_design_docs_new_attack_registers_with_its_one_line(undefended_model
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
     code = re.search(r"```python\n(.*?class MIM\(PGD\).*?)```", doc, re.S).group(1)
-    monkeypatch.setattr(attacks, "ATTACKS", dict(attacks.ATTACKS))  # the registration is undone afterwards
-    module = types.ModuleType("nasctl.nas.attacks_mim")
-    module.__package__ = "nasctl.nas"
+    monkeypatch.setitem(attacks.ATTACKS, "mim", None)  # the registration below is undone afterwards
+    module = types.ModuleType("nasctl.nas.attacks.mim")
+    module.__package__ = "nasctl.nas.attacks"
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(code, "docs/design.md (attacks_mim.py)", "exec"), module.__dict__)
+    exec(compile(code, "docs/design.md (attacks/mim.py)", "exec"), module.__dict__)
 
     mim = attacks.make_attack("mim", eps=0.1, steps=20, decay=0.5)
     assert type(mim).__name__ == "MIM" and mim.decay == 0.5

@@ -26,10 +26,10 @@ from nasctl.export.prepare import calibration_set, fold_batchnorm, recalibrate
 from nasctl.export.robustness import to_uint8_grid
 from nasctl.export.source import latest_run, pick_from_run
 from nasctl.export.targets import EXTRA_HINT, require_installed
+from nasctl.nas.attacks.square import Square, margin_loss, p_schedule
 from nasctl.nas.data import TensorSplit, load_dataset
 from nasctl.nas.select import SelectionError
 from nasctl.nas.space import BLOCKS, GenomeError, SearchSpace, load_space
-from nasctl.nas.square import Square, margin_loss, p_schedule
 from nasctl.nas.supernet import BNCalibration, Supernet
 
 

@@ -47,8 +47,9 @@ def imports_of(name: str, path: Path) -> set[str]:
                 target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            found.add(target)
-            found.update(f"{target}.{a.name}" for a in node.names)  # ``from pkg import module``
+            # ``from pkg import name``: pkg.name, which edges() trims to the module it is in (pkg itself, or
+            # the submodule pkg.name)
+            found.update(f"{target}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
     return {t for t in found if t == "nasctl" or t.startswith("nasctl.")}
@@ -63,13 +64,19 @@ def layer(name: str) -> int:
     return len(PACKAGE_ORDER) - 1
 
 
+def resolve(target: str, files: dict) -> str:
+    """The module an imported dotted name lives in: itself when it is a module, else its nearest parent."""
+    while target not in files and "." in target:
+        target = target.rsplit(".", 1)[0]
+    return target
+
+
 def edges() -> set[tuple[str, str]]:
     files = module_files()
     out = set()
     for name, path in files.items():
         for target in imports_of(name, path):
-            while target not in files and "." in target:  # ``from pkg import name``: the module is pkg
-                target = target.rsplit(".", 1)[0]
+            target = resolve(target, files)
             if target in files and target != name:
                 out.add((name, target))
     return out
@@ -79,8 +86,10 @@ def test_the_import_reader_sees_late_imports(tmp_path):
     """The reader itself: a function-local import and a relative one are both seen."""
     src = tmp_path / "m.py"
     src.write_text("from .errors import NasctlError\n\ndef f():\n    from nasctl.profiling import store\n")
-    assert imports_of("nasctl.nas.m", src) == {"nasctl.nas.errors", "nasctl.nas.errors.NasctlError",
-                                               "nasctl.profiling", "nasctl.profiling.store"}
+    assert imports_of("nasctl.nas.m", src) == {"nasctl.nas.errors.NasctlError", "nasctl.profiling.store"}
+    names = dict.fromkeys(["nasctl.nas.m", "nasctl.nas.errors", "nasctl.profiling", "nasctl.profiling.store"])
+    assert resolve("nasctl.nas.errors.NasctlError", names) == "nasctl.nas.errors"  # a name: its module
+    assert resolve("nasctl.profiling.store", names) == "nasctl.profiling.store"  # a submodule: itself
 
 
 def test_ground_layer_imports_nothing_above_it():
@@ -95,3 +104,16 @@ def test_no_package_imports_one_above_it():
     assert not upward, (f"imports from a lower layer into a higher one (order: {' < '.join(PACKAGE_ORDER)}): "
                         f"{sorted(upward)}")
 
+
+
+def test_no_import_circle():
+    """No product module reaches itself through its imports (function-local ones included)."""
+    import graphlib
+
+    graph: dict[str, set[str]] = {}
+    for a, b in edges():
+        graph.setdefault(a, set()).add(b)
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        raise AssertionError(f"import circle: {' -> '.join(e.args[1])}") from None

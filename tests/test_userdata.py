@@ -1,4 +1,4 @@
-"""Tests for nasctl.nas.userdata: a user's own images as ``folder:DIR`` and ``npz:FILE`` data sets.
+"""Tests for nasctl.nas.data.userdata: a user's own images as ``folder:DIR`` and ``npz:FILE`` data sets.
 
 The folders are real image files written by the tests (scikit-learn's digits as PNG/JPEG, Fashion-MNIST
 from Debian's files as PNG, small synthetic RGB/gray/16-bit images); every bad input is checked for
@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 
 from nasctl.errors import NasctlError
-from nasctl.nas import userdata
 from nasctl.nas.data import (
     DatasetInfo,
     _official_splits,
@@ -26,6 +25,7 @@ from nasctl.nas.data import (
     default_space,
     load_dataset,
     supernet_data,
+    userdata,
 )
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -260,7 +260,7 @@ def test_parallel_decoding_equals_serial_and_reports_progress(tmp_path, digits_u
     monkeypatch.setattr(userdata, "MAX_CHUNK", 32)
     monkeypatch.setattr(userdata, "_workers", lambda: 2)
     seen = []
-    with caplog.at_level(logging.INFO, logger="nasctl.nas.userdata"):
+    with caplog.at_level(logging.INFO, logger="nasctl.nas.data.userdata"):
         parallel = load_dataset(f"folder:{root}", seed=0, progress=lambda done, n: seen.append((done, n)))
     assert_same_splits(parallel, serial)
     assert f"decoding 200 images of {root} with 2 processes" in caplog.text
@@ -329,7 +329,7 @@ def test_non_images_ignored_and_counted(tmp_path, caplog):
     (root / "1" / "Thumbs.db").write_bytes(b"\0")
     (root / "1" / ".hidden.png").write_bytes(b"garbage")  # hidden (e.g. macOS ._x.png): not even counted
     (root / "README.txt").write_text("my data")
-    with caplog.at_level(logging.INFO, logger="nasctl.nas.userdata"):
+    with caplog.at_level(logging.INFO, logger="nasctl.nas.data.userdata"):
         got = load_dataset(f"folder:{root}", val_size=1)
     assert len(got.train) + len(got.val) + len(got.test) == 6
     assert "ignoring 3 files" in caplog.text
@@ -345,7 +345,7 @@ def test_corrupt_and_truncated_images_named_or_skipped(tmp_path, caplog):
     good = (root / "1" / "00001.png").read_bytes()
     (root / "1" / "00001.png").write_bytes(good[: len(good) // 2])
     assert "truncated" in raises(f"cannot decode {root / '1' / '00001.png'}", load_dataset, f"folder:{root}")
-    with caplog.at_level(logging.WARNING, logger="nasctl.nas.userdata"):
+    with caplog.at_level(logging.WARNING, logger="nasctl.nas.data.userdata"):
         got = load_dataset(f"folder:{root}?skip_bad_images=1", val_size=1)
     assert len(got.train) + len(got.val) + len(got.test) == 7
     assert "skipped 1 of 8 images" in caplog.text

@@ -126,7 +126,7 @@ def decode_with_progress(dataset: str) -> None:
     """Decode (or find in the cache) a user's image folder now, with a progress display, so that a bad
     folder fails before any run folder exists and later loads come from the cache."""
     from nasctl.nas.data import dataset_info
-    from nasctl.nas.userdata import is_user_spec
+    from nasctl.nas.data.userdata import is_user_spec
 
     if not is_user_spec(dataset):
         return

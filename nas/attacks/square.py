@@ -30,7 +30,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .attacks import Attack, register_attack
+from .gradient import Attack, register_attack
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, H, W] -> logits [N, K]
 Project = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (candidate, clean) -> allowed image

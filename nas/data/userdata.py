@@ -72,7 +72,7 @@ from nasctl.errors import NasctlError
 if TYPE_CHECKING:  # torch and .data (which imports torch) are imported where used: decoding workers
     import torch  # import this module and must stay free of torch and its threads
 
-    from .data import DatasetInfo, DataSplits
+    from .splits import DatasetInfo, DataSplits
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,7 @@ def dataset_spec(name: str, image_size: int | None = None, channels: int | None 
         if extra:
             raise NasctlError(f"{_flag(extra[0])} applies to your own images (--dataset folder:DIR or "
                               f"npz:FILE), not to the built-in data set {name!r}: leave it out")
-        from .data import _lookup
-
-        _lookup(name)
-        return name
+        return name  # a built-in name: the registry's dataset_spec checks it
     spec = parse_spec(name)
     merged = {}
     for opt, value in given.items():
@@ -689,7 +686,7 @@ def _splits(name: str, where: str, source: Path, classes: Sequence[str],
     """Train / val / test from the official parts (TRAIN and TEST, VAL optional), info from train."""
     import torch
 
-    from .data import DatasetInfo, DataSplits, _official_splits, _split
+    from .splits import DatasetInfo, DataSplits, _official_splits, _split
 
     train, test = parts[TRAIN], parts[TEST]
     c, res = int(train[0].shape[1]), int(train[0].shape[2])
@@ -946,7 +943,7 @@ def user_info(spec: UserSpec, progress: Progress | None = None) -> DatasetInfo:
 
     A folder is decoded the first time (then cached); later calls read only the cached info. An npz file
     is read once per process (and again when it changes)."""
-    from .data import DatasetInfo
+    from .splits import DatasetInfo
 
     if spec.kind == "npz":
         try:

@@ -1,4 +1,5 @@
-"""L-infinity attacks on models that take pixels in [0, 1], and the TRADES training loss.
+"""The attack base class and registry, and the gradient L-infinity attacks (FGSM family, PGD) on
+models that take pixels in [0, 1], and the TRADES training loss.
 
 Each attack is a small class with its settings as fields (``to_dict()`` goes into results); the base
 class runs the model in eval mode by default, keeps the adversarial image inside both the
@@ -294,5 +295,3 @@ def evaluate(model: nn.Module, batches, attack: Attack | None, device: torch.dev
     return RobustResult(100.0 * clean / max(n, 1), 100.0 * adv / max(n, 1) if attack else float("nan"), n,
                         attack.to_dict() if attack else {})
 
-
-from . import square  # noqa: E402,F401  (registers the query-only Square attack)
