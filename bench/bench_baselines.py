@@ -254,7 +254,8 @@ def run_tradeoffs(args: argparse.Namespace) -> list[str]:
     if not args.run:
         return ["robust"]
     doc = json.loads((Path(args.run) / "config.json").read_text())
-    return parse_tradeoffs(doc.get("finetune_tradeoff") or "robust", "finetune_tradeoff")
+    named = (doc.get("config") or {}).get("finetune_tradeoff") or "robust"
+    return parse_tradeoffs(named, "finetune_tradeoff")
 
 
 def front_numbers(entry: dict[str, Any]) -> list[tuple[float, float, str]]:

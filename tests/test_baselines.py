@@ -145,10 +145,11 @@ def test_baselines_get_every_tradeoff_the_run_fine_tuned_with(bench, tmp_path, m
     every batch kept); an older run without the key, and a recipe file, give robust alone."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"finetune_tradeoff": "robust,accurate"}))
+    doc = {"command": "search", "config": {"finetune_tradeoff": "robust,accurate"}}  # as write_run_config
+    (run / "config.json").write_text(json.dumps(doc))
     args = type("A", (), {"run": str(run)})()
     assert bench.run_tradeoffs(args) == ["robust", "accurate"]
-    (run / "config.json").write_text(json.dumps({"seed": 0}))
+    (run / "config.json").write_text(json.dumps({"command": "search", "config": {"seed": 0}}))
     assert bench.run_tradeoffs(args) == ["robust"]
     assert bench.run_tradeoffs(type("A", (), {"run": None})()) == ["robust"]
 
