@@ -5,7 +5,7 @@
 
 Both algorithms search the same trained supernet with the same evaluator (PGD-10 on the 200
 validation images) and budget (pop_size x generations distinct subnets); the hypervolume is pymoo's,
-on objectives scaled as in nasctl.nas.objectives with reference point 1.1.
+on objectives scaled as in nasctl.nas.search.objectives with reference point 1.1.
 
 NSGA-II's mutation rate (``--mutation-genes``) was chosen on seeds 0-2; ``--tuned-seeds`` names
 them so the summary also reports the seeds the choice never saw, which is the honest figure.

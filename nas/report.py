@@ -20,8 +20,8 @@ import numpy as np
 from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 from .autoattack import pgd_overstates
-from .front import knee_index
-from .objectives import OBJECTIVES
+from .search.front import knee_index
+from .search.objectives import OBJECTIVES
 from .space import SKIP, Genome, SearchSpace
 
 # inline Markdown syntax: code, emphasis, links, tables, strikethrough, escapes; '_' only where it can open

@@ -21,18 +21,18 @@ from nasctl.errors import NasctlError
 from nasctl.runfolder import run_lock, run_scope, write_run_config
 
 from . import train as train_mod
-from .archive import Archive
 from .autoattack import AA_LABELS
 from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
 from .checkpoint import LoadedSupernet, load_supernet
 from .data import DataSplits, first_test_images, subset_train, supernet_data
 from .finetune import PICK_RULE, TRADEOFFS
-from .front import HV_REFERENCE
-from .latency_check import run_latency_check
-from .objectives import genome_costs, parse_objectives
-from .problem import SearchState
 from .report import write_outputs
 from .search import LatencyProvider, SearchCallbacks, SearchConfig, check_latency_provider, run_generations
+from .search.archive import Archive
+from .search.front import HV_REFERENCE
+from .search.latency_check import run_latency_check
+from .search.objectives import genome_costs, parse_objectives
+from .search.problem import SearchState
 from .space import Genome, GenomeError
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
@@ -275,7 +275,7 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
     import zlib
 
     from .finetune import _recalibrate_for_training, spread_picks, train_and_save
-    from .front import knee_index
+    from .search.front import knee_index
 
     knee = knee_index(front, parse_objectives(cfg.objectives))
     tradeoffs = cfg.tradeoffs()

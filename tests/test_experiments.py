@@ -15,8 +15,8 @@ from nasctl.nas.experiments import resume_experiment
 from nasctl.nas.experiments.finetune_scratch import FinetuneScratchConfig, run_finetune_scratch
 from nasctl.nas.experiments.transfer import TransferConfig, analyse, run_transfer
 from nasctl.nas.experiments.width import WidthConfig, best_within, compare, run_width
-from nasctl.nas.front import hypervolume
 from nasctl.nas.search import SearchConfig
+from nasctl.nas.search.front import hypervolume
 from nasctl.nas.search_run import search
 from nasctl.nas.train import TrainConfig, train_supernet
 

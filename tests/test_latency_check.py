@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from nasctl.nas.latency_check import check_front_latency, run_latency_check
+from nasctl.nas.search.latency_check import check_front_latency, run_latency_check
 from nasctl.profiling import MeasurementStore, ProfilingError
 
 from .test_profiling import tiny, tiny_supernet  # noqa: F401 (the host table's module fixtures, reused)
@@ -70,7 +70,7 @@ def test_a_limit_just_under_a_members_measured_latency_flags_it(checked_run, tin
     slow = max(range(len(front)), key=lambda i: front[i]["measured_latency_ms"])
     limit = front[slow]["measured_latency_ms"] * 0.999
     src = _source(tiny)
-    with caplog.at_level(logging.WARNING, logger="nasctl.nas.latency_check"):
+    with caplog.at_level(logging.WARNING, logger="nasctl.nas.search.latency_check"):
         check = check_front_latency(front, src.measure_many, limit, "lut:host")
     assert front[slow]["latency_violation"] is True and slow in check["violators"]
     assert all(r["latency_violation"] == (r["measured_latency_ms"] > limit) for r in front)
@@ -118,7 +118,7 @@ def test_a_device_that_cannot_measure_is_one_warning_and_nothing_lost(checked_ru
     def gone(genomes):
         raise ProfilingError("adb: device 'R58M12ABCDE' not found")
 
-    with caplog.at_level(logging.WARNING, logger="nasctl.nas.latency_check"):
+    with caplog.at_level(logging.WARNING, logger="nasctl.nas.search.latency_check"):
         check = check_front_latency(front, gone, 0.001, "lut:adb:R58M12ABCDE")
     assert front == before and check["measured"] == 0 and "not found" in check["skipped"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

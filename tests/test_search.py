@@ -162,10 +162,10 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
     no supernet): crossover of identical parents is a copy, so what differs is mutation's doing."""
     import tempfile
 
-    from nasctl.nas.algorithms import make_nsga2
-    from nasctl.nas.archive import Archive
-    from nasctl.nas.problem import SearchState, genome_from_vars, make_problem
     from nasctl.nas.search import SearchCallbacks
+    from nasctl.nas.search.algorithms import make_nsga2
+    from nasctl.nas.search.archive import Archive
+    from nasctl.nas.search.problem import SearchState, genome_from_vars, make_problem
     from nasctl.nas.search_run import _sizes_fn
     from nasctl.nas.space import load_space
 
@@ -203,7 +203,7 @@ def test_mutation_genes_sets_how_far_offspring_move():
 def test_half_written_archive_line_is_dropped(finished_run, tmp_path):
     import shutil
 
-    from nasctl.nas.archive import Archive
+    from nasctl.nas.search.archive import Archive
 
     copy = tmp_path / "a.jsonl"
     shutil.copy(finished_run / "archive.jsonl", copy)
@@ -428,7 +428,7 @@ def test_a_registered_objective_is_searched_end_to_end(supernet_ckpt, tmp_path, 
     """docs/design.md §11: a new objective is a function and one registry line. Registered here (as the
     line in nas/objectives.py would), it is offered to --objectives, recorded for every candidate,
     scaled by the largest subnet's value and drives the front, with no other edit."""
-    from nasctl.nas.objectives import OBJECTIVES, Objective
+    from nasctl.nas.search.objectives import OBJECTIVES, Objective
 
     def conv_layers(space, genome, info):  # the design doc's example: depth, what a phone pays per layer
         return sum(1 for g in genome.layers if g.op != "skip")

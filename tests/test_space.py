@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nasctl.nas.objectives import SIZE_OBJECTIVES
+from nasctl.nas.search.objectives import SIZE_OBJECTIVES
 from nasctl.nas.space import BLOCKS, SKIP, Genome, GenomeError, SearchSpace, builtin_spaces, load_space
 from nasctl.nas.supernet import Supernet
 
@@ -250,7 +250,7 @@ def test_space_dict_without_new_keys_is_unchanged():
 def test_every_genome_cost_objective_is_computed_and_searchable(name):
     """A registered cost objective reaches the records (genome_costs), the parser and the minimised value,
     and grows from the space's smallest to its largest subnet."""
-    from nasctl.nas.objectives import OBJECTIVES, genome_costs, minimised, parse_objectives
+    from nasctl.nas.search.objectives import OBJECTIVES, genome_costs, minimised, parse_objectives
 
     space = load_space("digits")
     info = {"in_channels": 1, "resolution": 8, "num_classes": 10}

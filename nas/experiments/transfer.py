@@ -170,7 +170,7 @@ def _execute(cfg, folder, run, picks, steps, restarts, seed) -> Path:
 
 
 def _params(run, genome: str) -> int:
-    from ..objectives import genome_costs
+    from ..search.objectives import genome_costs
 
     return int(genome_costs(run.loaded.space, run.loaded.space.parse(genome), run.loaded.dataset)["params"])
 

@@ -38,7 +38,7 @@ from nasctl.core import atomic_write_text
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope, write_run_config
 
-from ..front import HV_REFERENCE, hypervolume
+from ..search.front import HV_REFERENCE, hypervolume
 from ..space import check_width
 from . import folder as folder_mod
 

@@ -78,8 +78,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def _progress():
-    from nasctl.nas.objectives import OBJECTIVES
     from nasctl.nas.search import SearchCallbacks
+    from nasctl.nas.search.objectives import OBJECTIVES
 
     class Bars(SearchCallbacks):
         bar = None

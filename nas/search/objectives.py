@@ -15,7 +15,7 @@ from nasctl.core import did_you_mean
 from nasctl.errors import NasctlError
 
 if TYPE_CHECKING:
-    from .space import Genome, SearchSpace
+    from ..space import Genome, SearchSpace
 
 # (space, genome, data set info as a dict) -> the objective's value, from the genome alone
 CostFn = Callable[["SearchSpace", "Genome", dict[str, Any]], float]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..space import SearchSpace
 from .problem import _pymoo, genome_from_vars, make_problem, vars_from_genome
-from .space import SearchSpace
 
 if TYPE_CHECKING:
     from .problem import SearchSettings, SearchState

@@ -21,7 +21,7 @@ from typing import Any
 
 from nasctl.errors import NasctlError
 
-from .space import Genome
+from ..space import Genome
 
 log = logging.getLogger(__name__)
 

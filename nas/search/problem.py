@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..space import Genome, SearchSpace
 from .archive import Archive
 from .objectives import OBJECTIVES, minimised
-from .space import Genome, SearchSpace
 
 
 class SearchSettings(Protocol):

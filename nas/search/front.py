@@ -1,7 +1,7 @@
 """The Pareto front of a set of evaluated subnets: pure functions on archive records.
 
 Non-dominated sorting and the hypervolume come from pymoo; what nasctl adds is how a record becomes a
-row of minimised objectives (:func:`nasctl.nas.objectives.minimised`, sizes relative to the largest
+row of minimised objectives (:func:`nasctl.nas.search.objectives.minimised`, sizes relative to the largest
 subnet) and which records are feasible. No search state is needed: a tool that reads archives (a
 benchmark, a report) calls these directly.
 """
