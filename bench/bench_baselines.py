@@ -301,7 +301,7 @@ def rescore_front(run: str | Path, front: list[dict[str, Any]], data: DataSplits
                   restarts: int) -> list[dict[str, Any]]:
     """The run's fine-tuned entries scored again, from their checkpoints, on ``data.test`` (as the fine-tune
     stage scored them: the final attack, seed + 1); the members without a fine-tuned checkpoint drop out."""
-    from nasctl.nas.subnet_ckpt import load_subnet
+    from nasctl.nas.supernet.subnet_ckpt import load_subnet
 
     def rescore(ckpt: str, was: tuple[float, float]) -> dict[str, Any]:
         sub = load_subnet(Path(run) / ckpt)

@@ -30,7 +30,7 @@ import numpy as np
 def pick_genomes(args) -> tuple[str, list[str]]:
     """(checkpoint, three genome strings of different sizes)."""
     from nasctl.export.source import pick_from_run, read_front
-    from nasctl.nas.checkpoint import load_supernet
+    from nasctl.nas.supernet.checkpoint import load_supernet
 
     if args.run:
         run_dir, doc = read_front(args.run)

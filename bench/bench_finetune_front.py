@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from nasctl.nas.candidates import test_accuracy
-from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset
 from nasctl.nas.finetune import adversarial_train
 from nasctl.nas.select import read_front, run_supernet
 from nasctl.nas.supernet import build_subnet, recalibrate_bn
+from nasctl.nas.supernet.checkpoint import load_supernet
 
 
 def _baselines():

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
-from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset
 from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train, reset_weights, robust_accuracy
 from nasctl.nas.select import run_supernet
+from nasctl.nas.supernet.checkpoint import load_supernet
 
 
 def pick_subnets(run: Path, n: int) -> list[dict]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from nasctl.nas.candidates import CandidateEvaluator, EvalSettings
-from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.data import load_dataset
+from nasctl.nas.supernet.checkpoint import load_supernet
 from nasctl.nas.train import TrainConfig, train_supernet
 
 

@@ -19,9 +19,9 @@ from typing import Any
 from torch import nn
 
 from nasctl.core import sha256_file
-from nasctl.nas.checkpoint import load_supernet
 from nasctl.nas.select import RunPick, latest_run, pick_from_run, read_front  # noqa: F401 (re-exported)
 from nasctl.nas.space import GenomeError, SearchSpace
+from nasctl.nas.supernet.checkpoint import load_supernet
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def load_source(checkpoint: str | os.PathLike, arch: str | None) -> ExportSource
     another genome than a subnet checkpoint's) and :class:`NasctlError` for unreadable checkpoints.
     """
     from nasctl.errors import NasctlError
-    from nasctl.nas.checkpoint import FORMAT, read_checkpoint
-    from nasctl.nas.subnet_ckpt import SUBNET_FORMAT, check_subnet_arch, subnet_from_checkpoint
+    from nasctl.nas.supernet.checkpoint import FORMAT, read_checkpoint
+    from nasctl.nas.supernet.subnet_ckpt import SUBNET_FORMAT, check_subnet_arch, subnet_from_checkpoint
 
     ckpt = read_checkpoint(checkpoint, formats=(FORMAT, SUBNET_FORMAT))  # its metadata checked there
     if ckpt["format"] == SUBNET_FORMAT:

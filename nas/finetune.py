@@ -288,7 +288,7 @@ def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg:
     """Fine-tune (or train from scratch) ``model``, evaluate it with the final attack, and write
     ``subnet.pt`` then ``result.json`` into ``out_dir`` (the result last: its presence means done)."""
     from .candidates import test_accuracy
-    from .subnet_ckpt import save_subnet
+    from .supernet.subnet_ckpt import save_subnet
 
     if cfg.from_scratch:
         reset_weights(model, cfg.seed)
@@ -352,9 +352,9 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     path of its ``result.json``. The search run itself is only read, never written."""
     from nasctl.runfolder import run_scope, write_run_config
 
-    from .checkpoint import load_supernet
     from .data import supernet_data
     from .select import latest_run, pick_from_run
+    from .supernet.checkpoint import load_supernet
 
     cfg.validate()
     pick = pick_from_run(cfg.run or latest_run(cfg.run_root, instead=None), cfg.pick, instead=None)

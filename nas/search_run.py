@@ -23,7 +23,6 @@ from nasctl.runfolder import run_lock, run_scope, write_run_config
 from . import train as train_mod
 from .autoattack import AA_LABELS
 from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
-from .checkpoint import LoadedSupernet, load_supernet
 from .data import DataSplits, first_test_images, subset_train, supernet_data
 from .finetune import PICK_RULE, TRADEOFFS
 from .report import write_outputs
@@ -34,6 +33,7 @@ from .search.latency_check import run_latency_check
 from .search.objectives import genome_costs, parse_objectives
 from .search.problem import SearchState
 from .space import Genome, GenomeError
+from .supernet.checkpoint import LoadedSupernet, load_supernet
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
 

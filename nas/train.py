@@ -33,7 +33,6 @@ from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope, write_run_config
 
 from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
-from .checkpoint import FORMAT, build_supernet, check_supernet_fits, read_checkpoint
 from .data import (
     DatasetInfo,
     DataSplits,
@@ -48,6 +47,7 @@ from .data.userdata import is_user_spec
 from .optim import sgd_cosine
 from .space import AUTO, Genome, SearchSpace, check_width, is_auto, space_for
 from .supernet import BNCalibration, Supernet, prepare_subnet
+from .supernet.checkpoint import FORMAT, build_supernet, check_supernet_fits, read_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -94,7 +94,7 @@ def _load_torch(path: str):
         return model.eval(), meta["input_shape"]
     except RuntimeError:
         pass  # not TorchScript: a nasctl subnet checkpoint?
-    from nasctl.nas.subnet_ckpt import load_subnet
+    from nasctl.nas.supernet.subnet_ckpt import load_subnet
 
     loaded = load_subnet(path)
     ds = loaded.dataset

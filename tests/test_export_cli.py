@@ -19,10 +19,10 @@ from nasctl.export import TARGETS, ConversionError
 from nasctl.export.pipeline import FLOAT_FILE, INT8_FILE, STEPS, StepRecord
 from nasctl.export.targets import missing_modules
 from nasctl.export.verify import Check
-from nasctl.nas.checkpoint import FORMAT
 from nasctl.nas.data import load_dataset
 from nasctl.nas.space import SearchSpace, load_space
 from nasctl.nas.supernet import Supernet
+from nasctl.nas.supernet.checkpoint import FORMAT
 
 GENOMES = [
     "dsc_k3_c8-skip-ghost_c16-skip-shuffle_c24-skip",

@@ -29,10 +29,10 @@ from nasctl.export import TARGETS, ExportConfig, export
 from nasctl.export.prepare import recalibrate
 from nasctl.export.source import load_source
 from nasctl.export.targets import missing_modules
-from nasctl.nas.checkpoint import FORMAT
 from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset
 from nasctl.nas.space import BLOCKS, SKIP, Genome, SearchSpace
 from nasctl.nas.supernet import BNCalibration, Supernet
+from nasctl.nas.supernet.checkpoint import FORMAT
 
 pytestmark = pytest.mark.skipif(
     bool(missing_modules(TARGETS["tflite"].modules)),

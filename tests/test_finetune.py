@@ -18,7 +18,7 @@ from nasctl.nas.data import load_dataset
 from nasctl.nas.finetune import reset_weights, spread_picks
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.search_run import resume_search, search
-from nasctl.nas.subnet_ckpt import load_subnet
+from nasctl.nas.supernet.subnet_ckpt import load_subnet
 from nasctl.nas.train import TrainConfig, train_supernet
 
 from .test_reliability import error_line, tree
@@ -207,8 +207,8 @@ def test_export_prepares_inherited_weights_exactly_as_the_search_scored_them(tun
     from nasctl.export import pipeline
     from nasctl.export.steps import STEPS
     from nasctl.nas.candidates import CandidateEvaluator, EvalSettings
-    from nasctl.nas.checkpoint import load_supernet
     from nasctl.nas.select import run_supernet
+    from nasctl.nas.supernet.checkpoint import load_supernet
 
     run = tmp_path / "r"
     shutil.copytree(tuned_run, run)

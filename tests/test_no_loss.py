@@ -20,10 +20,10 @@ from nasctl.cli import main
 from nasctl.core import atomic_torch_save, torch_bytes
 from nasctl.export import pipeline
 from nasctl.export.pipeline import STEPS
-from nasctl.nas.checkpoint import FORMAT
 from nasctl.nas.data import load_dataset
 from nasctl.nas.space import load_space
 from nasctl.nas.supernet import Supernet
+from nasctl.nas.supernet.checkpoint import FORMAT
 from nasctl.nas.train import TrainConfig, resume_training, train_supernet
 
 GENOMES = ["skip-skip-ir_k3_e3_c16-skip-ir_k3_e3_c24-skip",
@@ -226,7 +226,7 @@ def test_ctrl_c_in_eval_writes_the_subnets_it_finished(checkpoint, tmp_path, cap
 def test_a_folder_without_a_checkpoint_is_named_as_such(tmp_path):
     """``--checkpoint DIR`` on a folder holding no checkpoint: one line saying so, not "corrupt"."""
     from nasctl.errors import NasctlError
-    from nasctl.nas.checkpoint import read_checkpoint
+    from nasctl.nas.supernet.checkpoint import read_checkpoint
 
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(NasctlError, match="folder without a checkpoint") as e:

@@ -171,8 +171,8 @@ def test_checkpoint_with_bad_metadata_is_one_line(kind, command, defect, superne
     (lambda c: c.__setitem__("config", [1, 2]), "'config'"),
 ])
 def test_read_checkpoint_checks_every_field_it_hands_out(edit, needle, subnet, tmp_path):
-    from nasctl.nas.checkpoint import read_checkpoint
-    from nasctl.nas.subnet_ckpt import load_subnet
+    from nasctl.nas.supernet.checkpoint import read_checkpoint
+    from nasctl.nas.supernet.subnet_ckpt import load_subnet
 
     ckpt = torch.load(subnet[0], weights_only=True)
     edit(ckpt)
@@ -197,7 +197,7 @@ def test_absurd_width_is_one_line_before_anything(args, tmp_path, capsys):
 @pytest.mark.parametrize("args", [["train", "--width-mult", "4"], ["search", "--width-mult", "4"],
                                   ["experiment", "width", "--width-mult", "0.5,4"]])
 def test_width_too_wide_for_the_memory_is_refused_with_the_estimate(args, tmp_path, capsys, monkeypatch):
-    import nasctl.nas.checkpoint as ckpt_mod
+    import nasctl.nas.supernet.checkpoint as ckpt_mod
 
     monkeypatch.setattr(ckpt_mod, "available_memory_bytes", lambda: 64 * 2**20)  # a 64 MiB machine
     line = fails(capsys, [*args, "--run-root", str(tmp_path)], "--width-mult 4 is too wide for this machine",
@@ -208,9 +208,9 @@ def test_width_too_wide_for_the_memory_is_refused_with_the_estimate(args, tmp_pa
 
 @pytest.mark.parametrize("space, dataset", [("digits", "digits"), ("tam", "cifar10")])
 def test_supernet_param_estimate_is_the_built_supernets(space, dataset):
-    from nasctl.nas.checkpoint import build_supernet, supernet_params
     from nasctl.nas.data import dataset_info
     from nasctl.nas.space import load_space
+    from nasctl.nas.supernet.checkpoint import build_supernet, supernet_params
 
     info = dataset_info(dataset)
     for width in (0.5, 1.0):

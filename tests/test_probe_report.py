@@ -431,7 +431,7 @@ USES = {
 }
 KINDS = ("train", "search", "finetune", "eval", "experiment", "export", "unfinished-search", "empty",
          "not-nasctl")
-# errors raised by nas/checkpoint.py's reader for a folder that holds no checkpoint: they name no kind (yet)
+# errors of nas/supernet/checkpoint.py's reader for a folder without a checkpoint: they name no kind (yet)
 KIND_UNNAMED = {"eval --checkpoint", "export --checkpoint"}
 PAIRS = [(use, kind) for use, (_, _, takes) in USES.items() for kind in KINDS if kind not in takes]
 

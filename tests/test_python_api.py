@@ -44,7 +44,7 @@ def test_member_model_is_the_network_export_ships(page_run, tmp_path):
     prepare step computes for the same member."""
     from nasctl.export import pipeline
     from nasctl.export.steps import STEPS
-    from nasctl.nas.subnet_ckpt import load_subnet
+    from nasctl.nas.supernet.subnet_ckpt import load_subnet
 
     run = page_run["run"]
     knee = run.knee

@@ -449,6 +449,6 @@ def test_a_registered_objective_is_searched_end_to_end(supernet_ckpt, tmp_path, 
 
 
 def _parse(ckpt, genome: str):
-    from nasctl.nas.checkpoint import load_supernet
+    from nasctl.nas.supernet.checkpoint import load_supernet
 
     return load_supernet(ckpt).space.parse(genome)

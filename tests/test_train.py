@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from nasctl.errors import NasctlError
-from nasctl.nas.checkpoint import load_supernet, read_checkpoint
 from nasctl.nas.space import load_space
+from nasctl.nas.supernet.checkpoint import load_supernet, read_checkpoint
 from nasctl.nas.train import (
     EpochMetrics,
     TrainCallbacks,

@@ -76,10 +76,10 @@ def member_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
 
 def open_run(run_dir: Path, doc: dict[str, Any], eps: float | None = None) -> SearchRun:
     """Load the run's supernet (checked against its recorded SHA-256) and its images."""
-    from ..checkpoint import load_supernet
     from ..data import first_test_images, supernet_data
     from ..select import run_supernet
     from ..supernet import BNCalibration
+    from ..supernet.checkpoint import load_supernet
 
     loaded = load_supernet(run_supernet(run_dir, doc, instead=None))
     data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, doc.get("data_dir"))

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .space import BLOCKS, SKIP, Genome, LayerChoices, SearchSpace, to_static
-from .space.blocks import family_block
-from .space.layers import BNSpec, ConvSpec, LinearSpec
+from ..space import BLOCKS, SKIP, Genome, LayerChoices, SearchSpace, to_static
+from ..space.blocks import family_block
+from ..space.layers import BNSpec, ConvSpec, LinearSpec
 
 
 class Normalize(nn.Module):

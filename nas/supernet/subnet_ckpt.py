@@ -19,8 +19,8 @@ from torch import nn
 from nasctl.core import atomic_torch_save
 from nasctl.errors import NasctlError
 
+from ..space import GenomeError, SearchSpace
 from .checkpoint import SUBNET_FORMAT, build_supernet, read_checkpoint
-from .space import GenomeError, SearchSpace
 
 
 @dataclass

@@ -19,11 +19,11 @@ import torch
 from nasctl.core import sha256_file  # noqa: F401 (the checkpoint's identity, used with load_supernet)
 from nasctl.errors import NasctlError
 
-from .space import SearchSpace
-from .supernet import Supernet
+from ..space import SearchSpace
+from .model import Supernet
 
 FORMAT = "nasctl.supernet.v1"
-SUBNET_FORMAT = "nasctl.subnet.v1"  # a fine-tuned subnet (nasctl.nas.subnet_ckpt writes it)
+SUBNET_FORMAT = "nasctl.subnet.v1"  # a fine-tuned subnet (nasctl.nas.supernet.subnet_ckpt writes it)
 
 
 def read_checkpoint(path: str | os.PathLike, formats: tuple[str, ...] = (FORMAT,)) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def check_metadata(ckpt: dict[str, Any]) -> None:
     loads but whose metadata is missing or of the wrong type -- not written by nasctl, or edited -- is
     one :class:`NasctlError` naming the file, what is wrong and the fix, never a KeyError later.
     """
-    from .space import GenomeError
+    from ..space import GenomeError
 
     subnet = ckpt.get("format") == SUBNET_FORMAT
     redo = ("fine-tune the subnet again ('nasctl finetune', or the search's fine-tune stage)" if subnet
@@ -168,9 +168,9 @@ def supernet_params(space: SearchSpace, in_channels: int, num_classes: int) -> i
     any width a space takes; equal to the built supernet's count (tested). Stem and head are counted
     once per few-shot sub-supernet, every layer once per weight family, at the layer's largest width.
     """
-    from .space.blocks import BLOCKS
-    from .space.layers import BNSpec, ConvSpec, LinearSpec
-    from .supernet import last_width, layer_plan, sub_supernets
+    from ..space.blocks import BLOCKS
+    from ..space.layers import BNSpec, ConvSpec, LinearSpec
+    from .model import last_width, layer_plan, sub_supernets
 
     n_sub = max(sub_supernets(space)) + 1
     stem = ConvSpec(in_channels, space.stem, 3, space.stem_stride).params() + BNSpec(space.stem).params()
