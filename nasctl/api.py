@@ -103,7 +103,7 @@ class Member:
         fine-tuned weights when the fine-tune stage trained it, else the supernet's inherited weights
         with BatchNorm recalibrated exactly as the search scored them."""
         if self.finetuned:
-            from .nas.subnet_ckpt import load_subnet
+            from .nas.supernet.subnet_ckpt import load_subnet
 
             return load_subnet(self.run.run_dir / self.entry["finetuned_checkpoint"]).model.eval()
         return self.run._study().subnet(self.genome).eval()

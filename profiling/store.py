@@ -100,6 +100,25 @@ class Scope(tuple):
         return f"{backend} ({version}), {precision}, {threads} thread(s), device {fp}"
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the store in WAL mode, waiting out another process that opens the same new file at once.
+
+    SQLite answers ``PRAGMA journal_mode = WAL`` with "database is locked" at once, without its busy
+    handler, while another connection holds a lock it needs (two processes creating one store), so the
+    change is retried here until :data:`BUSY_TIMEOUT_S`; a store another process already switched is left
+    as it is."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class MeasurementStore:
     """Append-only latency store; open it with :func:`open_store` or as a context manager."""
 
@@ -140,8 +159,7 @@ class MeasurementStore:
         try:
             conn.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))  # a setting, not a write
             kind = self._identify(conn)
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn)
             with _transaction(conn):
                 if kind == "new":
                     self._identify(conn)  # again under the write lock: nobody else made it meanwhile
