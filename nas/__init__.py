@@ -1,15 +1,14 @@
 """The search side of nasctl: data sets, the search space, the weight-sharing supernet, attacks,
 adversarial training, the NSGA-II search and its reports.
 
-Modules, one job each: ``data`` (data sets and splits), ``space`` (blocks, genomes, spaces, costs),
-``supernet`` (slim supernet, ``extract``, BN recalibration), ``attacks`` (FGSM family, PGD, TRADES),
-``train`` (``nasctl train``), ``checkpoint`` (atomic, self-describing checkpoints), ``candidates``
-(candidate accuracy), ``objectives``, ``problem`` (the pymoo problem), ``algorithms`` (NSGA-II,
-random), ``archive``, ``front``, ``search`` (config and driver), ``search_run`` (a whole
-``nasctl search`` run), ``report`` (front, plots, layer statistics), ``select`` (picking subnets
-from a run), ``robust_eval`` (``nasctl eval``), ``finetune`` (stand-alone subnet training),
-``runs`` (run folders and config merging). :class:`NasctlError` lives in the ground layer,
-``nasctl.errors``, and is re-exported here.
+Subpackages, low to high: ``data`` (data sets and splits), ``space`` (blocks, genomes, spaces, costs),
+``supernet`` (slim supernet, ``extract``, BN recalibration, checkpoints), ``attacks`` (FGSM family, PGD,
+TRADES, Square), ``search`` (objectives, the pymoo problem, algorithms, archive, front, config and
+driver). Modules: ``train`` (``nasctl train``), ``candidates`` (candidate accuracy), ``search_run`` (a
+whole ``nasctl search`` run), ``report`` (front, plots, layer statistics), ``select`` (picking subnets
+from a run), ``robust_eval`` (``nasctl eval``), ``finetune`` (stand-alone subnet training). Run folders,
+config merging and :class:`NasctlError` live in the ground layer (``nasctl.runfolder``,
+``nasctl.config``, ``nasctl.errors``); the error is re-exported here.
 
 Names resolve lazily (PEP 562): ``nasctl.nas`` must not pull torch in when a command only needs a
 name or two (``nasctl devices`` needs no torch).
@@ -19,7 +18,7 @@ import importlib
 
 _EXPORTS = {
     "attacks": ("PGD", "evaluate", "make_attack"),
-    "checkpoint": ("load_supernet",),
+    "supernet.checkpoint": ("load_supernet",),
     "data": ("load_dataset",),
     "nasctl.errors": ("NasctlError",),
     "search": ("SearchConfig",),

@@ -117,3 +117,14 @@ def test_no_import_circle():
         tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as e:
         raise AssertionError(f"import circle: {' -> '.join(e.args[1])}") from None
+
+
+def test_every_lazily_exported_name_resolves():
+    """The packages that resolve names on first use (PEP 562) serve every name they list: a module moved
+    under a subpackage cannot leave a name pointing at its old place."""
+    import importlib
+
+    for pkg in ("nasctl", "nasctl.nas", "nasctl.nas.data", "nasctl.profiling"):
+        module = importlib.import_module(pkg)
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{pkg}.{name}"

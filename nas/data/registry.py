@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 
 from nasctl.core import did_you_mean
 from nasctl.errors import NasctlError
@@ -45,6 +44,7 @@ from .splits import (
     DataSplits,
     subset_train,
 )
+from .userdata import Progress  # progress(images decoded, images in all): a folder's decoding
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,7 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
-Progress = Callable[[int, int], None]  # progress(images decoded, images in all): a user folder's decoding
-
-
 def _lookup(name: str, progress: Progress | None = None) -> DatasetLoader:
-
     if userdata.is_user_spec(name):
         return userdata.user_loader(name, progress)
     key = name.strip().lower()

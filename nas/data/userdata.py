@@ -69,7 +69,7 @@ import numpy as np
 from nasctl.core import atomic_write_json, atomic_write_with, did_you_mean
 from nasctl.errors import NasctlError
 
-if TYPE_CHECKING:  # torch and .data (which imports torch) are imported where used: decoding workers
+if TYPE_CHECKING:  # torch and .splits (which imports torch) are imported where used: decoding workers
     import torch  # import this module and must stay free of torch and its threads
 
     from .splits import DatasetInfo, DataSplits
