@@ -20,10 +20,10 @@ The four plain CNNs of issue 9 (each conv followed by BatchNorm and ReLU, global
 linear classifier) are written as genomes of the built-in digits space and built by the space's
 own code (:func:`nasctl.nas.supernet.build_subnet`, fresh initialisation) -- which also proves that
 they are points of the space. Each is trained with the project's trainer for static subnets
-(:func:`nasctl.nas.finetune.adversarial_train`: PGD-7 with step eps/4, SGD lr 0.05 momentum 0.9
+(:func:`nasctl.nas.training.subnet.adversarial_train`: PGD-7 with step eps/4, SGD lr 0.05 momentum 0.9
 Nesterov, weight decay 5e-4, cosine, 40 epochs, batch 64) on ``load_dataset("digits", seed=0)``'s
 1,200 training images, and evaluated on the 397 test images with the search's final attack
-(:func:`nasctl.nas.candidates.test_accuracy`: PGD-20, step eps/8, 3 restarts).
+(:func:`nasctl.nas.search.evaluator.final_accuracy`: PGD-20, step eps/8, 3 restarts).
 
 Their parameter counts are those of the issue minus the conv biases (1,442 vs 1,466 etc.): the
 space's convs have none, since a bias in front of BatchNorm is redundant.
@@ -52,10 +52,13 @@ from typing import Any
 
 import torch
 
-from nasctl.nas.candidates import test_accuracy
 from nasctl.nas.data import DataSplits, dataset_spec, first_test_images, load_dataset, subset_train
 from nasctl.nas.data.userdata import is_user_spec
-from nasctl.nas.finetune import (
+from nasctl.nas.search import SearchConfig
+from nasctl.nas.search.evaluator import final_accuracy
+from nasctl.nas.space import SearchSpace, load_space
+from nasctl.nas.supernet import build_subnet
+from nasctl.nas.training.subnet import (
     EpochSelection,
     FinetuneConfig,
     SubnetTrainConfig,
@@ -63,10 +66,7 @@ from nasctl.nas.finetune import (
     parse_tradeoffs,
     tradeoff_recipe,
 )
-from nasctl.nas.search import SearchConfig
-from nasctl.nas.space import SearchSpace, load_space
-from nasctl.nas.supernet import build_subnet
-from nasctl.nas.train import resolve_space
+from nasctl.nas.training.supernet import resolve_space
 
 # label -> (parameters in the issue's table, with conv biases; genome in the built-in digits space)
 BASELINES: dict[str, tuple[int, str]] = {
@@ -123,7 +123,7 @@ def train_and_evaluate(genome: str, data: DataSplits, cfg: SubnetTrainConfig,
     same best-on-validation rule the front members get, so neither side has a selection the other lacks)."""
     model = build(genome, data, cfg.seed, space)
     stats = adversarial_train(model, data, cfg, select=select)
-    final = test_accuracy(model, genome, data.test, cfg.eps, cfg.seed + 1, steps, restarts)  # as the search's
+    final = final_accuracy(model, genome, data.test, cfg.eps, cfg.seed + 1, steps, restarts)  # the search's
     return {"genome": genome, "params": sum(p.numel() for p in model.parameters()),
             "clean_acc": final["clean_acc"], "adv_acc": final["adv_acc"],
             "attack": final["attack"], "test_images": final["images"],
@@ -207,7 +207,7 @@ def plain_train(genome: str, data: DataSplits, eps: float, seed: int = 0, epochs
         sched.step()
     seconds = time.perf_counter() - t0
     model.eval()
-    final = test_accuracy(model, genome, data.test, eps, seed + 1, steps, restarts)  # the same final attack
+    final = final_accuracy(model, genome, data.test, eps, seed + 1, steps, restarts)  # the same final attack
     return {"genome": genome, "params": sum(p.numel() for p in model.parameters()),
             "clean_acc": final["clean_acc"], "adv_acc": final["adv_acc"], "attack": final["attack"],
             "test_images": final["images"], "train_seconds": seconds, "recipe": "plain"}
@@ -220,7 +220,7 @@ def fashion_setup(args: argparse.Namespace) -> tuple[DataSplits, SubnetTrainConf
     from nasctl.nas.search import SearchConfig
 
     if args.run:
-        from nasctl.nas.search_run import config_from_run
+        from nasctl.nas.runs.search import config_from_run
 
         source = str(Path(args.run) / "config.json")
         scfg = config_from_run(json.loads(Path(source).read_text()), source)
@@ -306,7 +306,7 @@ def rescore_front(run: str | Path, front: list[dict[str, Any]], data: DataSplits
     def rescore(ckpt: str, was: tuple[float, float]) -> dict[str, Any]:
         sub = load_subnet(Path(run) / ckpt)
         t0 = time.perf_counter()
-        acc = test_accuracy(sub.model, sub.genome, data.test, sub.eps, seed + 1, steps, restarts)
+        acc = final_accuracy(sub.model, sub.genome, data.test, sub.eps, seed + 1, steps, restarts)
         print(f"re-scored {ckpt} on {acc['images']} test images: clean {acc['clean_acc']:5.1f}  PGD "
               f"{acc['adv_acc']:5.1f} (was {was[0]:.1f} / {was[1]:.1f}; {time.perf_counter() - t0:.0f} s)",
               flush=True)

@@ -8,7 +8,7 @@ front with at most the baseline's parameters (as the issue counts them), those w
 inherited PGD accuracy, and trains each with the baselines' recipe (``adversarial_train``, 40
 epochs, lr 0.05) starting from the weights inherited from the run's supernet (``Supernet.extract``,
 BatchNorm statistics recalibrated on the training split first), or from a fresh initialisation with
-``--from-scratch``. Scores come from the same final attack (``test_accuracy``). The run's files
+``--from-scratch``. Scores come from the same final attack (``final_accuracy``). The run's files
 are not touched: ``OUT/pareto.json`` is a copy of the front with ``finetuned_*`` fields on the
 members trained here, for ``bench_baselines.py --run OUT``.
 """
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from nasctl.nas.candidates import test_accuracy
 from nasctl.nas.data import load_dataset
-from nasctl.nas.finetune import adversarial_train
-from nasctl.nas.select import read_front, run_supernet
+from nasctl.nas.runs.select import read_front, run_supernet
+from nasctl.nas.search.evaluator import final_accuracy
 from nasctl.nas.supernet import build_subnet, recalibrate_bn
 from nasctl.nas.supernet.checkpoint import load_supernet
+from nasctl.nas.training.subnet import adversarial_train
 
 
 def _baselines():
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
             model = loaded.supernet.extract(loaded.space.parse(e["genome"]))
             recalibrate_bn(model, (x for x, _ in data.train.batches(256)))
         adversarial_train(model, data, cfg)
-        final = test_accuracy(model, e["genome"], data.test, cfg.eps, cfg.seed + 1)  # seeded as the search's
+        final = final_accuracy(model, e["genome"], data.test, cfg.eps, cfg.seed + 1)  # seeded as the search's
         e.update(finetuned_clean_acc=final["clean_acc"], finetuned_adv_acc=final["adv_acc"],
                  finetuned_from="scratch" if args.from_scratch else "inherited",
                  finetuned_seconds=time.perf_counter() - t0)

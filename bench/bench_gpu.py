@@ -4,7 +4,7 @@
     python bench/bench_gpu.py --device cpu --images 512 --out bench/results/gpu_cpu_ref.json
 
 Two workloads, each one untimed warm-up epoch then ``--epochs`` timed epochs of the real
-:class:`nasctl.nas.train.Trainer` loop (uniform path sampling, PGD-7, batch ``--batch-size``):
+:class:`nasctl.nas.training.supernet.Trainer` loop (uniform path sampling, PGD-7, batch ``--batch-size``):
 
 * ``digits``: the default space on the embedded 8x8 digits (what ``nasctl search`` trains);
 * ``tam32``: the ``tam`` space (13 layers, all block types) on CIFAR-shaped 32x32x3 images with 10
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset, subset_train
-from nasctl.nas.train import TrainConfig, Trainer
+from nasctl.nas.training.supernet import TrainConfig, Trainer
 
 
 def synthetic_cifar(n: int, seed: int = 0) -> DataSplits:

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
+from nasctl.nas.attacks import PGD, accuracy_under_attack
 from nasctl.nas.data import load_dataset
-from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train, reset_weights, robust_accuracy
-from nasctl.nas.select import run_supernet
+from nasctl.nas.runs.select import run_supernet
+from nasctl.nas.supernet import init_weights
 from nasctl.nas.supernet.checkpoint import load_supernet
+from nasctl.nas.training.subnet import SubnetTrainConfig, adversarial_train
 
 
 def pick_subnets(run: Path, n: int) -> list[dict]:
@@ -67,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="default: the fine-tune stage's epochs (finetune) or the supernet's (scratch)")
     ap.add_argument("--out", default="bench/results/ranking.json")
     args = ap.parse_args(argv)
-    from nasctl.nas.finetune import FinetuneConfig
     from nasctl.nas.supernet import BNCalibration, prepare_subnet
+    from nasctl.nas.training.subnet import FinetuneConfig
 
     run = Path(args.run)
     doc = json.loads((run / "pareto.json").read_text())
@@ -84,17 +86,18 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         model = loaded.supernet.extract(loaded.space.parse(rec["genome"]))
         if args.mode == "scratch":
-            reset_weights(model, seed=0)
+            init_weights(model, seed=0)
         else:
             calib = doc.get("bn_calibration") or {}  # the search's own BN setting, as its fine-tune stage
             prepare_subnet(model, data.train, BNCalibration(int(calib.get("batches", 4)),
                                                             seed=int(calib.get("seed", doc.get("seed", 0)))))
         lr = ft.lr if args.mode == "finetune" else SubnetTrainConfig.lr
         adversarial_train(model, data, SubnetTrainConfig(epochs=epochs, eps=eps, lr=lr))
-        clean, adv = robust_accuracy(model, val, eps, steps=20)
+        r = accuracy_under_attack(model, val, PGD(eps=eps, steps=20), seed=0)
+        clean, adv = r.clean_acc, r.adv_acc
         # the same networks on the test images too: 200 validation images leave +-2 points of noise on
         # fine-tuned accuracies that span only a few points, which caps any tau; val + test is 597 images
-        _, t_adv = robust_accuracy(model, data.test, eps, steps=20)
+        t_adv = accuracy_under_attack(model, data.test, PGD(eps=eps, steps=20), seed=0).adv_acc
         n_val, n_test = len(val), len(data.test)
         rows.append({"genome": rec["genome"], "params": rec["params"], "inherited_clean": rec["clean_acc"],
                      "inherited_adv": rec["adv_acc"], "trained_clean": clean, "trained_adv": adv,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nasctl.nas.candidates import CandidateEvaluator, EvalSettings
 from nasctl.nas.data import load_dataset
+from nasctl.nas.search.evaluator import CandidateEvaluator, EvalSettings
 from nasctl.nas.supernet.checkpoint import load_supernet
-from nasctl.nas.train import TrainConfig, train_supernet
+from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ def _one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from nasctl.nas.runs.search import search
     from nasctl.nas.search import SearchConfig
-    from nasctl.nas.search_run import search
 
     t0 = time.perf_counter()
     p = search(SearchConfig(supernet=job["supernet"], algorithm=job["algorithm"], seed=job["seed"],
@@ -78,7 +78,7 @@ def main() -> None:
     if args.supernet:
         ckpt = args.supernet
     else:
-        from nasctl.nas.train import TrainConfig, train_supernet
+        from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
         ckpt = str(train_supernet(TrainConfig(run_root=str(root)))[0])
     jobs = [{"supernet": ckpt, "algorithm": algo, "seed": seed, "pop_size": args.pop_size,

@@ -3,7 +3,7 @@ architecture (weight-sharing overhead), and the default `nasctl train` run on di
 
     python bench/bench_train.py --out bench/results/train.json
 
-Both models run the *same* loop (nasctl.nas.finetune.adversarial_train: PGD-7, batch 64, SGD):
+Both models run the *same* loop (nasctl.nas.training.subnet.adversarial_train: PGD-7, batch 64, SGD):
 once with the supernet pinned to one subnet (slim layers slicing the largest weights), once with
 that subnet extracted as ordinary nn.Conv2d/BatchNorm2d layers.
 """
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from nasctl.nas.data import DataSplits, load_dataset
-from nasctl.nas.finetune import SubnetTrainConfig, adversarial_train
 from nasctl.nas.space import load_space
 from nasctl.nas.supernet import Supernet
+from nasctl.nas.training.subnet import SubnetTrainConfig, adversarial_train
 
 
 class _Pinned(torch.nn.Module):

@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", help="search run folders (config.json + archive.jsonl)")
     args = ap.parse_args(argv)
+    from nasctl.nas.runs.search import _sizes_fn, config_from_run
     from nasctl.nas.search.archive import Archive
     from nasctl.nas.search.front import hypervolume, nondominated
     from nasctl.nas.search.objectives import SIZE_OBJECTIVES, parse_objectives
-    from nasctl.nas.search_run import _sizes_fn, config_from_run
     from nasctl.nas.supernet.checkpoint import load_supernet
 
     cfgs = [config_from_run(json.loads((Path(r) / "config.json").read_text())) for r in args.runs]

@@ -1,7 +1,6 @@
-"""One-time model preparation and the data every export check uses.
+"""One-time model preparation and the data every export check uses (BatchNorm statistics come from
+:func:`nasctl.nas.supernet.prepare_subnet`, the search's one door).
 
-* :func:`recalibrate` re-estimates BatchNorm statistics of an extracted subnet on a few seeded
-  training batches (a supernet's statistics are shared by every path).
 * :func:`fold_batchnorm` folds each BatchNorm into the convolution that feeds it, found by tracing
   one forward pass (no reliance on module names), so ONNX, TFLite and the fake-quantised twin all
   see the conv weights that int8 quantisation really quantises.
@@ -22,16 +21,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nasctl.nas.data import TensorSplit
-from nasctl.nas.supernet import BNCalibration, recalibrate_bn
 
 log = logging.getLogger(__name__)
-
-
-def recalibrate(model: nn.Module, train: TensorSplit, calibration: BNCalibration) -> int:
-    """Recompute ``model``'s BatchNorm running statistics with the search's one setting
-    (:class:`BNCalibration`): same setting, same images, same statistics as the front's score.
-    Returns the number of images seen; leaves the model in eval mode."""
-    return recalibrate_bn(model, calibration.images(train))
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

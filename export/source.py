@@ -5,7 +5,7 @@
 the supernet itself). A fine-tuned subnet checkpoint (``nasctl finetune``) will be one more branch
 here, with ``needs_bn_recalibration=False``: a fine-tuned subnet keeps its own statistics.
 
-Picking from a run (``pick_from_run``, ``latest_run``) lives in :mod:`nasctl.nas.select`, shared
+Picking from a run (``pick_from_run``, ``latest_run``) lives in :mod:`nasctl.nas.runs.select`, shared
 with ``nasctl eval``; it is re-exported here.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from nasctl.core import sha256_file
-from nasctl.nas.select import RunPick, latest_run, pick_from_run, read_front  # noqa: F401 (re-exported)
+from nasctl.nas.runs.select import RunPick, latest_run, pick_from_run, read_front  # noqa: F401 (re-exported)
 from nasctl.nas.space import GenomeError, SearchSpace
 from nasctl.nas.supernet.checkpoint import load_supernet
 

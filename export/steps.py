@@ -88,13 +88,16 @@ class ExportContext:
 
 # --- steps -----------------------------------------------------------------------------------------
 def _step_prepare(ctx: ExportContext) -> StepRecord:
-    from .prepare import fold_batchnorm, recalibrate
+    from nasctl.nas.supernet import prepare_subnet
+
+    from .prepare import fold_batchnorm
 
     src, cfg = ctx.source, ctx.cfg
     model = src.model.eval()
     seen = 0
     if src.needs_bn_recalibration:
-        seen = recalibrate(model, ctx.splits.train, ctx.bn_calibration)
+        prepare_subnet(model, ctx.splits.train, ctx.bn_calibration)  # the search's own setting and images
+        seen = ctx.bn_calibration.image_count(ctx.splits.train)
     ctx.float_model = model.eval()
     ctx.x_check = ctx.splits.val.subset(cfg.check_images).numpy_images()
     if len(ctx.x_check) == 0:

@@ -1,6 +1,6 @@
 """nasctl from Python: search, open a finished run, take a member as an ``nn.Module``, export it.
 
-The CLI and this module call the same library functions (:func:`nasctl.nas.search_run.search`,
+The CLI and this module call the same library functions (:func:`nasctl.nas.runs.search.search`,
 :func:`nasctl.export.export`); this is the short way a notebook user takes::
 
     import nasctl
@@ -146,7 +146,7 @@ class SearchRun:
 def open_run(path: str | Path) -> SearchRun:
     """The finished search run in ``path`` (its folder or its ``pareto.json``); one
     :class:`NasctlError` for a folder that is missing or unfinished."""
-    from .nas.select import read_front
+    from .nas.runs.select import read_front
 
     run_dir, doc = read_front(path, instead=None)
     run = SearchRun(Path(run_dir), doc)
@@ -163,8 +163,8 @@ def search(dataset: str = "digits", *, progress: Callable[[Progress], None] | No
     ``train={...}``); ``data`` takes ready :class:`~nasctl.nas.data.DataSplits` instead of loading
     ``dataset``. Without a ``supernet`` it trains one first, as the CLI does."""
     from .config import build_config
+    from .nas.runs.search import search as run_search
     from .nas.search import SearchConfig
-    from .nas.search_run import search as run_search
     from .profiling.source import LatencySources
 
     search_cb, train_cb = _callbacks(progress)
@@ -188,7 +188,7 @@ def export(member: Member, target: str = "tflite", int8: bool = True, out: str |
 def _callbacks(progress: Callable[[Progress], None] | None):
     """The search's and the supernet trainer's callbacks, each step reported to ``progress``."""
     from .nas.search import SearchCallbacks
-    from .nas.train import TrainCallbacks
+    from .nas.training.supernet import TrainCallbacks
 
     if progress is None:
         return None, None

@@ -302,7 +302,7 @@ def test_a_hung_benchmark_times_out_and_the_phone_is_cleaned(phone, models, arm6
 # --- a phone's lookup table feeds the search -------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_supernet(tmp_path_factory):
-    from nasctl.nas.train import TrainConfig, train_supernet
+    from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
     root = tmp_path_factory.mktemp("tiny")
     (root / "tiny.yaml").write_text(TINY_SPACE)

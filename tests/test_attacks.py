@@ -7,13 +7,22 @@ import pytest
 import torch
 
 from nasctl.errors import NasctlError
-from nasctl.nas.attacks import ATTACKS, FGSM, FGSMRS, NFGSM, PGD, evaluate, make_attack, trades_loss
+from nasctl.nas.attacks import (
+    ATTACKS,
+    FGSM,
+    FGSMRS,
+    NFGSM,
+    PGD,
+    accuracy_under_attack,
+    make_attack,
+    trades_loss,
+)
 from nasctl.nas.attacks.square import Square
 
 
 def _acc(model, digits, attack, n=397, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return evaluate(model, digits.test.subset(n).batches(400), attack, gen=gen)
+    return accuracy_under_attack(model, digits.test.subset(n).batches(400), attack, gen=gen)
 
 
 def test_undefended_model_is_trained(undefended_model, digits):
@@ -57,7 +66,7 @@ def test_perturbation_stays_in_budget_and_pixel_range(undefended_model, digits, 
 
 
 def test_square_is_a_registered_query_only_attack_that_fools_without_gradients(undefended_model, digits):
-    """The black-box Square attack, through the same registry and evaluate() as PGD: it lowers an
+    """The black-box Square attack, through the same registry and accuracy_under_attack() as PGD: it lowers an
     undefended model's accuracy using logits alone, and never beats white-box PGD by much."""
     sq = make_attack("square", eps=0.1, queries=200, seed=0)
     assert isinstance(sq, Square) and sq.query_only and not PGD.query_only
@@ -138,7 +147,7 @@ def test_unknown_setting_is_refused_not_dropped():
 
 @pytest.mark.parametrize("name", sorted(n for n, c in ATTACKS.items() if c.trainable))
 def test_training_attacks_come_from_the_registry(name):
-    from nasctl.nas.train import TRAIN_ATTACKS
+    from nasctl.nas.training.supernet import TRAIN_ATTACKS
 
     cls = ATTACKS[name]
     assert name in TRAIN_ATTACKS

@@ -107,7 +107,7 @@ def test_finetune_front_bench_annotates_a_copy(load_bench, tmp_path, digits):
     finetuned_* fields into a copy of pareto.json; the run's own file is left as it was."""
     import hashlib
 
-    from nasctl.nas.train import TrainConfig, train_supernet
+    from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
     ckpt, _ = train_supernet(TrainConfig(limit_train=256, epochs=1, eval_size=40, eval_steps=2,
                                          attack_steps=2, run_root=str(tmp_path / "sn")))

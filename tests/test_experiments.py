@@ -15,10 +15,10 @@ from nasctl.nas.experiments import resume_experiment
 from nasctl.nas.experiments.finetune_scratch import FinetuneScratchConfig, run_finetune_scratch
 from nasctl.nas.experiments.transfer import TransferConfig, analyse, run_transfer
 from nasctl.nas.experiments.width import WidthConfig, best_within, compare, run_width
+from nasctl.nas.runs.search import search
 from nasctl.nas.search import SearchConfig
 from nasctl.nas.search.front import hypervolume
-from nasctl.nas.search_run import search
-from nasctl.nas.train import TrainConfig, train_supernet
+from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
 TINY_SEARCH = dict(
     pop_size=6,
@@ -200,7 +200,7 @@ def test_width_study_compares_fronts_on_one_scale(tmp_path):
     assert len(res["table"]["rows"]) == 2 and _png_width(out / "width_fronts.png") > 200
     assert len(list(csv.reader((out / "width_budgets.csv").open()))) == 1 + len(cmp["budgets"])
     assert "Budget" in res["findings"][0]
-    from nasctl.nas.report_page import write_report
+    from nasctl.nas.report import write_report
 
     page = write_report(runs[0])[0].read_text()  # a width's own search run finds the study it belongs to
     assert f'id="experiment-{out.name}"' in page

@@ -165,9 +165,9 @@ def test_export_never_overwrites_files_it_did_not_write(run_dir, tmp_path, capsy
 
 def test_export_into_a_search_run_is_refused_and_the_run_still_resumes(tmp_path, capsys):
     """The reported repro: 'nasctl export --run r --out r' replaced the search's config.json."""
+    from nasctl.nas.runs.search import resume_search, search
     from nasctl.nas.search import SearchConfig
-    from nasctl.nas.search_run import resume_search, search
-    from nasctl.nas.train import TrainConfig, train_supernet
+    from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
     ckpt = train_supernet(TrainConfig(limit_train=128, epochs=1, eval_size=20, eval_steps=1, attack_steps=1,
                                       run_root=str(tmp_path / "t")))[0]

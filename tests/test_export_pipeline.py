@@ -26,12 +26,11 @@ import torch.nn.functional as F
 
 from nasctl.core import atomic_torch_save
 from nasctl.export import TARGETS, ExportConfig, export
-from nasctl.export.prepare import recalibrate
 from nasctl.export.source import load_source
 from nasctl.export.targets import missing_modules
 from nasctl.nas.data import DatasetInfo, DataSplits, TensorSplit, load_dataset
 from nasctl.nas.space import BLOCKS, SKIP, Genome, SearchSpace
-from nasctl.nas.supernet import BNCalibration, Supernet
+from nasctl.nas.supernet import BNCalibration, Supernet, prepare_subnet
 from nasctl.nas.supernet.checkpoint import FORMAT
 
 pytestmark = pytest.mark.skipif(
@@ -189,7 +188,7 @@ def exports(tmp_path_factory) -> list[Exported]:
             )
             rc, stdout = (0 if result.ok else 1), ""
         model = load_source(ckpt, genome.encode()).model
-        recalibrate(model, splits.train, BNCalibration(seed=SEED))  # as the export does
+        prepare_subnet(model, splits.train, BNCalibration(seed=SEED))  # as the export does
         done.append(Exported(genome.encode(), out, ckpt, splits, model.eval(), i == 0, stdout, rc))
     yield done
 

@@ -22,15 +22,15 @@ from nasctl.export.fakequant import (
     make_fake_quant_twin,
     quantize_weight_per_channel,
 )
-from nasctl.export.prepare import calibration_set, fold_batchnorm, recalibrate
+from nasctl.export.prepare import calibration_set, fold_batchnorm
 from nasctl.export.robustness import to_uint8_grid
 from nasctl.export.source import latest_run, pick_from_run
 from nasctl.export.targets import EXTRA_HINT, require_installed
 from nasctl.nas.attacks.square import Square, margin_loss, p_schedule
 from nasctl.nas.data import TensorSplit, load_dataset
-from nasctl.nas.select import SelectionError
+from nasctl.nas.runs.select import SelectionError
 from nasctl.nas.space import BLOCKS, GenomeError, SearchSpace, load_space
-from nasctl.nas.supernet import BNCalibration, Supernet
+from nasctl.nas.supernet import BNCalibration, Supernet, prepare_subnet
 
 
 # --- targets --------------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def test_fold_batchnorm_is_exact_for_every_block_type(token):
     net = Supernet(space, 1, 10, [0.3], [0.4])
     model = net.extract(space.parse(f"{token}_c8-{token}_c12"))
     x = torch.rand(64, 1, 8, 8)
-    recalibrate(model, TensorSplit(x, torch.zeros(64, dtype=torch.int64)), BNCalibration(2, 32, seed=0))
+    prepare_subnet(model, TensorSplit(x, torch.zeros(64, dtype=torch.int64)), BNCalibration(2, 32, seed=0))
     for m in model.modules():  # non-trivial affine parameters, so folding really has work to do
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data.uniform_(0.5, 1.5)
@@ -297,7 +297,7 @@ def test_twin_tracks_the_float_model_and_has_gradients():
     net = Supernet(space, 1, 10, [0.3], [0.4])
     model = net.extract(space.parse("shuffle_c12-ghost_c8-ghost_c24-shuffle_c16-ir_k5_e3_c32-dsc_k3_c48"))
     data = load_dataset("digits")
-    recalibrate(model, data.train, BNCalibration(seed=0))
+    prepare_subnet(model, data.train, BNCalibration(seed=0))
     folded, _ = fold_batchnorm(model, torch.zeros(1, 1, 8, 8))
     twin = make_fake_quant_twin(folded, data.train.subset(200).numpy_images())
     assert isinstance(twin, FakeQuantTwin) and all(not o.observing for o in twin.observers)

@@ -250,13 +250,13 @@ def test_subset_train_bad_sizes_are_one_line(n, needle):
 
 
 def test_train_subset_is_used_and_recorded(tmp_path):
-    from nasctl.nas.train import TrainConfig, train_supernet
+    from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
     cfg = TrainConfig(train_subset=640, epochs=0, run_root=str(tmp_path), name="subset")
     path, _ = train_supernet(cfg)
     doc = json.loads((path.parent / "config.json").read_text())
     assert doc["config"]["train_subset"] == 640
-    from nasctl.nas.train import Trainer
+    from nasctl.nas.training.supernet import Trainer
 
     trainer = Trainer(cfg, tmp_path / "probe")
     assert len(trainer.data.train) == 640

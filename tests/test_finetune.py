@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from nasctl.cli import main
-from nasctl.nas.autoattack import autoattack_accuracy
-from nasctl.nas.candidates import test_accuracy as final_attack_accuracy
+from nasctl.nas.attacks.autoattack import autoattack_accuracy
 from nasctl.nas.data import load_dataset
-from nasctl.nas.finetune import reset_weights, spread_picks
+from nasctl.nas.runs.finetune import spread_picks
+from nasctl.nas.runs.search import resume_search, search
 from nasctl.nas.search import SearchConfig
-from nasctl.nas.search_run import resume_search, search
+from nasctl.nas.search.evaluator import final_accuracy
+from nasctl.nas.supernet import init_weights
 from nasctl.nas.supernet.subnet_ckpt import load_subnet
-from nasctl.nas.train import TrainConfig, train_supernet
+from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
 from .test_reliability import error_line, tree
 
@@ -58,7 +59,7 @@ def test_search_records_finetuned_members_that_reproduce(tuned_run):
         assert [p["epoch"] for p in curve] == [1] and r["finetuned_epochs_run"] == 1
         sub = load_subnet(ckpt)
         assert sub.genome == r["genome"] and sum(p.numel() for p in sub.model.parameters()) == r["params"]
-        again = final_attack_accuracy(sub.model, sub.genome, data.test, sub.eps, 1, 2, 1)
+        again = final_accuracy(sub.model, sub.genome, data.test, sub.eps, 1, 2, 1)
         assert again["adv_acc"] == r["finetuned_adv_acc"]  # the checkpoint is the network that was scored
         # every trade-off is its own entry, each scored by AutoAttack on the same test images
         entries = r["finetuned_tradeoffs"]
@@ -155,7 +156,7 @@ def test_finetune_of_a_missing_run_is_one_line(tmp_path, capsys):
 
 
 def test_interrupted_finetune_leaves_the_search_run_untouched(tuned_run, tmp_path, capsys, monkeypatch):
-    import nasctl.nas.finetune as ft
+    import nasctl.nas.runs.finetune as ft
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -169,8 +170,8 @@ def test_interrupted_finetune_leaves_the_search_run_untouched(tuned_run, tmp_pat
 
 def test_from_scratch_initialisation_is_seeded_and_not_inherited(tuned_run):
     sub = load_subnet(next((tuned_run / "finetune").glob("*/subnet.pt")))
-    a = reset_weights(load_subnet(sub.path).model, seed=3).state_dict()
-    b = reset_weights(load_subnet(sub.path).model, seed=3).state_dict()
+    a = init_weights(load_subnet(sub.path).model, seed=3).state_dict()
+    b = init_weights(load_subnet(sub.path).model, seed=3).state_dict()
     inherited = sub.model.state_dict()
     convs = [k for k, v in a.items() if k.endswith("weight") and v.dim() == 4]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -206,8 +207,8 @@ def test_export_prepares_inherited_weights_exactly_as_the_search_scored_them(tun
     inherited score is the exported model's."""
     from nasctl.export import pipeline
     from nasctl.export.steps import STEPS
-    from nasctl.nas.candidates import CandidateEvaluator, EvalSettings
-    from nasctl.nas.select import run_supernet
+    from nasctl.nas.runs.select import run_supernet
+    from nasctl.nas.search.evaluator import CandidateEvaluator, EvalSettings
     from nasctl.nas.supernet.checkpoint import load_supernet
 
     run = tmp_path / "r"
@@ -235,7 +236,7 @@ def test_nasctl_finetune_scores_on_the_runs_test_split(digits, tmp_path):
     """A search run that scored its front on test_size images: nasctl finetune scores on the same ones."""
     import json
 
-    from nasctl.nas.finetune import _search_test_split
+    from nasctl.nas.runs.finetune import _search_test_split
 
     (tmp_path / "config.json").write_text(json.dumps({"command": "search", "config": {"test_size": 50}}))
     data = _search_test_split(digits, str(tmp_path))
@@ -250,9 +251,9 @@ def test_autoattack_far_below_pgd_is_warned_in_summary_report_and_cli(tuned_run,
     summary.md, the report page (a note, also warned on stderr) and the CLI's front print; within the
     gap, nothing is said."""
     from nasctl.commands.search import print_front
-    from nasctl.nas import report_page
-    from nasctl.nas.autoattack import AA_GAP_WARN
-    from nasctl.nas.report import aa_gaps, summary_markdown
+    from nasctl.nas import report as report_page
+    from nasctl.nas.attacks.autoattack import AA_GAP_WARN
+    from nasctl.nas.render.outputs import aa_gaps, summary_markdown
 
     run = tmp_path / "run"
     shutil.copytree(tuned_run, run)
@@ -275,4 +276,4 @@ def test_autoattack_far_below_pgd_is_warned_in_summary_report_and_cli(tuned_run,
     print_front(run / "pareto.json")
     out = capsys.readouterr().out
     assert f"warning: #{i} (accurate): AutoAttack 56.5 % is 3.5 points below PGD 60.0 %" in out
-    assert "ft AA" in out
+    assert "fine-tuned AA %" in out

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from nasctl.errors import NasctlError
-from nasctl.nas.attacks import PGD, evaluate
-from nasctl.nas.finetune import EpochSelection, SubnetTrainConfig, adversarial_train, spread_picks
+from nasctl.nas.attacks import PGD, accuracy_under_attack
+from nasctl.nas.runs.finetune import spread_picks
 from nasctl.nas.search import SearchConfig
+from nasctl.nas.training.subnet import EpochSelection, SubnetTrainConfig, adversarial_train
 
 
 def _net(seed: int = 0, bn: bool = True) -> nn.Module:
@@ -28,7 +29,7 @@ def _small(digits, n: int = 256):
 
 def _val_score(model: nn.Module, digits, sel: EpochSelection, eps: float) -> tuple[float, float]:
     val = digits.val.subset(min(sel.val_size, len(digits.val)))
-    r = evaluate(model, val.batches(256), PGD(eps=eps, steps=sel.pgd_steps), "cpu",
+    r = accuracy_under_attack(model, val.batches(256), PGD(eps=eps, steps=sel.pgd_steps), "cpu",
                  torch.Generator().manual_seed(sel.seed))
     return r.clean_acc, r.adv_acc
 

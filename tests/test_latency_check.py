@@ -53,7 +53,7 @@ def test_every_front_member_is_measured_beside_its_prediction(checked_run):
     assert "latency_check" in doc["stage_seconds"]
     summary = (pareto.parent / "summary.md").read_text()
     assert "| measured ms |" in summary and f"{len(front)} front members measured on lut:host" in summary
-    from nasctl.nas.report_page import _latency, front_table
+    from nasctl.nas.report import _latency, front_table
 
     table = front_table(doc)
     assert "measured ms" in table["columns"] and len(table["rows"]) == len(front)
@@ -89,7 +89,7 @@ def test_export_warns_when_its_pick_broke_the_limit(checked_run, tiny, caplog): 
     """The flagged member, picked for export, gets a warning naming its measured latency; one under the
     limit gets none."""
     from nasctl.export.pipeline import warn_latency_violation
-    from nasctl.nas.select import RunPick
+    from nasctl.nas.runs.select import RunPick
 
     front = copy.deepcopy(checked_run[1]["front"])
     slow = max(range(len(front)), key=lambda i: front[i]["measured_latency_ms"])
@@ -158,8 +158,8 @@ def test_the_search_takes_its_latency_from_the_callers_provider(tmp_path):
     provider it says which argument to pass; a provider's refusal of the spec comes before any folder;
     a given provider is asked to check the spec first."""
     from nasctl.errors import NasctlError
+    from nasctl.nas.runs.search import search
     from nasctl.nas.search import SearchConfig
-    from nasctl.nas.search_run import search
     from nasctl.profiling import LatencySources
 
     def cfg():

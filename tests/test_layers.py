@@ -23,6 +23,12 @@ GROUND = ("nasctl.errors", "nasctl.yaml_strict", "nasctl.core", "nasctl.config",
 # low to high; the CLI and the Python API (everything else under nasctl/) sit on top of all of them
 PACKAGE_ORDER = ("ground", "nasctl.nas", "nasctl.export", "nasctl.profiling", "nasctl.android_bench",
                  "nasctl (cli, api)")
+# nas/'s own layers, low to high (docs/design.md §12): a module of one may import only its own layer and
+# those before it. The package's __init__ (the lazy facade over all of them) stands above them all.
+NAS_LAYERS = ("data", "space", "supernet", "attacks", "training", "search", "render", "runs", "experiments",
+              "report")
+
+
 def module_files() -> dict[str, Path]:
     """Every product module by its import name."""
     out = {}
@@ -106,6 +112,28 @@ def test_no_package_imports_one_above_it():
 
 
 
+def nas_layer(name: str) -> int | None:
+    """The rank of a ``nasctl.nas`` module's layer (None: the package facade, or not under nas)."""
+    parts = name.split(".")
+    if parts[:2] != ["nasctl", "nas"] or len(parts) < 3:
+        return None
+    return NAS_LAYERS.index(parts[2])
+
+
+def test_nas_is_layered_subpackages():
+    """nas/ shows its layers as folders: at most four modules at its top level, each other module in one
+    of :data:`NAS_LAYERS`, and no module imports a layer above its own."""
+    top = sorted(p.name for p in (ROOT / "nas").glob("*.py"))
+    assert len(top) <= 4, f"nas/ has {len(top)} top-level modules: {top}"
+    files = module_files()
+    for name in files:
+        if name.startswith("nasctl.nas.") and name.split(".")[2] not in NAS_LAYERS:
+            raise AssertionError(f"{name} is in no layer of NAS_LAYERS {NAS_LAYERS}")
+    upward = sorted((a, b) for a, b in edges()
+                    if nas_layer(a) is not None and nas_layer(b) is not None and nas_layer(b) > nas_layer(a))
+    assert not upward, f"nas/ modules import a layer above their own ({' < '.join(NAS_LAYERS)}): {upward}"
+
+
 def test_no_import_circle():
     """No product module reaches itself through its imports (function-local ones included)."""
     import graphlib
@@ -124,7 +152,8 @@ def test_every_lazily_exported_name_resolves():
     under a subpackage cannot leave a name pointing at its old place."""
     import importlib
 
-    for pkg in ("nasctl", "nasctl.nas", "nasctl.nas.data", "nasctl.profiling"):
+    for pkg in ("nasctl", "nasctl.nas", "nasctl.nas.data", "nasctl.nas.runs", "nasctl.nas.training",
+                "nasctl.nas.render", "nasctl.profiling"):
         module = importlib.import_module(pkg)
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{pkg}.{name}"

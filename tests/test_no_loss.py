@@ -24,7 +24,7 @@ from nasctl.nas.data import load_dataset
 from nasctl.nas.space import load_space
 from nasctl.nas.supernet import Supernet
 from nasctl.nas.supernet.checkpoint import FORMAT
-from nasctl.nas.train import TrainConfig, resume_training, train_supernet
+from nasctl.nas.training.supernet import TrainConfig, resume_training, train_supernet
 
 GENOMES = ["skip-skip-ir_k3_e3_c16-skip-ir_k3_e3_c24-skip",
            "ir_k3_e3_c16-skip-ir_k5_e3_c16-skip-ir_k3_e6_c24-skip"]
@@ -195,7 +195,7 @@ def test_resume_at_the_last_epoch_keeps_the_supernet_file(tmp_path):
 def test_ctrl_c_in_eval_writes_the_subnets_it_finished(checkpoint, tmp_path, capsys, monkeypatch):
     """The probe: Ctrl-C after 6 of 32 members wrote no eval.json, though the line said "everything
     finished so far is on disk"."""
-    from nasctl.nas import robust_eval
+    from nasctl.nas.runs import eval as robust_eval
 
     real, calls = robust_eval.strong_evaluation, []
 

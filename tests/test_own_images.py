@@ -126,8 +126,8 @@ def test_the_search_takes_ready_splits_and_gives_the_front_of_the_same_data_by_n
     import dataclasses
 
     from nasctl.nas.data import DataSplits, load_dataset
+    from nasctl.nas.runs.search import search
     from nasctl.nas.search import SearchConfig
-    from nasctl.nas.search_run import search
 
     small = dict(epochs=1, pop_size=4, generations=2, val_size=40, pgd_steps=1, finetune_members=0,
                  test_size=30, train={"train_subset": 300})

@@ -23,9 +23,9 @@ import torch
 
 from nasctl.cli import main
 from nasctl.errors import NasctlError
+from nasctl.nas.runs.search import search
 from nasctl.nas.search import SearchConfig
-from nasctl.nas.search_run import search
-from nasctl.nas.train import TrainConfig, train_supernet
+from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
 from .test_android_bench import arm64_binary, model, phones  # noqa: F401 (the fake adb's fixtures)
 
@@ -116,7 +116,7 @@ def test_report_out_refuses_a_users_file_and_replaces_only_its_own(search_run, t
 
 def test_report_replaces_a_page_of_an_older_version(search_run, tmp_path):
     """Pages written before the marker existed are still recognised as reports (their opening)."""
-    from nasctl.nas.report_page import HTML_MARKER, MD_MARKER
+    from nasctl.nas.report import HTML_MARKER, MD_MARKER
 
     page = tmp_path / "old.html"
     assert main(["report", str(search_run), "--out", str(page)]) == 0

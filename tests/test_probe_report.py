@@ -28,7 +28,7 @@ import pytest
 
 from nasctl.cli import COMMANDS, build_parser, interrupt_hint, main
 from nasctl.errors import NasctlError
-from nasctl.nas import report_page
+from nasctl.nas import report as report_page
 from nasctl.yaml_strict import DuplicateKeyError, load_strict
 
 from .test_probe import error_line, fails, search_run, supernet, tree  # noqa: F401 (the fixtures)
@@ -162,7 +162,7 @@ class _Cells(HTMLParser):
 
 
 def test_report_escapes_html_and_markdown_from_the_data(search_run, tmp_path):  # noqa: F811
-    from nasctl.nas.report import summary_markdown
+    from nasctl.nas.render.outputs import summary_markdown
 
     run = copy_run(search_run, tmp_path, "20250101-<b>bold<i>")
     doc = json.loads((run / "pareto.json").read_text())

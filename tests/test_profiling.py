@@ -369,7 +369,7 @@ def test_predict_and_measure_a_genome(tiny, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_supernet(tiny):
-    from nasctl.nas.train import TrainConfig, train_supernet
+    from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
     cfg = TrainConfig(
         space=str(tiny["root"] / "tiny.yaml"),

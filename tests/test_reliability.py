@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from nasctl.cli import main
+from nasctl.nas.runs.search import search
 from nasctl.nas.search import SearchConfig
-from nasctl.nas.search_run import search
-from nasctl.nas.train import TrainConfig, train_supernet
+from nasctl.nas.training.supernet import TrainConfig, train_supernet
 from nasctl.runfolder import run_lock
 
 TINY = dict(pop_size=4, generations=2, val_size=40, pgd_steps=1, calib_batches=1, final_steps=1,
@@ -272,7 +272,7 @@ def test_a_moved_run_exports_with_its_own_supernet(trained_run, tmp_path, capsys
 
 # --- cosmetic ------------------------------------------------------------------------------------
 def test_interrupt_names_the_run_to_resume(trained_run, tmp_path, capsys, monkeypatch):
-    import nasctl.nas.search_run as sr
+    import nasctl.nas.runs.search as sr
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -299,7 +299,7 @@ def test_interrupted_export_says_so(trained_run, tmp_path, capsys, monkeypatch):
 
 
 def test_resumed_training_writes_each_epoch_once(tmp_path):
-    from nasctl.nas.train import resume_training
+    from nasctl.nas.training.supernet import resume_training
 
     path, _ = train_supernet(TrainConfig(limit_train=128, epochs=1, eval_size=20, eval_steps=1,
                                          attack_steps=1, run_root=str(tmp_path)))

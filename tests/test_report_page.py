@@ -16,7 +16,7 @@ import pytest
 
 from nasctl.cli import main
 from nasctl.nas.experiments.transfer import TransferConfig, run_transfer
-from nasctl.nas.report_page import write_report
+from nasctl.nas.report import write_report
 
 from .test_experiments import tiny_run  # noqa: F401 (the fixture)
 

@@ -20,10 +20,10 @@ def test_parallel_runs_get_distinct_folders(tmp_path):
 def _command_configs():
     from nasctl.export import ExportConfig
     from nasctl.nas.experiments import STUDIES
-    from nasctl.nas.finetune import FinetuneConfig
-    from nasctl.nas.robust_eval import EvalConfig
+    from nasctl.nas.runs.eval import EvalConfig
     from nasctl.nas.search import SearchConfig
-    from nasctl.nas.train import TrainConfig
+    from nasctl.nas.training.subnet import FinetuneConfig
+    from nasctl.nas.training.supernet import TrainConfig
 
     return [TrainConfig, SearchConfig, FinetuneConfig, EvalConfig, ExportConfig,
             *(s.resolve()[0] for s in STUDIES.values())]

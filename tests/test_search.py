@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nasctl.nas.runs.search import resume_search, search
 from nasctl.nas.search import SearchConfig
-from nasctl.nas.search_run import resume_search, search
 from nasctl.nas.space import Genome
-from nasctl.nas.train import TrainConfig, train_supernet
+from nasctl.nas.training.supernet import TrainConfig, train_supernet
 
 from . import golden
 from .test_train import one_line_error
@@ -162,11 +162,11 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
     no supernet): crossover of identical parents is a copy, so what differs is mutation's doing."""
     import tempfile
 
+    from nasctl.nas.runs.search import _sizes_fn
     from nasctl.nas.search import SearchCallbacks
     from nasctl.nas.search.algorithms import make_nsga2
     from nasctl.nas.search.archive import Archive
     from nasctl.nas.search.problem import SearchState, genome_from_vars, make_problem
-    from nasctl.nas.search_run import _sizes_fn
     from nasctl.nas.space import load_space
 
     space = load_space("digits")
@@ -330,7 +330,7 @@ def test_plots_leave_the_users_matplotlib_backend_alone(finished_run, tmp_path):
     """A notebook user's backend must not be switched by writing a run's plots."""
     import matplotlib
 
-    from nasctl.nas.report import plot_hypervolume
+    from nasctl.nas.render.outputs import plot_hypervolume
 
     before = matplotlib.get_backend()
     matplotlib.use("svg")

@@ -204,10 +204,10 @@ def test_extract_leaves_the_active_path_alone():
 
 def test_package_names_are_the_functions_they_list():
     import nasctl.nas as nas
-    import nasctl.nas.candidates  # noqa: F401 (a submodule import must not rebind the name)
-    from nasctl.nas.attacks import evaluate
+    import nasctl.nas.search.evaluator  # noqa: F401 (a submodule import must not rebind the name)
+    from nasctl.nas.attacks import accuracy_under_attack
 
-    assert nas.evaluate is evaluate and callable(nas.evaluate)
+    assert nas.accuracy_under_attack is accuracy_under_attack and callable(nas.accuracy_under_attack)
 
 
 def test_build_subnet_is_seeded_without_touching_the_global_rng():

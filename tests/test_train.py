@@ -14,7 +14,7 @@ import torch
 from nasctl.errors import NasctlError
 from nasctl.nas.space import load_space
 from nasctl.nas.supernet.checkpoint import load_supernet, read_checkpoint
-from nasctl.nas.train import (
+from nasctl.nas.training.supernet import (
     EpochMetrics,
     TrainCallbacks,
     TrainConfig,

@@ -2,9 +2,10 @@
 PGD, TRADES' inner maximisation) and the query-only Square attack, as torchattacks keeps its attack list
 in the package's ``__init__``: importing the package registers every built-in attack.
 
-``gradient`` holds the base and the white-box attacks, ``square`` the query-only one (also run on any
-logits function: the int8 interpreter in export). A new attack is a module beside them with
-``@register_attack`` and one import line here.
+``gradient`` holds the base, the white-box attacks and :func:`accuracy_under_attack` (the one place a
+number under attack is counted), ``square`` the query-only one (also run on any logits function: the int8
+interpreter in export), ``autoattack`` the wrapper of ``pyautoattack`` that scores what ships. A new
+attack is a module beside them with ``@register_attack`` and one import line here.
 """
 
 from .gradient import (
@@ -16,7 +17,7 @@ from .gradient import (
     Attack,
     RobustResult,
     TRADESAttack,
-    evaluate,
+    accuracy_under_attack,
     make_attack,
     register_attack,
     trades_loss,
@@ -26,5 +27,5 @@ from .square import Square
 
 __all__ = [
     "ATTACKS", "FGSM", "FGSMRS", "NFGSM", "PGD", "Attack", "RobustResult", "Square", "TRADESAttack",
-    "evaluate", "make_attack", "register_attack", "trades_loss", "training_attacks",
+    "accuracy_under_attack", "make_attack", "register_attack", "trades_loss", "training_attacks",
 ]

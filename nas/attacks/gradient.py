@@ -275,9 +275,24 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return model(x).argmax(1) == y
 
 
-def evaluate(model: nn.Module, batches, attack: Attack | None, device: torch.device | str = "cpu",
-             gen: torch.Generator | None = None) -> RobustResult:
-    """Clean and adversarial top-1 accuracy (percent) of ``model`` in eval mode over ``batches``."""
+def accuracy_under_attack(model: nn.Module, data, attack: Attack | None,
+                          device: torch.device | str | None = None, gen: torch.Generator | None = None, *,
+                          seed: int | None = None, batch_size: int = 256) -> RobustResult:
+    """Clean and adversarial top-1 accuracy (percent) of ``model`` in eval mode: the one place every
+    number under attack is counted (search candidates, the final front, fine-tuning's epoch choice,
+    ``nasctl eval``, the benchmarks), so robust = correct on both the clean and the attacked image
+    everywhere.
+
+    ``data``: a split (anything with ``batches(batch_size)``: :class:`~nasctl.nas.data.TensorSplit`) or an
+    iterable of ``(x, y)`` batches. ``device``: where the batches go, by default the model's own. The
+    attack's random start comes from ``gen``, or from a new generator seeded with ``seed``; with
+    neither, from torch's global generator. ``attack=None`` counts clean accuracy only (``adv_acc`` nan).
+    """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if gen is None and seed is not None:
+        gen = torch.Generator(device=device).manual_seed(seed)
+    batches = data.batches(batch_size) if hasattr(data, "batches") else data
     was_training = model.training
     model.eval()
     n = clean = adv = 0

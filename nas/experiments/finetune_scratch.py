@@ -34,7 +34,7 @@ from nasctl.core import atomic_write_text, resolve_device
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope
 
-from ..finetune import FinetuneConfig
+from ..training.subnet import FinetuneConfig
 from . import folder as folder_mod
 from .run_data import check_members, member_label, member_picks, open_run, read_run
 
@@ -116,7 +116,7 @@ def _reusable(rec: dict[str, Any], cfg: FinetuneScratchConfig, epochs: int, seed
 
 
 def _execute(cfg, folder, run, picks, epochs) -> Path:
-    from ..finetune import _recalibrate_for_training, train_and_save
+    from ..runs.finetune import train_and_save
 
     device = resolve_device(cfg.device)
     seed = cfg.seed if cfg.seed is not None else run.seed
@@ -176,8 +176,7 @@ def _execute(cfg, folder, run, picks, epochs) -> Path:
                     epochs,
                 )
                 out.mkdir(parents=True, exist_ok=True)
-                model = run.loaded.supernet.extract(run.loaded.space.parse(rec["genome"]))
-                _recalibrate_for_training(model, run.data, run.calibration.seed, run.calibration.batches)
+                model = run.subnet(rec["genome"])  # BN recalibrated as the search scored it
                 fcfg = FinetuneConfig(
                     run=str(run.run_dir),
                     pick=str(i),
@@ -293,7 +292,7 @@ def _finish(folder, run, picks, epochs, done) -> Path:
 
 def plot_arms(path: Path, labels: list[str], clean: np.ndarray, adv: np.ndarray, title: str) -> None:
     """Grouped bars per member: PGD accuracy of each arm (solid) with its clean accuracy (outline)."""
-    from ..report import _figure, _save
+    from ..render.outputs import _figure, _save
 
     fig = _figure(figsize=(2 + 1.6 * len(labels), 4))
     ax = fig.subplots()

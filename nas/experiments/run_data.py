@@ -51,7 +51,7 @@ class SearchRun:
 def read_run(run: str | None, run_root: str) -> tuple[Path, dict[str, Any]]:
     """(folder, pareto.json) of ``run`` (the newest search under ``run_root`` when None): one line
     for a folder that is missing, unfinished or has an empty front."""
-    from ..select import latest_run, read_front
+    from ..runs.select import latest_run, read_front
 
     # instead=None: the studies take no --checkpoint, so no message may suggest one
     return read_front(run or latest_run(run_root, instead=None), instead=None)
@@ -69,7 +69,7 @@ def check_members(members: int, run_dir: Path, front: list[dict[str, Any]]) -> N
 
 def member_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
     """``k`` front indices spread over log(parameters), the knee among them (the fine-tune stage's)."""
-    from ..finetune import spread_picks
+    from ..runs.finetune import spread_picks
 
     return spread_picks(front, knee, k)
 
@@ -77,7 +77,7 @@ def member_picks(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
 def open_run(run_dir: Path, doc: dict[str, Any], eps: float | None = None) -> SearchRun:
     """Load the run's supernet (checked against its recorded SHA-256) and its images."""
     from ..data import first_test_images, supernet_data
-    from ..select import run_supernet
+    from ..runs.select import run_supernet
     from ..supernet import BNCalibration
     from ..supernet.checkpoint import load_supernet
 

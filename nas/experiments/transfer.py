@@ -126,7 +126,7 @@ def _execute(cfg, folder, run, picks, steps, restarts, seed) -> Path:
     import torch
 
     from ..attacks import PGD
-    from ..candidates import genome_seed
+    from ..search.evaluator import genome_seed
 
     device = resolve_device(cfg.device)
     front = run.front
@@ -296,7 +296,7 @@ def plot_heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str
     """The matrix as a heat map, values written in, white-box cells (member row == column) framed."""
     from matplotlib.patches import Rectangle
 
-    from ..report import _figure, _save
+    from ..render.outputs import _figure, _save
 
     fig = _figure(figsize=(2.2 + 1.3 * len(cols), 1.6 + 0.55 * len(rows)))
     ax = fig.subplots()

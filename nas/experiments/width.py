@@ -95,7 +95,7 @@ class WidthConfig(RunFolder):
         self.search_config("x", self.width_mult[0]).validate()
 
     def train_config(self, width: float):
-        from ..train import TrainConfig
+        from ..training.supernet import TrainConfig
 
         return TrainConfig(
             dataset=self.dataset,
@@ -161,7 +161,7 @@ def run_width(cfg: WidthConfig, resume: str | Path | None = None) -> Path:
 
 
 def _train(cfg: WidthConfig, width: float, sub: Path) -> Path:
-    from ..train import resume_training, train_supernet
+    from ..training.supernet import resume_training, train_supernet
 
     if (sub / "supernet.pt").is_file():
         return sub / "supernet.pt"
@@ -172,7 +172,7 @@ def _train(cfg: WidthConfig, width: float, sub: Path) -> Path:
 
 
 def _search(cfg: WidthConfig, width: float, supernet: Path, run_dir: Path) -> Path:
-    from ..search_run import execute
+    from ..runs.search import execute
 
     if (run_dir / "pareto.json").is_file():
         return run_dir / "pareto.json"
@@ -394,7 +394,7 @@ def _write_csvs(path: Path, cmp: dict[str, Any], widths: list[str]) -> None:
 
 def plot_fronts(path: Path, fronts: dict[float, dict[str, Any]], cmp: dict[str, Any]) -> None:
     """Test PGD accuracy vs parameters of every width's front (best-so-far staircase), budgets marked."""
-    from ..report import _figure, _save
+    from ..render.outputs import _figure, _save
 
     fig = _figure(figsize=(7, 4.2))
     ax = fig.subplots()

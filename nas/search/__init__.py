@@ -3,7 +3,7 @@ pure functions, the latency check and the driver (``SearchConfig``, ``run_genera
 
 Low to high inside: ``objectives`` and ``archive``, then ``front`` and ``problem``, then ``algorithms``,
 then ``driver``; ``latency_check`` stands apart. The whole ``nasctl search`` run (train first, search,
-final evaluation, fine-tune stage) sits above this package, in :mod:`nasctl.nas.search_run`.
+final evaluation, fine-tune stage) sits above this package, in :mod:`nasctl.nas.runs.search`.
 """
 
 from .driver import (

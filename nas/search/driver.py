@@ -25,7 +25,7 @@ from nasctl.core import did_you_mean
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder
 
-from ..autoattack import check_version
+from ..attacks.autoattack import check_version
 from ..data import dataset_spec
 from ..data.userdata import is_user_spec
 from ..space import check_width
@@ -176,7 +176,7 @@ class SearchConfig(RunFolder):
     def finetune_config(self):
         """The fine-tune stage's :class:`FinetuneConfig`: its epochs and epoch selection, the run's final
         attack and seed, and the search's own validation attack for choosing the epoch."""
-        from ..finetune import FinetuneConfig
+        from ..training.subnet import FinetuneConfig
 
         return FinetuneConfig(epochs=self.finetune_epochs, final_steps=self.final_steps,
                               final_restarts=self.final_restarts, select=self.finetune_select,
@@ -186,7 +186,7 @@ class SearchConfig(RunFolder):
 
     def tradeoffs(self) -> list[str]:
         """The fine-tune stage's trade-off recipes, checked, in order (the first fills ``finetuned_*``)."""
-        from ..finetune import parse_tradeoffs
+        from ..training.subnet import parse_tradeoffs
 
         return parse_tradeoffs(self.finetune_tradeoff, "--finetune-tradeoff")
 
@@ -197,7 +197,7 @@ class SearchConfig(RunFolder):
         """The :class:`TrainConfig` of the supernet this search trains first (type-checked, validated)."""
         from nasctl.config import build_config
 
-        from ..train import TrainConfig
+        from ..training.supernet import TrainConfig
 
         extra = dict(self.train or {})
         clash = [k for k in extra if k in self.SHARED_WITH_TRAINING]

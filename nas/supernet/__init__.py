@@ -13,6 +13,7 @@ from .model import (
     Subnet,
     Supernet,
     build_subnet,
+    init_weights,
     last_width,
     layer_plan,
     prepare_subnet,
@@ -21,6 +22,6 @@ from .model import (
 )
 
 __all__ = [
-    "BNCalibration", "Head", "Normalize", "Stem", "Subnet", "Supernet", "build_subnet", "last_width",
-    "layer_plan", "prepare_subnet", "recalibrate_bn", "sub_supernets",
+    "BNCalibration", "Head", "Normalize", "Stem", "Subnet", "Supernet", "build_subnet", "init_weights",
+    "last_width", "layer_plan", "prepare_subnet", "recalibrate_bn", "sub_supernets",
 ]

@@ -240,6 +240,17 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**27 else f"{n / 2**20:,.0f} MiB"
 
 
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], what: str) -> None:
+    """Load a checkpoint's ``model`` weights into the network its own ``what`` (space, genome) describes:
+    a mismatch means another nasctl version wrote it, said in one line."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
+        raise NasctlError(f"checkpoint {ckpt['path']!r} does not match its own {what} "
+                          f"({str(e).splitlines()[0][:120]}): it was written by another nasctl "
+                          f"version") from e
+
+
 def load_supernet(path: str | os.PathLike, expect_space: SearchSpace | None = None) -> LoadedSupernet:
     """Rebuild a trained supernet from its checkpoint (eval mode, on the CPU).
 
@@ -252,12 +263,7 @@ def load_supernet(path: str | os.PathLike, expect_space: SearchSpace | None = No
                           f"{expect_space.describe()}: pass the matching --space/--width-mult "
                           f"or another checkpoint")
     net = build_supernet(space, ckpt["dataset"])
-    try:
-        net.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
-        raise NasctlError(f"checkpoint {ckpt['path']!r} does not match its own space definition "
-                          f"({str(e).splitlines()[0][:120]}): "
-                          f"it was written by another nasctl version") from e
+    load_weights(net, ckpt, "space definition")
     net.eval()
     return LoadedSupernet(net, space, ckpt["dataset"], ckpt.get("config") or {}, int(ckpt.get("epoch", 0)),
                           ckpt["path"],

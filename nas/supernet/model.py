@@ -239,24 +239,33 @@ class Supernet(nn.Module):
         return subnet
 
 
-def build_subnet(space: SearchSpace, genome: Genome | str, in_channels: int, num_classes: int,
-                 mean: Sequence[float], std: Sequence[float], seed: int = 0) -> Subnet:
-    """A freshly initialised static subnet of ``genome`` (no supernet weights): for training from
-    scratch and for hand-designed baselines written as genomes, so that a baseline is built by the
-    same code as every searched model. Each layer is initialised for its own shape (Kaiming
-    fan-out for convs, PyTorch's defaults for BatchNorm and the classifier), seeded by ``seed``."""
-    g = space.parse(genome) if isinstance(genome, str) else space.validate(genome)
-    with torch.random.fork_rng(devices=[]):  # seeded draws; the caller's global RNG is left as it was
-        sub = Supernet(space, in_channels, num_classes, mean, std).extract(g)
+def init_weights(model: nn.Module, seed: int) -> nn.Module:
+    """Initialise every layer of ``model`` afresh, in place, from ``seed`` alone: the one initialiser of
+    every model trained from scratch (``nasctl finetune --from-scratch``, the baselines, the studies), so
+    a from-scratch subnet and a hand-designed baseline start alike. Each layer is initialised for its own
+    shape (Kaiming fan-out for convs, PyTorch's defaults for BatchNorm and the classifier); the caller's
+    global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for m in sub.modules():
+        for m in model.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
                 m.reset_parameters()
             if isinstance(m, nn.BatchNorm2d):
                 m.reset_running_stats()
-    return sub.train()
+    return model
+
+
+def build_subnet(space: SearchSpace, genome: Genome | str, in_channels: int, num_classes: int,
+                 mean: Sequence[float], std: Sequence[float], seed: int = 0) -> Subnet:
+    """A freshly initialised static subnet of ``genome`` (no supernet weights, :func:`init_weights`): for
+    training from scratch and for hand-designed baselines written as genomes, so that a baseline is built
+    by the same code as every searched model."""
+    g = space.parse(genome) if isinstance(genome, str) else space.validate(genome)
+    with torch.random.fork_rng(devices=[]):  # the supernet's own init draws leave the caller's RNG alone
+        sub = Supernet(space, in_channels, num_classes, mean, std).extract(g)
+    return init_weights(sub, seed).train()
 
 
 @torch.no_grad()
@@ -304,12 +313,21 @@ class BNCalibration:
         stream = train.batches(self.batch_size, shuffle=True, generator=gen, drop_last=True)
         return [x for _, (x, _) in zip(range(self.batches), stream)]
 
+    def image_count(self, train) -> int:
+        """How many images :meth:`images` yields for ``train`` (whole batches only)."""
+        return min(self.batches, len(train) // self.batch_size) * self.batch_size
+
     def to_dict(self) -> dict:
         return {"batches": self.batches, "batch_size": self.batch_size, "seed": self.seed, "split": "train"}
 
 
 def prepare_subnet(model: nn.Module, train, calibration: BNCalibration,
                    device: torch.device | str | None = None) -> nn.Module:
-    """Recalibrate an extracted subnet's BatchNorm statistics with ``calibration``; eval mode."""
+    """Recalibrate an extracted subnet's BatchNorm statistics with ``calibration``; eval mode.
+
+    The one door to a subnet's own statistics: the search's candidates, the final front, the fine-tune
+    stage, supernet training's path checks, ``nasctl eval``, the Python API and export all come through
+    here, so a model is always scored and shipped with the statistics of the same images
+    (:func:`recalibrate_bn` is the mechanism under it)."""
     recalibrate_bn(model, calibration.images(train), device)
     return model

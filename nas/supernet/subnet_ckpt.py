@@ -17,10 +17,9 @@ from typing import Any
 from torch import nn
 
 from nasctl.core import atomic_torch_save
-from nasctl.errors import NasctlError
 
 from ..space import GenomeError, SearchSpace
-from .checkpoint import SUBNET_FORMAT, build_supernet, read_checkpoint
+from .checkpoint import SUBNET_FORMAT, build_supernet, load_weights, read_checkpoint
 
 
 @dataclass
@@ -63,12 +62,7 @@ def subnet_from_checkpoint(ckpt: dict[str, Any]) -> LoadedSubnet:
     space = SearchSpace.from_dict(ckpt["space"])
     genome = space.parse(ckpt["genome"])
     model = build_supernet(space, ckpt["dataset"]).extract(genome)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
-        raise NasctlError(f"checkpoint {ckpt['path']!r} does not match its own genome "
-                          f"({str(e).splitlines()[0][:120]}): it was written by another nasctl version"
-                          ) from e
+    load_weights(model, ckpt, "genome")
     return LoadedSubnet(model.eval(), genome.encode(), space, ckpt["dataset"], float(ckpt["eps"]),
                         ckpt.get("config") or {}, ckpt.get("train_config") or {}, ckpt.get("source") or {},
                         ckpt["path"])

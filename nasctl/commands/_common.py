@@ -25,7 +25,7 @@ def add_run_flags(g, run_help: str = RUN_HELP, pick_help: str = "member of the r
 
 
 def add_epoch_selection_flags(g, prefix: str = "") -> None:
-    """Which fine-tuning epoch is kept (:class:`nasctl.nas.finetune.EpochSelection`): ``--select``,
+    """Which fine-tuning epoch is kept (:class:`nasctl.nas.training.subnet.EpochSelection`): ``--select``,
     ``--select-every``, ``--patience`` for ``nasctl finetune``; ``prefix="finetune-"`` gives the search's
     fine-tune stage the same flags as ``--finetune-select`` and so on."""
     g.add_argument(f"--{prefix}select", choices=("best", "last"),
@@ -42,7 +42,7 @@ AA_SCOPES = ("up-to-knee", "all")  # nasctl.nas.search.AA_SCOPES (not imported: 
 
 
 def add_tradeoff_flags(g, prefix: str = "", many: bool = False) -> None:
-    """The clean/robust trade-off of the recipe (:data:`nasctl.nas.finetune.TRADEOFFS`) and the AutoAttack
+    """The clean/robust trade-off of the recipe (:data:`nasctl.nas.training.TRADEOFFS`) and the AutoAttack
     run on the result: ``--tradeoff``/``--autoattack`` for ``nasctl finetune``, ``--finetune-tradeoff``/
     ``--finetune-autoattack`` (``many``: a comma list, one fine-tuned entry each) for the search."""
     g.add_argument(f"--{prefix}tradeoff", metavar="NAMES" if many else "NAME",
@@ -243,7 +243,7 @@ def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", lea
 def epoch_progress():
     """A TrainCallbacks object that draws one bar per epoch on stderr (on a terminal) and prints one
     line per epoch."""
-    from nasctl.nas.train import TrainCallbacks
+    from nasctl.nas.training.supernet import TrainCallbacks
 
     class _Bars(TrainCallbacks):
         bar = None

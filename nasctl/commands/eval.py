@@ -32,7 +32,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nasctl.config import merge_config
-    from nasctl.nas.robust_eval import EvalConfig, evaluate_subnets
+    from nasctl.nas.runs.eval import EvalConfig, evaluate_subnets
 
     cfg = merge_config(EvalConfig, args.config, config_overrides(args, EvalConfig))
 

@@ -49,7 +49,8 @@ def _progress():
 
 def run(args: argparse.Namespace) -> int:
     from nasctl.config import merge_config
-    from nasctl.nas.finetune import FinetuneConfig, finetune
+    from nasctl.nas.runs.finetune import finetune
+    from nasctl.nas.training.subnet import FinetuneConfig
 
     overrides = config_overrides(args, FinetuneConfig)
     cfg = merge_config(FinetuneConfig, args.config, overrides)

@@ -30,7 +30,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nasctl.nas.report_page import write_report
+    from nasctl.nas.report import write_report
 
     html_path, md_path = write_report(args.run, args.out, args.run_root, warn=_warn)
     print(f"written: {html_path}\n         {md_path}")

@@ -102,8 +102,8 @@ def _progress():
 
 def run(args: argparse.Namespace) -> int:
     from nasctl.config import merge_config
+    from nasctl.nas.runs.search import resume_search, search
     from nasctl.nas.search import SearchConfig
-    from nasctl.nas.search_run import resume_search, search
     from nasctl.profiling.source import LatencySources
 
     if args.resume:
@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_front(path) -> None:
-    from nasctl.nas.report import aa_gap_line, aa_gaps
+    from nasctl.nas.render.outputs import aa_gap_line, aa_gaps
+    from nasctl.nas.render.tables import front_table
 
     doc = json.loads(path.read_text())
     front, knee = doc["front"], doc["knee"]
@@ -132,24 +133,11 @@ def print_front(path) -> None:
           f"test = PGD-{fa.get('steps')} x{fa.get('restarts')} restarts)")
     tuned = any("finetuned_adv_acc" in r for r in front)
     aa = any(r.get("finetuned_aa_acc") is not None for r in front)
-    extra = (f" {'ft clean':>8} {'ft PGD':>7}" + (f" {'ft AA':>6}" if aa else "")) if tuned else ""
-    print(f"{'#':>3} {'params':>8} {'val clean':>9} {'val PGD':>8} "
-          f"{'test clean':>10} {'test PGD':>8}{extra}  genome")
-    for i, r in enumerate(front):
-        mark = "*" if i == knee else " "
-        ft = ""
-        if tuned:
-            ft = (f" {r['finetuned_clean_acc']:>8.1f} {r['finetuned_adv_acc']:>7.1f}"
-                  if "finetuned_adv_acc" in r else f" {'':>8} {'':>7}")
-            if aa:
-                ft += (f" {r['finetuned_aa_acc']:>6.1f}" if r.get("finetuned_aa_acc") is not None
-                       else f" {'':>6}")
-        print(f"{i:>2}{mark} {r['params']:>8,} {r['clean_acc']:>9.1f} {r['adv_acc']:>8.1f} "
-              f"{r['final_clean_acc']:>10.1f} {r['final_adv_acc']:>8.1f}{ft}  {r['genome']}")
+    print(front_table(front, knee, bool(doc.get("latency"))).text(last="genome"))
     ft_meta = doc.get("finetune") or {}
-    note = ("; ft = fine-tuned on its own, same test attack" if tuned else "")
+    note = ("; fine-tuned = trained on its own, same test attack" if tuned else "")
     if aa:
-        note += f"; ft AA = {ft_meta.get('autoattack')} on the same test images"
+        note += f"; fine-tuned AA = {ft_meta.get('autoattack')} on the same test images"
     more = list(ft_meta.get("tradeoffs") or [])[1:]  # the first is the front table's
     if tuned and more:
         note += f"; the {', '.join(more)} entries are in summary.md"

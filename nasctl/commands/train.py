@@ -25,7 +25,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     from nasctl.nas.space import builtin_spaces
-    from nasctl.nas.train import TRAIN_ATTACKS
+    from nasctl.nas.training.supernet import TRAIN_ATTACKS
 
     g = p.add_argument_group("supernet training")
     add_dataset_flags(g)
@@ -53,7 +53,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nasctl.config import merge_config
-    from nasctl.nas.train import TrainConfig, resume_training, train_supernet
+    from nasctl.nas.training.supernet import TrainConfig, resume_training, train_supernet
 
     if args.resume:
         path, history = resume_training(args.resume, epoch_progress(), epochs=args.epochs)

@@ -21,10 +21,10 @@ import torch
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope
 
-from .attacks import PGD, evaluate, make_attack
-from .autoattack import AA_LABELS, autoattack_accuracy, check_version
-from .candidates import genome_seed
-from .data import TensorSplit
+from ..attacks import PGD, accuracy_under_attack, make_attack
+from ..attacks.autoattack import AA_LABELS, autoattack_accuracy, check_version
+from ..search.evaluator import genome_seed
+from ..data import TensorSplit
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, e
         split = split.subset(cfg.n_images)
     pgd = PGD(eps=eps, steps=cfg.steps, restarts=cfg.restarts)
     gen = torch.Generator().manual_seed(genome_seed(cfg.seed + 7, genome))
-    r = evaluate(model, split.batches(256), pgd, "cpu", gen)
+    r = accuracy_under_attack(model, split.batches(256), pgd, "cpu", gen)
     out: dict[str, Any] = {"genome": genome, "images": r.n, "eps": eps, "clean_acc": r.clean_acc,
                            "attacks": {f"pgd{cfg.steps}x{cfg.restarts}": {"acc": r.adv_acc, **pgd.to_dict()}}}
     if cfg.art:
@@ -109,7 +109,7 @@ def strong_evaluation(model: torch.nn.Module, genome: str, split: TensorSplit, e
                                          "steps": cfg.steps, "eps": eps, "restarts": 1}
     if cfg.square_queries:
         square = make_attack("square", eps=eps, queries=cfg.square_queries, seed=cfg.seed)
-        sq = evaluate(model, split.batches(1024), square, "cpu")
+        sq = accuracy_under_attack(model, split.batches(1024), square, "cpu")
         out["attacks"]["square"] = {"acc": sq.adv_acc, **square.to_dict()}
     if cfg.autoattack != "off":
         acc = _autoattack_acc(model, split, eps, cfg.seed, cfg.autoattack)
@@ -171,7 +171,7 @@ class _Data:
         self.data_dir, self.splits = data_dir, None
 
     def __call__(self, dataset: dict[str, Any], train_config: dict[str, Any]):
-        from .data import load_dataset
+        from ..data import load_dataset
 
         if self.splits is None:
             self.splits = load_dataset(dataset["name"], self.data_dir, seed=int(train_config.get("seed", 0)),
@@ -182,10 +182,10 @@ class _Data:
 def _targets(cfg: EvalConfig, data: _Data) -> list[_Target]:
     """Every subnet ``cfg`` names, with the weights a user would deploy: a front member's fine-tuned
     checkpoint when the search trained it, else its inherited weights (BN recalibrated)."""
-    from .candidates import CandidateEvaluator
+    from ..search.evaluator import CandidateEvaluator
     from .select import pick_from_run, read_front
-    from .supernet.checkpoint import FORMAT, load_supernet, read_checkpoint
-    from .supernet.subnet_ckpt import SUBNET_FORMAT, check_subnet_arch, subnet_from_checkpoint
+    from ..supernet.checkpoint import FORMAT, load_supernet, read_checkpoint
+    from ..supernet.subnet_ckpt import SUBNET_FORMAT, check_subnet_arch, subnet_from_checkpoint
 
     def fine_tuned(ckpt: dict[str, Any], arch: list[str] | None = None) -> _Target:
         sub = subnet_from_checkpoint(ckpt)

@@ -19,7 +19,7 @@ import torch
 
 from nasctl.errors import NasctlError
 
-from .data import TensorSplit
+from ..data import TensorSplit
 
 log = logging.getLogger(__name__)
 

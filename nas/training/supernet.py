@@ -32,8 +32,8 @@ from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope, write_run_config
 
-from .attacks import ATTACKS, PGD, Attack, evaluate, training_attacks
-from .data import (
+from ..attacks import ATTACKS, PGD, Attack, accuracy_under_attack, training_attacks
+from ..data import (
     DatasetInfo,
     DataSplits,
     dataset_info,
@@ -43,11 +43,11 @@ from .data import (
     load_dataset,
     subset_train,
 )
-from .data.userdata import is_user_spec
+from ..data.userdata import is_user_spec
+from ..space import AUTO, Genome, SearchSpace, check_width, is_auto, space_for
+from ..supernet import BNCalibration, Supernet, prepare_subnet
+from ..supernet.checkpoint import FORMAT, build_supernet, check_supernet_fits, read_checkpoint
 from .optim import sgd_cosine
-from .space import AUTO, Genome, SearchSpace, check_width, is_auto, space_for
-from .supernet import BNCalibration, Supernet, prepare_subnet
-from .supernet.checkpoint import FORMAT, build_supernet, check_supernet_fits, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ class Trainer:
         for label, g in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
             sub = self.supernet.extract(g)
             prepare_subnet(sub, self.data.train, BNCalibration(seed=self.cfg.seed), self.device)
-            r = evaluate(sub, val.batches(256), self.eval_attack, self.device, gen)
+            r = accuracy_under_attack(sub, val.batches(256), self.eval_attack, self.device, gen)
             out[label] = {"clean_acc": r.clean_acc, "adv_acc": r.adv_acc}
         self.supernet.train()
         return out

@@ -20,20 +20,22 @@ from nasctl.core import atomic_write_json, resolve_device, sha256_file
 from nasctl.errors import NasctlError
 from nasctl.runfolder import run_lock, run_scope, write_run_config
 
-from . import train as train_mod
-from .autoattack import AA_LABELS
-from .candidates import CandidateEvaluator, EvalSettings, final_evaluation
-from .data import DataSplits, first_test_images, subset_train, supernet_data
-from .finetune import PICK_RULE, TRADEOFFS
-from .report import write_outputs
-from .search import LatencyProvider, SearchCallbacks, SearchConfig, check_latency_provider, run_generations
-from .search.archive import Archive
-from .search.front import HV_REFERENCE
-from .search.latency_check import run_latency_check
-from .search.objectives import genome_costs, parse_objectives
-from .search.problem import SearchState
-from .space import Genome, GenomeError
-from .supernet.checkpoint import LoadedSupernet, load_supernet
+from ..training import supernet as train_mod
+from ..attacks.autoattack import AA_LABELS
+from ..search.evaluator import CandidateEvaluator, EvalSettings, final_evaluation
+from ..data import DataSplits, first_test_images, subset_train, supernet_data
+from .finetune import PICK_RULE, spread_picks, train_and_save
+from ..render.outputs import write_outputs
+from ..search import LatencyProvider, SearchCallbacks, SearchConfig, check_latency_provider, run_generations
+from ..search.archive import Archive
+from ..search.front import HV_REFERENCE, knee_index
+from ..search.latency_check import run_latency_check
+from ..search.objectives import genome_costs, parse_objectives
+from ..search.problem import SearchState
+from ..space import Genome, GenomeError
+from ..supernet import BNCalibration, prepare_subnet
+from ..supernet.checkpoint import LoadedSupernet, load_supernet
+from ..training.subnet import TRADEOFFS, FinetuneConfig
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
 
@@ -79,7 +81,7 @@ def _latency_source(cfg: SearchConfig, loaded: LoadedSupernet, latency: LatencyP
     if not cfg.latency_source:
         return None
     check_latency_provider(cfg, latency)
-    from .data import DatasetInfo
+    from ..data import DatasetInfo
 
     info = DatasetInfo.from_dict(loaded.dataset)
     return latency.open(cfg.latency_source, cfg.store, loaded.space, info, cfg.latency_precision,
@@ -117,7 +119,7 @@ def check_supernet_belongs(run_dir: Path, loaded: LoadedSupernet, archive: Archi
     record_path = run_dir / SUPERNET_RECORD
     recorded, where = _recorded_space(run_dir)
     if recorded is not None and recorded != space:
-        from .space import SearchSpace
+        from ..space import SearchSpace
 
         raise NasctlError(f"supernet {loaded.path!r} has space {loaded.space.describe()}, but run "
                           f"{str(run_dir)!r} searches {SearchSpace.from_dict(recorded).describe()} "
@@ -274,9 +276,6 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
     """
     import zlib
 
-    from .finetune import _recalibrate_for_training, spread_picks, train_and_save
-    from .search.front import knee_index
-
     knee = knee_index(front, parse_objectives(cfg.objectives))
     tradeoffs = cfg.tradeoffs()
     picks = spread_picks(front, knee, cfg.finetune_members, cover_decades=True)
@@ -298,7 +297,7 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
                          rec["genome"], f"{rec['params']:,}", cfg.finetune_epochs)
                 sub.mkdir(parents=True, exist_ok=True)
                 model = loaded.supernet.extract(Genome.decode(rec["genome"]))
-                _recalibrate_for_training(model, data, cfg.seed, cfg.calib_batches)
+                prepare_subnet(model, data.train, BNCalibration(batches=cfg.calib_batches, seed=cfg.seed))
                 source = {"run": ".", "front_index": i, "knee": i == knee,
                           "supernet": _portable(loaded.path, run_dir), "weights": "inherited"}
                 result = train_and_save(model, rec["genome"], loaded, data, fcfg, eps, sub, source, device)
@@ -316,8 +315,6 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
 
 
 def _finetune_recipe() -> str:
-    from .finetune import FinetuneConfig
-
     f = FinetuneConfig()
     return (f"PGD-{f.attack_steps} adversarial training (step eps/4), SGD lr {f.lr:g} Nesterov cosine, "
             f"batch {f.batch_size}, from inherited weights with BN recalibrated")

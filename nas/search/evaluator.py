@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .attacks import PGD, evaluate
-from .data import DataSplits, TensorSplit
-from .space import Genome
-from .supernet import BNCalibration, Supernet, recalibrate_bn
+from ..attacks import PGD, accuracy_under_attack
+from ..data import DataSplits, TensorSplit
+from ..space import Genome
+from ..supernet import BNCalibration, Supernet, prepare_subnet
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,6 @@ class CandidateEvaluator:
         self.device = torch.device(device)
         self.supernet.to(self.device).eval()
         self.calibration = BNCalibration(settings.calib_batches, settings.calib_batch_size, seed)
-        self.calib = self.calibration.images(data.train)
         self.val: TensorSplit = data.val.subset(min(settings.val_size, len(data.val)))
         self.attack = PGD(eps=eps, steps=settings.pgd_steps)
 
@@ -55,28 +54,25 @@ class CandidateEvaluator:
 
     def subnet(self, genome: Genome) -> torch.nn.Module:
         """The extracted subnet with BatchNorm statistics recalibrated on the fixed batches."""
-        sub = self.supernet.extract(genome)
-        recalibrate_bn(sub, self.calib, self.device)
-        return sub
+        return prepare_subnet(self.supernet.extract(genome), self.data.train, self.calibration, self.device)
 
     def accuracy(self, genome: Genome) -> dict[str, float]:
         t0 = time.perf_counter()
         sub = self.subnet(genome)
-        gen = torch.Generator(device=self.device).manual_seed(genome_seed(self.seed, genome))
-        r = evaluate(sub, self.val.batches(self.s.eval_batch_size), self.attack, self.device, gen)
+        r = accuracy_under_attack(sub, self.val, self.attack, self.device,
+                                  seed=genome_seed(self.seed, genome), batch_size=self.s.eval_batch_size)
         return {"clean_acc": r.clean_acc, "adv_acc": r.adv_acc, "eval_seconds": time.perf_counter() - t0}
 
 
-def test_accuracy(model: torch.nn.Module, genome: Genome | str, split: TensorSplit, eps: float, seed: int,
-                  steps: int = 20, restarts: int = 3, device: torch.device | str = "cpu",
-                  batch_size: int = 256) -> dict:
+def final_accuracy(model: torch.nn.Module, genome: Genome | str, split: TensorSplit, eps: float, seed: int,
+                   steps: int = 20, restarts: int = 3, device: torch.device | str = "cpu",
+                   batch_size: int = 256) -> dict:
     """The final attack on a ready model (eval mode, BN statistics its own): PGD-``steps`` with
     ``restarts`` on ``split``, its random starts seeded by ``seed`` and the genome. One function for
     inherited and fine-tuned weights, so their numbers compare like for like."""
     attack = PGD(eps=eps, steps=steps, restarts=restarts)
-    device = torch.device(device)
-    gen = torch.Generator(device=device).manual_seed(genome_seed(seed, genome))
-    r = evaluate(model, split.batches(batch_size), attack, device, gen)
+    r = accuracy_under_attack(model, split, attack, torch.device(device), seed=genome_seed(seed, genome),
+                              batch_size=batch_size)
     return {"clean_acc": r.clean_acc, "adv_acc": r.adv_acc, "attack": attack.to_dict(), "split": "test",
             "images": r.n}
 
@@ -84,7 +80,7 @@ def test_accuracy(model: torch.nn.Module, genome: Genome | str, split: TensorSpl
 def final_evaluation(evaluator: CandidateEvaluator, genome: Genome, split: TensorSplit, steps: int = 20,
                      restarts: int = 3) -> dict:
     """Strong re-evaluation of a front member (inherited weights) on the test split."""
-    r = test_accuracy(evaluator.subnet(genome), genome, split, evaluator.eps, evaluator.seed + 1, steps,
+    r = final_accuracy(evaluator.subnet(genome), genome, split, evaluator.eps, evaluator.seed + 1, steps,
                       restarts, evaluator.device, evaluator.s.eval_batch_size)
     return {"final_clean_acc": r["clean_acc"], "final_adv_acc": r["adv_acc"], "final_attack": r["attack"],
             "final_split": "test", "final_images": r["images"]}

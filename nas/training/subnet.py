@@ -5,31 +5,24 @@ training of its own is what a user deploys (and what TAM-NAS's question (c) comp
 from scratch). One trainer for every static subnet -- the search's fine-tune stage, ``nasctl
 finetune``, the baselines and ranking benchmarks: the supernet's recipe (SGD + Nesterov, cosine
 schedule, PGD-7 with step eps/4) applied to a plain ``nn.Module``.
-
-``nasctl finetune --run RUN --pick knee`` writes ``runs/finetune/<stamp>/`` with ``config.json``,
-``subnet.pt`` (a self-describing subnet checkpoint that ``nasctl eval --checkpoint`` and ``nasctl
-export --checkpoint`` take) and ``result.json`` (clean and PGD test accuracy, the attack).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from nasctl.core import atomic_write_json, resolve_device
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder
 
-from .attacks import ATTACKS, PGD, evaluate
-from .autoattack import autoattack_accuracy, check_version, pgd_overstates
-from .data import DataSplits
+from ..attacks import ATTACKS, PGD, accuracy_under_attack
+from ..attacks.autoattack import check_version
+from ..data import DataSplits
 from .optim import sgd_cosine
 
 log = logging.getLogger(__name__)
@@ -87,25 +80,6 @@ def parse_tradeoffs(text: str | list[str] | tuple[str, ...], flag: str = "--trad
     return list(dict.fromkeys(names))
 
 
-def reset_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Re-initialise every layer (train from scratch with the same architecture), from ``seed`` alone."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.weight.shape[0] * m.weight[0, 0].numel()  # as torch's kaiming_normal_(mode="fan_out")
-            with torch.no_grad():
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
-        elif isinstance(m, nn.Linear):
-            bound = 1.0 / m.in_features ** 0.5
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 2 * bound - bound)
-                if m.bias is not None:
-                    m.bias.copy_(torch.rand(m.bias.shape, generator=gen) * 2 * bound - bound)
-        elif isinstance(m, nn.BatchNorm2d):
-            m.reset_parameters()
-    return model
-
-
 @dataclass
 class EpochSelection:
     """Which epoch's weights a fine-tuning keeps, judged on the validation split (never the test split).
@@ -156,9 +130,8 @@ class _Selector:
         """Score at the planned epochs; returns True when training should stop (patience spent)."""
         if epoch % self.sel.every and epoch != self.epochs:
             return False
-        gen = torch.Generator(device=self.device).manual_seed(self.sel.seed)
-        r = evaluate(model, self.val.batches(256), PGD(eps=self.eps, steps=self.sel.pgd_steps), self.device,
-                     gen)
+        r = accuracy_under_attack(model, self.val, PGD(eps=self.eps, steps=self.sel.pgd_steps), self.device,
+                                  seed=self.sel.seed)
         self.curve.append({"epoch": epoch, "val_clean_acc": r.clean_acc, "val_adv_acc": r.adv_acc})
         if self.best is None or (r.adv_acc, r.clean_acc) > self.best:
             self.best, self.best_epoch = (r.adv_acc, r.clean_acc), epoch
@@ -228,16 +201,6 @@ def adversarial_train(model: nn.Module, data: DataSplits, cfg: SubnetTrainConfig
     return out
 
 
-def robust_accuracy(model: nn.Module, split, eps: float, steps: int = 20,
-                    seed: int = 0) -> tuple[float, float]:
-    """(clean %, PGD-``steps`` %) in eval mode, on the model's own device."""
-    device = next(model.parameters()).device
-    r = evaluate(model, split.batches(256), PGD(eps=eps, steps=steps), device,
-                 torch.Generator(device=device).manual_seed(seed))
-    return r.clean_acc, r.adv_acc
-
-
-# --- fine-tuning chosen subnets of a search run -------------------------------------------------------
 @dataclass
 class FinetuneConfig(RunFolder):
     """``nasctl finetune``: which subnet, how long, and the recipe (the supernet's, shorter)."""
@@ -259,7 +222,7 @@ class FinetuneConfig(RunFolder):
     select_val_size: int = 200  # the search's val_size
     select_pgd_steps: int = 10  # the search's pgd_steps
     tradeoff: str = "robust"  # the recipe's point of the clean/robust trade-off (TRADEOFFS)
-    # AutoAttack on the test images after training (nas/autoattack.py): standard | apgd (APGD-CE + APGD-T)
+    # AutoAttack on the test images after training (attacks/autoattack.py): standard | apgd (APGD-CE + APGD-T)
     # | off; recorded as aa_acc in result.json, with a warning when it is AA_GAP_WARN points below PGD
     autoattack: str = "apgd"
     seed: int = 0
@@ -280,144 +243,3 @@ class FinetuneConfig(RunFolder):
         """The epoch-selection rule of this fine-tuning (validated by :meth:`validate`)."""
         return EpochSelection(mode=self.select, every=self.select_every, patience=self.patience,
                               val_size=self.select_val_size, pgd_steps=self.select_pgd_steps, seed=self.seed)
-
-
-def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg: FinetuneConfig, eps: float,
-                   out_dir: Path, source: dict[str, Any], device: torch.device,
-                   on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Fine-tune (or train from scratch) ``model``, evaluate it with the final attack, and write
-    ``subnet.pt`` then ``result.json`` into ``out_dir`` (the result last: its presence means done)."""
-    from .candidates import test_accuracy
-    from .supernet.subnet_ckpt import save_subnet
-
-    if cfg.from_scratch:
-        reset_weights(model, cfg.seed)
-    recipe = tradeoff_recipe(SubnetTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                               attack_steps=cfg.attack_steps, eps=eps, seed=cfg.seed),
-                             cfg.tradeoff)
-    stats = adversarial_train(model, data, recipe, device, on_epoch, cfg.selection())
-    selection = stats["selection"]
-    acc = test_accuracy(model, genome, data.test, eps, cfg.seed + 1, cfg.final_steps, cfg.final_restarts,
-                        device)
-    aa = None
-    if cfg.autoattack != "off":  # the same test images as PGD
-        aa = autoattack_accuracy(model, data.test, eps, cfg.seed + 1, cfg.autoattack)
-        if pgd_overstates(acc["adv_acc"], aa["acc"]):
-            log.warning("%s: %s accuracy %.1f %% is %.1f points below PGD-%d x%d (%.1f %%): PGD overstates "
-                        "this model's robustness; trust the AutoAttack number", genome, aa["attack"],
-                        aa["acc"], acc["adv_acc"] - aa["acc"], cfg.final_steps, cfg.final_restarts,
-                        acc["adv_acc"])
-    model.cpu()
-    ckpt = save_subnet(out_dir / "subnet.pt", model, genome, loaded.space, loaded.dataset, eps, asdict(cfg),
-                       loaded.config, source, selection["chosen_epoch"])
-    result = {"genome": genome, "params": int(sum(p.numel() for p in model.parameters())),
-              "from_scratch": cfg.from_scratch, "epochs": cfg.epochs,
-              "chosen_epoch": selection["chosen_epoch"], "epochs_run": selection["epochs_run"],
-              "selection": selection, "clean_acc": acc["clean_acc"],
-              "adv_acc": acc["adv_acc"], "attack": acc["attack"], "split": "test", "images": acc["images"],
-              "aa_acc": aa["acc"] if aa else None, "aa_attack": aa, "tradeoff": cfg.tradeoff,
-              "recipe": asdict(recipe),
-              "eps": eps, "checkpoint": ckpt.name, "train_seconds": stats["seconds"],
-              "images_per_s": stats["images_per_s"], "source": source}
-    atomic_write_json(out_dir / "result.json", result)
-    return result
-
-
-def _search_run_config(run_dir: str) -> dict[str, Any]:
-    """The search run's settings from its ``config.json`` ({} when it is missing or unreadable)."""
-    import json
-
-    try:
-        return json.loads((Path(run_dir) / "config.json").read_text()).get("config", {})
-    except (OSError, ValueError):
-        return {}
-
-
-def _search_test_split(data, run_dir: str):
-    """The test split the search run scored its front on (its ``test_size`` first images, or all)."""
-    from .data import first_test_images
-
-    return first_test_images(data, _search_run_config(run_dir).get("test_size"))
-
-
-def _search_attack_for_selection(cfg: FinetuneConfig, run_dir: str) -> None:
-    """Choose the epoch with the search run's validation attack (its ``val_size`` and ``pgd_steps``)."""
-    run_cfg = _search_run_config(run_dir)
-    cfg.select_val_size = int(run_cfg.get("val_size") or cfg.select_val_size)
-    cfg.select_pgd_steps = int(run_cfg.get("pgd_steps") or cfg.select_pgd_steps)
-
-
-def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None = None) -> Path:
-    """``nasctl finetune``: train one front member of a search run in a new run folder; returns the
-    path of its ``result.json``. The search run itself is only read, never written."""
-    from nasctl.runfolder import run_scope, write_run_config
-
-    from .data import supernet_data
-    from .select import latest_run, pick_from_run
-    from .supernet.checkpoint import load_supernet
-
-    cfg.validate()
-    pick = pick_from_run(cfg.run or latest_run(cfg.run_root, instead=None), cfg.pick, instead=None)
-    loaded = load_supernet(pick.checkpoint)
-    genome = loaded.space.parse(pick.genome)
-    eps = float(cfg.eps if cfg.eps is not None else pick.eps if pick.eps is not None else loaded.eps)
-    data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, pick.data_dir)
-    data = _search_test_split(data, pick.run_dir)  # scored on the same test images as the run's front
-    _search_attack_for_selection(cfg, pick.run_dir)  # the epoch is chosen by the run's own val attack
-    device = resolve_device(cfg.device)
-    out_dir = cfg.new_run_dir("finetune", genome.encode()[:80])
-    source = {"run": pick.run_dir, "front_index": pick.index, "knee": pick.is_knee,
-              "supernet": loaded.path, "weights": "scratch" if cfg.from_scratch else "inherited"}
-    with run_scope(out_dir):
-        write_run_config(out_dir, "finetune", cfg, {"genome": genome.encode(), "source": source,
-                                                    "eps": eps})
-        model = loaded.supernet.extract(genome)
-        calib = pick.bn_calibration or {}
-        _recalibrate_for_training(model, data, int(calib.get("seed", cfg.seed)),
-                                  int(calib.get("batches", 4)))
-        train_and_save(model, genome.encode(), loaded, data, cfg, eps, out_dir, source, device, on_epoch)
-    return out_dir / "result.json"
-
-
-def _recalibrate_for_training(model: nn.Module, data: DataSplits, seed: int, batches: int = 4) -> None:
-    """Inherited BatchNorm statistics are a mixture over every path: start from the subnet's own,
-    computed exactly as the search computed them when it scored the subnet (one BNCalibration)."""
-    from .supernet import BNCalibration, prepare_subnet
-
-    prepare_subnet(model, data.train, BNCalibration(batches=batches, seed=seed))
-
-
-PICK_RULE = ("K members spread evenly over log(params), the knee among them, plus one more for every "
-             "decade of params (1-10 K, 10-100 K, ...) that has front members but no pick; all of them when "
-             "K >= the front's size")
-
-
-def spread_picks(front: list[dict[str, Any]], knee: int, k: int, cover_decades: bool = False) -> list[int]:
-    """``k`` front indices spread evenly over log(parameters) -- tiny nets matter as much as large
-    ones -- with the knee always among them (it replaces the pick nearest to it).
-
-    ``cover_decades`` (the search's fine-tune stage, :data:`PICK_RULE`): every decade of parameters that
-    holds front members gets a pick, the member nearest the middle of that decade's members in
-    log(params), so that no size range a user may need ships only inherited weights."""
-    if k <= 0 or not front:
-        return []
-    picks = _spread(front, knee, k)
-    if cover_decades:
-        logp = np.log10([max(float(r["params"]), 1.0) for r in front])
-        decade = np.floor(logp)
-        for d in sorted(set(decade.tolist()) - {decade[i] for i in picks}):
-            members = [i for i in range(len(front)) if decade[i] == d]
-            mid = (logp[members].min() + logp[members].max()) / 2
-            picks.append(min(members, key=lambda i: (abs(logp[i] - mid), i)))
-    return sorted(set(picks), key=lambda i: (front[i]["params"], i))
-
-
-def _spread(front: list[dict[str, Any]], knee: int, k: int) -> list[int]:
-    logp = np.log([max(float(r["params"]), 1.0) for r in front])
-    picks: list[int] = []
-    for target in np.linspace(logp.min(), logp.max(), min(k, len(front))):
-        free = [i for i in range(len(front)) if i not in picks]
-        picks.append(min(free, key=lambda i: (abs(logp[i] - target), i)))
-    if 0 <= knee < len(front) and knee not in picks:
-        picks[min(range(len(picks)), key=lambda j: abs(logp[picks[j]] - logp[knee]))] = knee
-    return picks

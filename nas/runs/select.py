@@ -15,7 +15,7 @@ from typing import Any
 from nasctl.core import read_json_object
 from nasctl.errors import NasctlError
 
-from .space import Genome, GenomeError
+from ..space import Genome, GenomeError
 
 
 class SelectionError(NasctlError):
