@@ -43,6 +43,7 @@ numbers are the fine-tuned ones (``finetuned_*``) where present, else the inheri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -67,6 +68,8 @@ from nasctl.nas.training.subnet import (
     tradeoff_recipe,
 )
 from nasctl.nas.training.supernet import resolve_space
+from nasctl.threads import usable_cores
+from nasctl.workers import WorkerPool, resolve_workers, worker_state
 
 # label -> (parameters in the issue's table, with conv biases; genome in the built-in digits space)
 BASELINES: dict[str, tuple[int, str]] = {
@@ -361,6 +364,28 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _train(job: tuple, data: DataSplits, cfg: SubnetTrainConfig, meta: dict[str, Any]) -> tuple[dict, float]:
+    """Train and score one baseline (``recipe, label, space, genome, issue_params``); (result, seconds)."""
+    recipe, _, space, genome, _ = job
+    t0 = time.perf_counter()
+    if recipe == "plain":
+        trained = plain_train(genome, data, cfg.eps, cfg.seed, cfg.epochs, meta["final_steps"],
+                              meta["final_restarts"])
+    else:
+        recipe_cfg = cfg if recipe == "project" else tradeoff_recipe(cfg, recipe)
+        trained = train_and_evaluate(genome, data, recipe_cfg, space, meta["final_steps"],
+                                     meta["final_restarts"], EpochSelection(**meta["select"]))
+    return trained, time.perf_counter() - t0
+
+
+def _init_worker(device: str, data: DataSplits, cfg: SubnetTrainConfig, meta: dict[str, Any]) -> tuple:
+    return data, cfg, meta
+
+
+def _train_job(job: tuple) -> tuple[dict, float]:
+    return _train(job, *worker_state())
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="digits",
@@ -387,6 +412,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "with (default: both on digits, tradeoffs elsewhere)")
     ap.add_argument("--only", nargs="*", default=None, help="labels of the baselines to train (default: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny nets run as fast on one)")
+    ap.add_argument("--workers", default="auto", help="worker processes training baselines side by side, "
+                    "each with --threads threads: auto (one per core) or N; results are the same")
     ap.add_argument("--out", default=None,
                     help="default bench/results/baselines.json (digits), baselines-fashion-mnist.json")
     args = ap.parse_args(argv)
@@ -428,24 +455,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "give --recipe project for other data sets")
     slack = 100.0 / len(data.test)  # one test image
     width = max(46, *(len(label) for label in baselines))
+    jobs = [(recipe, label, space, genome, issue_params) for recipe in recipes
+            for label, (space, genome, issue_params) in baselines.items()
+            if not args.only or label in args.only]
+    context = (data, cfg, meta)
+    workers = resolve_workers(args.workers, "cpu", usable_cores())
     rows = []
-    for recipe in recipes:
-        for label, (space, genome, issue_params) in baselines.items():
-            if args.only and label not in args.only:
-                continue
-            t0 = time.perf_counter()
-            if recipe == "plain":
-                trained = plain_train(genome, data, cfg.eps, cfg.seed, cfg.epochs, meta["final_steps"],
-                                      meta["final_restarts"])
-            else:
-                recipe_cfg = cfg if recipe == "project" else tradeoff_recipe(cfg, recipe)
-                trained = train_and_evaluate(genome, data, recipe_cfg, space, meta["final_steps"],
-                                             meta["final_restarts"], EpochSelection(**meta["select"]))
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) > 1:  # one-thread worker processes, each training whole baselines
+            pool = stack.enter_context(WorkerPool(min(workers, len(jobs)), _init_worker, context,
+                                                  threads=args.threads))
+            trained_all = pool.map(_train_job, jobs, lambda job: f"baseline {job[1]} ({job[0]})")
+        else:
+            trained_all = (_train(job, *context) for job in jobs)
+        for (recipe, label, _, _, issue_params), (trained, seconds) in zip(jobs, trained_all):
             r: dict[str, Any] = {"label": label, "recipe": recipe,
                                  **({"issue_params": issue_params} if issue_params else {}), **trained}
             if front:
                 r["comparison"] = compare(r, front, slack)
-            r["seconds"] = time.perf_counter() - t0
+            r["seconds"] = seconds
             rows.append(r)
             print(f"{label:<{width}} {recipe:<8} {r['params']:>7,} params  clean {r['clean_acc']:5.1f}  "
                   f"PGD-{meta['final_steps']}x{meta['final_restarts']} {r['adv_acc']:5.1f}  "

@@ -74,10 +74,10 @@ def _main(argv: list[str]) -> int:
         if args.command in TORCH_COMMANDS:
             _set_threads(getattr(args, "torch_threads", None))
         return int(args.func(args) or 0)
-    except NasctlError as e:
+    except NasctlError as e:  # bad input: 2; a run that could not finish (a dead worker): its exit_code
         _close_progress_bars()
         print(f"nasctl: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))
     except OSError as e:  # the environment, not a bug: a full disk, a read-only folder, a file as a folder
         _close_progress_bars()
         print(f"nasctl: error: {os_error_line(e)}", file=sys.stderr)

@@ -46,7 +46,7 @@ def test_bench_runs_and_compares_with_a_front(bench, tmp_path, capsys):
     out = tmp_path / "baselines.json"
     labels = list(bench.BASELINES)[:2]
     bench.main(["--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--run", str(run),
-                "--out", str(out), "--only", *labels, "--recipe", "project"])
+                "--out", str(out), "--only", *labels, "--recipe", "project", "--workers", "1"])
     doc = json.loads(out.read_text())
     assert doc["recipe"]["epochs"] == 1 and doc["recipe"]["lr"] == 0.05 and doc["test_images"] == 64
     rows = doc["baselines"]
@@ -164,7 +164,7 @@ def test_baselines_get_every_tradeoff_the_run_fine_tuned_with(bench, tmp_path, m
     out = tmp_path / "b.json"
     label = next(iter(bench.BASELINES))
     doc = bench.main(["--epochs", "1", "--limit-train", "64", "--limit-test", "16", "--only", label,
-                      "--recipe", "accurate", "--out", str(out)])
+                      "--recipe", "accurate", "--out", str(out), "--workers", "1"])
     assert [r["recipe"] for r in doc["baselines"]] == ["accurate"]
     assert seen == [("eval", False, False)]
     assert json.loads(out.read_text())["recipes"] == ["accurate"]

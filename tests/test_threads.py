@@ -122,3 +122,20 @@ def test_a_search_logged_to_a_file_has_one_line_per_epoch_and_generation(tmp_pat
     assert len(lines) == len(set(lines)) or all("training on a class-balanced" in ln for ln in lines
                                                    if lines.count(ln) > 1)
     assert Path(lines[-1].split()[2]).is_dir()  # "run folder: PATH  (read summary.md first)"
+
+
+def test_a_stale_load_average_alone_does_not_make_a_machine_busy(monkeypatch):
+    """Right after a job ends the 1-minute load average still says busy; what the CPUs do now decides."""
+    from nasctl import threads
+
+    real = threads.busy_cpus_now
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    monkeypatch.setattr(threads, "busy_cpus_now", lambda sample_s=0.25: 0.1)  # the job just ended
+    assert not threads.machine_busy(cores=2)
+    monkeypatch.setattr(threads, "busy_cpus_now", lambda sample_s=0.25: 1.9)  # still running
+    assert threads.machine_busy(cores=2)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.2, 0.2))  # quiet: no sample taken
+    monkeypatch.setattr(threads, "busy_cpus_now", lambda sample_s=0.25: pytest.fail("sampled"))
+    assert not threads.machine_busy(cores=2)
+    now = real(0.05)  # the real /proc/stat reading
+    assert now is None or 0.0 <= now <= (threads.os.cpu_count() or 1) + 1e-9

@@ -19,8 +19,10 @@ Each arm of each member is one cell (``results.jsonl``); the trained ones keep `
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import logging
 import zlib
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from nasctl.config import check_at_least_one
 from nasctl.core import atomic_write_text, resolve_device
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope
+from nasctl.workers import WorkerPool, parse_workers, resolve_workers, worker_state
 
 from ..training.subnet import FinetuneConfig
 from . import folder as folder_mod
@@ -58,8 +61,12 @@ class FinetuneScratchConfig(RunFolder):
     attack_steps: int = FinetuneConfig.attack_steps  # PGD-7 training, step eps/4
     seed: int | None = None  # None: the run's (as its fine-tune stage)
     device: str = "auto"
+    # worker processes training the cells side by side (nasctl/workers.py): auto = one one-thread worker
+    # per thread this process was given (or per GPU), 1 = in this process
+    workers: int | str = "auto"
 
     def validate(self) -> None:
+        self.workers = parse_workers(self.workers)
         check_at_least_one(self, ("members", "epochs", "batch_size", "attack_steps"))
         if not self.lr > 0:
             raise NasctlError(f"--lr must be > 0, got {self.lr}")
@@ -116,103 +123,107 @@ def _reusable(rec: dict[str, Any], cfg: FinetuneScratchConfig, epochs: int, seed
 
 
 def _execute(cfg, folder, run, picks, epochs) -> Path:
-    from ..runs.finetune import train_and_save
-
     device = resolve_device(cfg.device)
     seed = cfg.seed if cfg.seed is not None else run.seed
     final = run.final_attack
     done = folder.done()
-    for n, i in enumerate(picks, 1):
+    cells = []  # (cell, base row, how: "inherited" | "reused" | "trained", its folder, its config), in order
+    for i in picks:
         rec = run.front[i]
         for arm in ARMS:
             cell = f"{i}:{arm}"
             if cell in done:
                 continue
-            base = {
-                "member": i,
-                "genome": rec["genome"],
-                "params": rec["params"],
-                "arm": arm,
-                "knee": i == run.knee,
-            }
+            base = {"member": i, "genome": rec["genome"], "params": rec["params"], "arm": arm,
+                    "knee": i == run.knee}
             if arm == "inherited":
-                done[cell] = folder.append(
-                    cell,
-                    {
-                        **base,
-                        "clean_acc": rec["final_clean_acc"],
-                        "adv_acc": rec["final_adv_acc"],
-                        "epochs": 0,
-                        "from": "pareto.json (final_clean_acc, final_adv_acc)",
-                    },
-                )
-                continue
-            if arm == "finetuned" and _reusable(rec, cfg, epochs, seed, run.seed):
-                done[cell] = folder.append(
-                    cell,
-                    {
-                        **base,
-                        "clean_acc": rec["finetuned_clean_acc"],
-                        "adv_acc": rec["finetuned_adv_acc"],
-                        "epochs": epochs,
-                        "from": f"the search's fine-tune stage ({rec.get('finetuned_checkpoint')})",
-                    },
-                )
-                continue
-            out = folder.path / _member_dir(rec) / arm
-            result_path = out / "result.json"
-            if result_path.is_file():  # trained before a kill between its result and its results line
-                import json
-
-                result = json.loads(result_path.read_text())
+                cells.append((cell, base, "inherited", None, None))
+            elif arm == "finetuned" and _reusable(rec, cfg, epochs, seed, run.seed):
+                cells.append((cell, base, "reused", None, None))
             else:
-                log.info(
-                    "%s %d/%d: %s (%s params, %d epochs)",
-                    "fine-tuning" if arm == "finetuned" else "training from scratch",
-                    n,
-                    len(picks),
-                    rec["genome"],
-                    f"{rec['params']:,}",
-                    epochs,
-                )
-                out.mkdir(parents=True, exist_ok=True)
-                model = run.subnet(rec["genome"])  # BN recalibrated as the search scored it
-                fcfg = FinetuneConfig(
-                    run=str(run.run_dir),
-                    pick=str(i),
-                    from_scratch=arm == "scratch",
-                    epochs=epochs,
-                    lr=cfg.lr,
-                    batch_size=cfg.batch_size,
-                    attack_steps=cfg.attack_steps,
-                    eps=run.eps,
-                    final_steps=int(final.get("steps") or 20),
-                    final_restarts=int(final.get("restarts") or 3),
-                    seed=seed,
-                    device=cfg.device,
-                )
-                source = {
-                    "run": str(run.run_dir),
-                    "front_index": i,
-                    "knee": i == run.knee,
-                    "supernet": run.loaded.path,
-                    "weights": "scratch" if arm == "scratch" else "inherited",
-                }
-                result = train_and_save(
-                    model, rec["genome"], run.loaded, run.data, fcfg, run.eps, out, source, device
-                )
-            done[cell] = folder.append(
-                cell,
-                {
-                    **base,
-                    "clean_acc": result["clean_acc"],
-                    "adv_acc": result["adv_acc"],
-                    "epochs": result["epochs"],
-                    "from": str((out / result["checkpoint"]).relative_to(folder.path)),
-                    "train_seconds": result.get("train_seconds"),
-                },
-            )
+                fcfg = FinetuneConfig(run=str(run.run_dir), pick=str(i), from_scratch=arm == "scratch",
+                                      epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                      attack_steps=cfg.attack_steps, eps=run.eps,
+                                      final_steps=int(final.get("steps") or 20),
+                                      final_restarts=int(final.get("restarts") or 3), seed=seed,
+                                      device=cfg.device)
+                cells.append((cell, base, "trained", folder.path / _member_dir(rec) / arm, fcfg))
+    todo = [c for c in cells if c[2] == "trained" and not (c[3] / "result.json").is_file()]
+    with contextlib.ExitStack() as stack:
+        trained = iter(_train_cells(cfg, stack, run, todo, device))
+        for cell, base, how, out, _ in cells:
+            rec = run.front[base["member"]]
+            if how == "inherited":
+                row = {"clean_acc": rec["final_clean_acc"], "adv_acc": rec["final_adv_acc"], "epochs": 0,
+                       "from": "pareto.json (final_clean_acc, final_adv_acc)"}
+            elif how == "reused":
+                row = {"clean_acc": rec["finetuned_clean_acc"], "adv_acc": rec["finetuned_adv_acc"],
+                       "epochs": epochs,
+                       "from": f"the search's fine-tune stage ({rec.get('finetuned_checkpoint')})"}
+            else:
+                if (out / "result.json").is_file():  # trained before a kill between its result and its line
+                    result = json.loads((out / "result.json").read_text())
+                else:
+                    result = next(trained)
+                row = {"clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
+                       "epochs": result["epochs"],
+                       "from": str((out / result["checkpoint"]).relative_to(folder.path)),
+                       "train_seconds": result.get("train_seconds")}
+            done[cell] = folder.append(cell, {**base, **row})
     return _finish(folder, run, picks, epochs, done)
+
+
+def _source(run, base: dict[str, Any]) -> dict[str, Any]:
+    return {"run": str(run.run_dir), "front_index": base["member"], "knee": base["knee"],
+            "supernet": run.loaded.path, "weights": "scratch" if base["arm"] == "scratch" else "inherited"}
+
+
+def _train_cells(cfg, stack: contextlib.ExitStack, run, todo: list, device):
+    """The trained cells' results, in order: in this process, or by worker processes (each loads the run
+    once) with the parent saving every cell's ``subnet.pt`` and ``result.json``."""
+    import torch
+
+    from ..runs.finetune import save_member, train_and_save
+
+    cores = torch.get_num_threads() if device.type == "cpu" else None
+    n = min(resolve_workers(cfg.workers, str(device), cores), len(todo))
+    if n <= 1:
+        for _, base, _, out, fcfg in todo:
+            log.info("%s: %s (%s params, %d epochs)", "fine-tuning" if base["arm"] == "finetuned" else
+                     "training from scratch", base["genome"], f"{base['params']:,}", fcfg.epochs)
+            out.mkdir(parents=True, exist_ok=True)
+            model = run.subnet(base["genome"])  # BN recalibrated as the search scored it
+            yield train_and_save(model, base["genome"], run.loaded, run.data, fcfg, run.eps, out,
+                                 _source(run, base), device)
+        return
+    pool = stack.enter_context(WorkerPool(n, _init_worker, (str(run.run_dir), run.doc, run.eps),
+                                          device=str(device)))
+    items = [(base["genome"], fcfg) for _, base, _, _, fcfg in todo]
+    def labels(item) -> str:
+        return f"{'training from scratch' if item[1].from_scratch else 'fine-tuning'} {item[0]}"
+
+    for (_, base, _, out, fcfg), (result, state) in zip(todo, pool.map(_cell_task, items, labels)):
+        out.mkdir(parents=True, exist_ok=True)
+        model = run.subnet(base["genome"])
+        model.load_state_dict(state)
+        yield save_member(model, run.loaded, fcfg, run.eps, out, _source(run, base), result)
+
+
+def _init_worker(device: str, run_dir: str, doc: dict[str, Any], eps: float):
+    import torch
+
+    return open_run(Path(run_dir), doc, eps), torch.device(device)
+
+
+def _cell_task(item) -> tuple[dict[str, Any], dict]:
+    """One trained cell in a worker: the member's subnet (BN as the search scored it), trained."""
+    from ..runs.finetune import train_member
+
+    genome, fcfg = item
+    run, device = worker_state()
+    model = run.subnet(genome)
+    result = train_member(model, genome, run.data, fcfg, run.eps, device)
+    return result, {k: v.cpu() for k, v in model.state_dict().items()}
 
 
 def _finish(folder, run, picks, epochs, done) -> Path:

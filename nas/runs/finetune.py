@@ -27,7 +27,7 @@ from ..search.evaluator import final_accuracy
 from ..supernet import BNCalibration, init_weights, prepare_subnet
 from ..supernet.checkpoint import load_supernet
 from ..supernet.subnet_ckpt import save_subnet
-from ..training.subnet import FinetuneConfig, SubnetTrainConfig, adversarial_train, tradeoff_recipe
+from ..training.subnet import FinetuneConfig, adversarial_train
 from .select import latest_run, pick_from_run
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,19 @@ def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg:
                    on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Fine-tune (or train from scratch) ``model``, evaluate it with the final attack, and write
     ``subnet.pt`` then ``result.json`` into ``out_dir`` (the result last: its presence means done)."""
+    result = train_member(model, genome, data, cfg, eps, device, on_epoch)
+    return save_member(model, loaded, cfg, eps, out_dir, source, result)
+
+
+def train_member(model: nn.Module, genome: str, data: DataSplits, cfg: FinetuneConfig, eps: float,
+                 device: torch.device,
+                 on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train ``model`` in place with ``cfg``'s recipe, keep the chosen epoch, and score it with the final
+    attack (and AutoAttack): the numbers of ``result.json``, without the files (:func:`save_member`).
+    Writes nothing, so a worker process can run it and hand the weights back."""
     if cfg.from_scratch:
         init_weights(model, cfg.seed)
-    recipe = tradeoff_recipe(SubnetTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                               attack_steps=cfg.attack_steps, eps=eps, seed=cfg.seed),
-                             cfg.tradeoff)
+    recipe = cfg.recipe(eps)
     stats = adversarial_train(model, data, recipe, device, on_epoch, cfg.selection())
     selection = stats["selection"]
     acc = final_accuracy(model, genome, data.test, eps, cfg.seed + 1, cfg.final_steps, cfg.final_restarts,
@@ -56,19 +64,28 @@ def train_and_save(model: nn.Module, genome: str, loaded, data: DataSplits, cfg:
                         aa["acc"], acc["adv_acc"] - aa["acc"], cfg.final_steps, cfg.final_restarts,
                         acc["adv_acc"])
     model.cpu()
-    ckpt = save_subnet(out_dir / "subnet.pt", model, genome, loaded.space, loaded.dataset, eps, asdict(cfg),
-                       loaded.config, source, selection["chosen_epoch"])
-    result = {"genome": genome, "params": int(sum(p.numel() for p in model.parameters())),
-              "from_scratch": cfg.from_scratch, "epochs": cfg.epochs,
-              "chosen_epoch": selection["chosen_epoch"], "epochs_run": selection["epochs_run"],
-              "selection": selection, "clean_acc": acc["clean_acc"],
-              "adv_acc": acc["adv_acc"], "attack": acc["attack"], "split": "test", "images": acc["images"],
-              "aa_acc": aa["acc"] if aa else None, "aa_attack": aa, "tradeoff": cfg.tradeoff,
-              "recipe": asdict(recipe),
-              "eps": eps, "checkpoint": ckpt.name, "train_seconds": stats["seconds"],
-              "images_per_s": stats["images_per_s"], "source": source}
-    atomic_write_json(out_dir / "result.json", result)
-    return result
+    return {"genome": genome, "params": int(sum(p.numel() for p in model.parameters())),
+            "from_scratch": cfg.from_scratch, "epochs": cfg.epochs,
+            "chosen_epoch": selection["chosen_epoch"], "epochs_run": selection["epochs_run"],
+            "selection": selection, "clean_acc": acc["clean_acc"],
+            "adv_acc": acc["adv_acc"], "attack": acc["attack"], "split": "test", "images": acc["images"],
+            "aa_acc": aa["acc"] if aa else None, "aa_attack": aa, "tradeoff": cfg.tradeoff,
+            "recipe": asdict(recipe), "eps": eps, "train_seconds": stats["seconds"],
+            "images_per_s": stats["images_per_s"]}
+
+
+def save_member(model: nn.Module, loaded, cfg: FinetuneConfig, eps: float, out_dir: Path,
+                source: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Write the trained ``model`` as ``subnet.pt``, then ``result.json`` (last: its presence means done);
+    returns the result as written."""
+    ckpt = save_subnet(out_dir / "subnet.pt", model, result["genome"], loaded.space, loaded.dataset, eps,
+                       asdict(cfg), loaded.config, source, result["chosen_epoch"])
+    out = {**result, "checkpoint": ckpt.name, "source": source}
+    keys = list(result)  # result.json's order as before: the checkpoint after eps, the source last
+    at = keys.index("eps") + 1
+    out = {k: out[k] for k in [*keys[:at], "checkpoint", *keys[at:], "source"]}
+    atomic_write_json(out_dir / "result.json", out)
+    return out
 
 
 def _search_run_config(run_dir: str) -> dict[str, Any]:

@@ -8,23 +8,30 @@ these stages after a crash or Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import zlib
 import logging
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nasctl.config import build_config
 from nasctl.core import atomic_write_json, resolve_device, sha256_file
 from nasctl.errors import NasctlError
 from nasctl.runfolder import run_lock, run_scope, write_run_config
+from nasctl.workers import RankPool, WorkerDied, WorkerPool, broadcast, process_group, resolve_workers, world
 
 from ..training import supernet as train_mod
 from ..attacks.autoattack import AA_LABELS
 from ..search.evaluator import CandidateEvaluator, EvalSettings, final_evaluation
 from ..data import DataSplits, first_test_images, subset_train, supernet_data
-from .finetune import PICK_RULE, spread_picks, train_and_save
+from .finetune import PICK_RULE, save_member, spread_picks, train_and_save
+from .workers import candidate_task, final_task, finetune_task, init_search_worker
 from ..render.outputs import write_outputs
 from ..search import LatencyProvider, SearchCallbacks, SearchConfig, check_latency_provider, run_generations
 from ..search.archive import Archive
@@ -54,7 +61,8 @@ def _train_first(cfg: SearchConfig, run_dir: Path, train_callbacks, data: DataSp
     tcfg = cfg.train_config()
     log.info("no --supernet given: training one first (%d epochs, %s attack, %s sampling) in %s",
              tcfg.epochs, tcfg.attack, tcfg.sampling, sub)
-    return train_mod.train_supernet(tcfg, train_callbacks, run_dir=sub, data=data)[0]
+    trained = train_mod.train_supernet(tcfg, train_callbacks, run_dir=sub, data=data)[0]
+    return Path(broadcast(str(trained)))  # under torchrun rank 0 alone wrote it
 
 
 def _expected_space(cfg: SearchConfig):
@@ -211,6 +219,8 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
         data = subset_train(given, loaded.config.get("train_subset"), seed)
     data = first_test_images(data, cfg.test_size)  # the front and the fine-tuned members are scored there
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and world()[1] > 1:  # torchrun: each rank its own GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     settings = EvalSettings(pgd_steps=cfg.pgd_steps, val_size=cfg.val_size, calib_batches=cfg.calib_batches)
     evaluator = CandidateEvaluator(loaded.supernet, data, eps, settings, seed=cfg.seed, device=device)
     if len(archive):
@@ -218,23 +228,33 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
     latency = _latency_source(cfg, loaded, latency_provider)
     if latency is not None:
         log.info("latency_ms from %s", latency.spec.describe())
-    state = SearchState(loaded.space, objectives, evaluator.accuracy,
-                        _sizes_fn(loaded.space, loaded.dataset, latency), archive, cfg, callbacks)
-    lap = time.perf_counter()  # loading the supernet and the data is not the search
-    result = run_generations(state, cfg, run_dir / "history.json")
-    stage_done("search")
-
-    front = []
-    for rec in result.front:  # strong re-evaluation on the test split
-        front.append({**rec, **final_evaluation(evaluator, Genome.decode(rec["genome"]), data.test,
-                                                cfg.final_steps, cfg.final_restarts), "rank": 0})
-    stage_done("front_evaluation")
-    latency_check = run_latency_check(front, latency, cfg.max_latency_ms, cfg.check_latency)
-    if latency is not None and latency.spec.kind == "lut" and cfg.check_latency:
-        stage_done("latency_check")  # a resume measures again (answered from the store's cache)
-    if front and cfg.finetune_members:
-        finetune_front(cfg, run_dir, loaded, data, eps, front, device)
-        stage_done("finetune_stage")
+    with contextlib.ExitStack() as stack:
+        pool = _worker_pool(cfg, stack, loaded, data, eps, settings, device)
+        evaluate_many = None
+        if pool is not None:
+            def evaluate_many(genomes):
+                return pool.map(candidate_task, [g.encode() for g in genomes], lambda g: f"candidate {g}")
+        state = SearchState(loaded.space, objectives, evaluator.accuracy,
+                            _sizes_fn(loaded.space, loaded.dataset, latency), archive, cfg, callbacks,
+                            evaluate_many)
+        lap = time.perf_counter()  # loading the supernet and the data is not the search
+        try:
+            result = run_generations(state, cfg, run_dir / "history.json")
+            stage_done("search")
+            items = [(rec["genome"], cfg.final_steps, cfg.final_restarts) for rec in result.front]
+            finals = (pool.map(final_task, items, lambda it: f"front member {it[0]}") if pool is not None
+                      else (final_evaluation(evaluator, Genome.decode(g), data.test, st, rs) for g, st, rs in items))
+            # strong re-evaluation on the test split
+            front = [{**rec, **fin, "rank": 0} for rec, fin in zip(result.front, finals)]
+            stage_done("front_evaluation")
+            latency_check = run_latency_check(front, latency, cfg.max_latency_ms, cfg.check_latency)
+            if latency is not None and latency.spec.kind == "lut" and cfg.check_latency:
+                stage_done("latency_check")  # a resume measures again (answered from the store's cache)
+            if front and cfg.finetune_members:
+                finetune_front(cfg, run_dir, loaded, data, eps, front, device, pool)
+                stage_done("finetune_stage")
+        except WorkerDied as e:
+            raise WorkerDied(f"{e}: continue with nasctl search --resume {run_dir}") from None
     history = json.loads((run_dir / "history.json").read_text())["generations"]
     meta = {"run": run_dir.name, "dataset": cfg.dataset, "classes": list(data.info.classes),
             "data_dir": cfg.data_dir,
@@ -266,41 +286,92 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
     return run_dir / "pareto.json"
 
 
+def _worker_pool(cfg: SearchConfig, stack: contextlib.ExitStack, loaded: LoadedSupernet, data: DataSplits,
+                 eps: float, settings: EvalSettings, device) -> WorkerPool | RankPool | None:
+    """The run's worker processes (``cfg.workers``), or None for one process. On a CPU ``auto`` starts one
+    one-thread worker per thread this process was given (``--threads``, ``OMP_NUM_THREADS``, the cores),
+    so the run never takes more cores than asked."""
+    import torch
+
+    if world()[1] > 1:  # torchrun: the ranks are the workers
+        log.info("%d torchrun ranks share the candidates, the front and the fine-tune stage", world()[1])
+        return stack.enter_context(RankPool(init_search_worker, (loaded.path, data, eps, settings, cfg.seed),
+                                            device=str(device)))
+    cores = torch.get_num_threads() if device.type == "cpu" else None
+    n = resolve_workers(cfg.workers, str(device), cores, cfg.workers_per_gpu)
+    if n <= 1:
+        return None
+    log.info("%d worker processes (%s, 1 thread each) for the candidates, the front and the fine-tune "
+             "stage", n, device)
+    return stack.enter_context(WorkerPool(n, init_search_worker, (loaded.path, data, eps, settings, cfg.seed),
+                                          threads=1, device=str(device)))
+
+
 def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, data, eps: float,
-                   front: list[dict[str, Any]], device) -> None:
+                   front: list[dict[str, Any]], device, pool: WorkerPool | RankPool | None = None) -> None:
     """The fine-tune stage: train ``cfg.finetune_members`` front members on their own and record
     ``finetuned_clean_acc``, ``finetuned_adv_acc`` and ``finetuned_checkpoint`` in their front entries.
 
     Each member gets ``<run>/finetune/<params>-<crc>/`` with ``subnet.pt`` and ``result.json``; a member
     whose ``result.json`` exists is read back, so a resumed run fine-tunes only what is left.
     """
-    import zlib
-
     knee = knee_index(front, parse_objectives(cfg.objectives))
     tradeoffs = cfg.tradeoffs()
     picks = spread_picks(front, knee, cfg.finetune_members, cover_decades=True)
+    calibration = BNCalibration(batches=cfg.calib_batches, seed=cfg.seed)  # as the search scored them
+    jobs = []  # (pick number, front index, trade-off, its config, its folder), in the serial order
     for n, i in enumerate(picks, 1):
-        rec = front[i]
-        entries: dict[str, dict[str, Any]] = {}
-        attacked = cfg.finetune_autoattack_scope == "all" or rec["params"] <= front[knee]["params"]
+        attacked = cfg.finetune_autoattack_scope == "all" or front[i]["params"] <= front[knee]["params"]
         for tradeoff in tradeoffs:
             fcfg = replace(cfg.finetune_config(), tradeoff=tradeoff,
                            autoattack=cfg.finetune_autoattack if attacked else "off")
             # the robust recipe keeps the folder name of runs from before the trade-off control
             suffix = "" if tradeoff == "robust" else f"-{tradeoff}"
-            sub = run_dir / "finetune" / f"{rec['params']}-{zlib.crc32(rec['genome'].encode()):08x}{suffix}"
-            done = sub / "result.json"
-            if done.is_file():
-                result = _read_json(done)
-            else:
-                log.info("fine-tuning %d/%d (%s): %s (%s params, %d epochs)", n, len(picks), tradeoff,
-                         rec["genome"], f"{rec['params']:,}", cfg.finetune_epochs)
-                sub.mkdir(parents=True, exist_ok=True)
-                model = loaded.supernet.extract(Genome.decode(rec["genome"]))
-                prepare_subnet(model, data.train, BNCalibration(batches=cfg.calib_batches, seed=cfg.seed))
-                source = {"run": ".", "front_index": i, "knee": i == knee,
-                          "supernet": _portable(loaded.path, run_dir), "weights": "inherited"}
-                result = train_and_save(model, rec["genome"], loaded, data, fcfg, eps, sub, source, device)
+            genome = front[i]["genome"]
+            sub = run_dir / "finetune" / f"{front[i]['params']}-{zlib.crc32(genome.encode()):08x}{suffix}"
+            jobs.append((n, i, tradeoff, fcfg, sub))
+    results: dict[tuple[int, str], dict[str, Any]] = {}
+    todo = []
+    for n, i, tradeoff, fcfg, sub in jobs:
+        if (sub / "result.json").is_file():  # done before a resume
+            results[i, tradeoff] = _read_json(sub / "result.json")
+        else:
+            todo.append((n, i, tradeoff, fcfg, sub))
+
+    def source(i: int) -> dict[str, Any]:
+        return {"run": ".", "front_index": i, "knee": i == knee, "supernet": _portable(loaded.path, run_dir),
+                "weights": "inherited"}
+
+    def announce(n: int, i: int, tradeoff: str, verb: str) -> None:
+        rec = front[i]
+        log.info("%s %d/%d (%s): %s (%s params, %d epochs)", verb, n, len(picks), tradeoff, rec["genome"],
+                 f"{rec['params']:,}", cfg.finetune_epochs)
+
+    if pool is None:
+        for n, i, tradeoff, fcfg, sub in todo:
+            announce(n, i, tradeoff, "fine-tuning")
+            sub.mkdir(parents=True, exist_ok=True)
+            model = prepare_subnet(loaded.supernet.extract(Genome.decode(front[i]["genome"])), data.train,
+                                   calibration)
+            results[i, tradeoff] = train_and_save(model, front[i]["genome"], loaded, data, fcfg, eps, sub,
+                                                  source(i), device)
+    else:  # the largest members first, so no worker is left alone with the longest one at the end
+        todo.sort(key=lambda job: (-front[job[1]]["params"], job[0], job[2]))
+        items = [(front[i]["genome"], fcfg, calibration, eps) for _, i, _, fcfg, _ in todo]
+        labels = lambda it: f"fine-tuning {it[1].tradeoff} of {it[0]}"  # noqa: E731
+        for k, (result, state) in pool.map_unordered(finetune_task, items, labels):
+            n, i, tradeoff, fcfg, sub = todo[k]  # saved as soon as it is done: a failure loses no other
+            announce(n, i, tradeoff, "fine-tuned")
+            sub.mkdir(parents=True, exist_ok=True)
+            model = loaded.supernet.extract(Genome.decode(front[i]["genome"])).cpu()
+            model.load_state_dict(state)
+            results[i, tradeoff] = save_member(model, loaded, fcfg, eps, sub, source(i), result)
+    for n, i in enumerate(picks, 1):
+        rec = front[i]
+        entries: dict[str, dict[str, Any]] = {}
+        for tradeoff in tradeoffs:
+            result = results[i, tradeoff]
+            sub = next(j[4] for j in jobs if j[1] == i and j[2] == tradeoff)
             entries[tradeoff] = {
                 "clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
                 "aa_acc": result.get("aa_acc"), "epoch": result.get("chosen_epoch", result["epochs"]),
@@ -336,12 +407,36 @@ def search(cfg: SearchConfig, callbacks: SearchCallbacks | None = None, train_ca
     if cfg.supernet is not None:
         _check_supernet_folder(cfg.supernet)
         load_supernet(cfg.supernet, expect_space=_expected_space(cfg))  # fail before creating anything
-    run_dir = cfg.new_run_dir("search")
-    # bad input found before any work leaves no empty run behind; execute() takes the folder's lock
-    with run_scope(run_dir, lock=False):
-        write_run_config(run_dir, "search", cfg)
-        log.info("run folder: %s", run_dir)
-        return execute(cfg, run_dir, callbacks, train_callbacks, data, latency)
+    with process_group(str(resolve_device(cfg.device))):  # under torchrun: one group for the whole run
+        rank, _ = world()
+        run_dir = Path(broadcast(str(cfg.new_run_dir("search")) if rank == 0 else None))
+        if rank > 0:  # the other ranks run the same run in a private copy of the folder: rank 0 writes
+            with _rank_folder(run_dir, rank) as own:
+                write_run_config(own, "search", cfg)
+                execute(cfg, own, callbacks, train_callbacks, data, latency)
+            return run_dir / "pareto.json"
+        # bad input found before any work leaves no empty run behind; execute() takes the folder's lock
+        with run_scope(run_dir, lock=False):
+            write_run_config(run_dir, "search", cfg)
+            log.info("run folder: %s", run_dir)
+            return execute(cfg, run_dir, callbacks, train_callbacks, data, latency)
+
+
+@contextlib.contextmanager
+def _rank_folder(run_dir: Path, rank: int):
+    """A torchrun rank > 0's own copy of the run folder (what a resume needs: the archive, the finished
+    fine-tunings, the supernet training's checkpoint), removed when the run ends: every rank runs the
+    same code, and only rank 0's writes land in the user's folder."""
+    import shutil
+    import tempfile
+
+    own = Path(tempfile.mkdtemp(prefix=f"nasctl-rank{rank}-"))
+    try:
+        if run_dir.is_dir():
+            shutil.copytree(run_dir, own, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
+        yield own
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def _check_supernet_folder(supernet: str) -> None:
@@ -397,5 +492,11 @@ def resume_search(run_dir: str | Path, callbacks: SearchCallbacks | None = None,
     cfg = config_from_run(doc, f"{str(cfg_path)!r}")
     log.info("resuming search %s", run_dir)
     check_latency_provider(cfg, latency)
-    with run_scope(run_dir, fresh=False, lock=False):
-        return execute(cfg, run_dir, callbacks, train_callbacks, data, latency)
+    with process_group(str(resolve_device(cfg.device))):
+        rank, _ = world()
+        if rank > 0:
+            with _rank_folder(run_dir, rank) as own:
+                execute(cfg, own, callbacks, train_callbacks, data, latency)
+            return run_dir / "pareto.json"
+        with run_scope(run_dir, fresh=False, lock=False):
+            return execute(cfg, run_dir, callbacks, train_callbacks, data, latency)

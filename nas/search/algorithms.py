@@ -99,8 +99,7 @@ def run_random(state: SearchState, cfg: SearchSettings, end_generation: Callable
             if g.encode() not in seen:
                 seen.add(g.encode())
                 batch.append(g)
-        for g in batch:
-            state.record(g)
+        state.records(batch)
         end_generation(gen)
 
 

@@ -24,6 +24,7 @@ from nasctl.config import check_at_least_one, check_eps
 from nasctl.core import did_you_mean
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder
+from nasctl.workers import parse_workers
 
 from ..attacks.autoattack import check_version
 from ..data import dataset_spec
@@ -111,7 +112,7 @@ class SearchConfig(RunFolder):
     finetune_select: str = "best"
     finetune_select_every: int = 4
     finetune_patience: int | None = 12
-    # the clean/robust trade-off (nas/finetune.py TRADEOFFS): each member is fine-tuned once per entry, the
+    # the clean/robust trade-off (training/subnet.py TRADEOFFS): each member is fine-tuned once per entry, the
     # first filling finetuned_*, every one in finetuned_tradeoffs. Default robust alone: on the main job it
     # beats every baseline of bench/bench_baselines.py under both recipes, and "robust,accurate" doubles the
     # stage's cost for entries that were no better on the front (BENCHMARKS.md, issue 22)
@@ -124,9 +125,18 @@ class SearchConfig(RunFolder):
     finetune_autoattack_scope: str = "up-to-knee"
     seed: int = 0
     device: str = "auto"
+    # worker processes for the independent items after supernet training (a generation's new candidates,
+    # the front's final evaluation, the fine-tune stage's members): auto = the GPUs visible times
+    # workers_per_gpu, or on a CPU the cores this process may use, each worker one thread; 1 = in this
+    # process. Results are written in the serial order (nasctl/workers.py)
+    workers: int | str = "auto"
+    workers_per_gpu: int = 1
 
     def validate(self) -> None:
         parse_objectives(self.objectives)
+        self.workers = parse_workers(self.workers)
+        if self.workers_per_gpu < 1:
+            raise NasctlError(f"--workers-per-gpu must be >= 1, got {self.workers_per_gpu}")
         if self.algorithm not in ALGORITHMS:
             hint = did_you_mean(self.algorithm, ALGORITHMS)
             raise NasctlError(f"unknown --algorithm {self.algorithm!r}{hint} (choose "

@@ -9,7 +9,7 @@ record.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,9 +73,12 @@ class SearchState:
 
     def __init__(self, space: SearchSpace, objectives: tuple[str, ...], evaluate_fn: Callable[[Genome], dict],
                  sizes: Callable[[Genome], dict], archive: Archive, cfg: SearchSettings,
-                 callbacks: EvaluationHook):
+                 callbacks: EvaluationHook,
+                 evaluate_many: Callable[[list[Genome]], Iterable[dict]] | None = None):
         self.space, self.objectives, self.evaluate_fn, self.sizes = space, objectives, evaluate_fn, sizes
         self.archive, self.cfg, self.cb = archive, cfg, callbacks
+        # several new candidates at once (worker processes), answered in their order; default one by one
+        self.evaluate_many = evaluate_many or (lambda genomes: map(evaluate_fn, genomes))
         largest = sizes(space.largest())
         # every minimised objective is divided by the largest subnet's value (read from the registry now,
         # so an objective registered after import is scaled too)
@@ -86,14 +89,23 @@ class SearchState:
                             if getattr(cfg, c) is not None]
 
     def record(self, genome: Genome) -> dict[str, Any]:
-        key = genome.encode()
-        if key in self.archive:
-            return self.archive.records[key]
-        rec = {"genome": key, **self.sizes(genome), **self.evaluate_fn(genome), "generation": self.generation,
-               "index": len(self.archive)}
-        self.archive.add(rec)
-        self.cb.on_evaluation(rec)
-        return rec
+        return self.records([genome])[0]
+
+    def records(self, genomes: list[Genome]) -> list[dict[str, Any]]:
+        """The records of ``genomes``: the archive's where it has them, the others evaluated (together, by
+        :attr:`evaluate_many`) and added to the archive in the order given -- the order a one-by-one
+        evaluation adds them, so the archive is the same however many workers evaluated it."""
+        new: dict[str, Genome] = {}
+        for g in genomes:
+            key = g.encode()
+            if key not in self.archive and key not in new:
+                new[key] = g
+        for (key, g), acc in zip(new.items(), self.evaluate_many(list(new.values()))):
+            rec = {"genome": key, **self.sizes(g), **acc, "generation": self.generation,
+                   "index": len(self.archive)}
+            self.archive.add(rec)
+            self.cb.on_evaluation(rec)
+        return [self.archive.records[g.encode()] for g in genomes]
 
     def F(self, rec: dict[str, Any]) -> list[float]:
         return [minimised(o, rec[o], self.scale) for o in self.objectives]
@@ -122,7 +134,7 @@ def make_problem(state: SearchState):
                              n_ieq_constr=len(state.constraints))
 
         def _evaluate(self, X, out, *args, **kwargs):
-            recs = [state.record(genome_from_vars(state.space, x)) for x in X]
+            recs = state.records([genome_from_vars(state.space, x) for x in X])
             out["F"] = np.array([state.F(r) for r in recs], dtype=float)
             if state.constraints:
                 out["G"] = np.array([state.G(r) for r in recs], dtype=float)

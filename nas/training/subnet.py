@@ -239,6 +239,13 @@ class FinetuneConfig(RunFolder):
         parse_tradeoffs([self.tradeoff])
         check_version(self.autoattack)
 
+    def recipe(self, eps: float) -> SubnetTrainConfig:
+        """The training recipe these settings stand for (the one recipe dataclass, with this config's
+        trade-off applied) at the run's ``eps``."""
+        return tradeoff_recipe(SubnetTrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                                 attack_steps=self.attack_steps, eps=eps, seed=self.seed),
+                               self.tradeoff)
+
     def selection(self) -> EpochSelection:
         """The epoch-selection rule of this fine-tuning (validated by :meth:`validate`)."""
         return EpochSelection(mode=self.select, every=self.select_every, patience=self.patience,

@@ -108,6 +108,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
         "--epochs", type=int, help="epochs of both trained arms (default: the search's fine-tune epochs)"
     )
     f.add_argument("--lr", type=float, help="learning rate of both trained arms (default 0.05)")
+    f.add_argument("--workers", help="worker processes training the cells side by side: auto (default: one "
+                   "per core or GPU, one thread each) or N (1: in this process)")
 
     for s in (t, w, f):  # what every study takes
         add_device_flag(s)

@@ -72,6 +72,11 @@ def add_parser(sub, name: str, help_text: str) -> None:
     add_epoch_selection_flags(g, "finetune-")
     add_tradeoff_flags(g, "finetune-", many=True)
     add_device_flag(g)
+    g.add_argument("--workers", help="worker processes for the candidates, the front's final evaluation and "
+                   "the fine-tune stage: auto (default: one per GPU, or one per core with one thread each) "
+                   "or N (1: all in this process); results are the same, written in the same order")
+    g.add_argument("--workers-per-gpu", type=int, help="with --workers auto on CUDA: workers sharing each "
+                   "GPU (default 1; tiny nets leave a GPU idle, so several keep it busy)")
     g.add_argument("--resume", metavar="RUN", help="continue the search run folder RUN")
     add_config_flags(p)
     p.set_defaults(func=run)
@@ -116,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
             cfg.train = {**(cfg.train or {}), "train_subset": args.train_subset}
             cfg.validate()
         path = search(cfg, _progress(), epoch_progress(), latency=LatencySources())
-    print_front(path)
+    from nasctl.workers import world
+
+    if world()[0] == 0:  # under torchrun: rank 0 speaks for the run
+        print_front(path)
     return 0
 
 
