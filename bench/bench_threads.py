@@ -26,6 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def split_argv(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """(this script's arguments, those after ``--`` for every ``nasctl search``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
 def run_jobs(nasctl: str, n: int, extra: list[str], work: Path, env: dict[str, str]) -> list[float]:
     """Start ``n`` searches together; return each one's wall seconds (raises if one fails)."""
     procs = []
@@ -47,11 +56,7 @@ def run_jobs(nasctl: str, n: int, extra: list[str], work: Path, env: dict[str, s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = split_argv(argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=2, help="searches started together (default 2)")
     ap.add_argument("--nasctl", default=f"{sys.executable} -m nasctl.cli",

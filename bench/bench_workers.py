@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_threads import split_argv  # noqa: E402 (a sibling script: bench/ is the script's path)
+
 ROOT = Path(__file__).resolve().parents[1]
 FRONT_KEYS = ("genome", "params", "clean_acc", "adv_acc", "final_clean_acc", "final_adv_acc")  # the search's
 TUNED_KEYS = ("finetuned_clean_acc", "finetuned_adv_acc", "finetuned_aa_acc", "finetuned_epoch")
@@ -42,11 +44,7 @@ def one_run(nasctl: str, workers: str, root: Path, extra: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = split_argv(argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=2, help="pairs of runs (1 worker, auto), alternating")
     ap.add_argument("--nasctl", default=f"{sys.executable} -m nasctl", help="command that starts nasctl")
