@@ -412,8 +412,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "with (default: both on digits, tradeoffs elsewhere)")
     ap.add_argument("--only", nargs="*", default=None, help="labels of the baselines to train (default: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny nets run as fast on one)")
-    ap.add_argument("--workers", default="auto", help="worker processes training baselines side by side, "
-                    "each with --threads threads: auto (one per core) or N; results are the same")
+    # auto when run as a script; 1 when imported (a test's main(argv)): spawned workers import the
+    # functions by module, and an imported script's module is not importable by name
+    ap.add_argument("--workers", default="auto" if __name__ == "__main__" else "1",
+                    help="worker processes training baselines side by side, each with --threads threads: "
+                    "auto (one per core; the default when run as a script) or N; results are the same")
     ap.add_argument("--out", default=None,
                     help="default bench/results/baselines.json (digits), baselines-fashion-mnist.json")
     args = ap.parse_args(argv)

@@ -90,7 +90,9 @@ class EpochSelection:
     ``val_size`` validation images with the search's attack (PGD-``pgd_steps``, the same seeded random
     start each time so that epochs compare like for like); ``best`` keeps the weights of the highest PGD
     accuracy (clean accuracy breaks ties, then the earlier epoch), ``last`` the final ones. With
-    ``patience`` set, training stops once that many epochs have passed without a new best.
+    ``patience`` set, training stops once that many epochs have passed without a new best, counted from
+    the second half of the schedule at the earliest (a stop before the learning rate has decayed ships a
+    half-trained epoch).
     """
 
     mode: str = "best"  # best | last
@@ -137,8 +139,13 @@ class _Selector:
             self.best, self.best_epoch = (r.adv_acc, r.clean_acc), epoch
             if self.sel.mode == "best":
                 self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # the patience runs from the second half of the schedule at the earliest: the cosine schedule's
+        # low-learning-rate tail is where a fine-tuning gains most, and a stop before it ships an early,
+        # half-trained epoch (measured: a 1,442-param member stopped at epoch 24 of 40 with its best at 12,
+        # 92.4 / 61.0, where running on kept epoch 32, 95.2 / 66.2)
         patience = self.sel.patience
-        return bool(patience) and epoch - self.best_epoch >= patience and epoch < self.epochs
+        start = max(self.best_epoch, self.epochs // 2)
+        return bool(patience) and epoch - start >= patience and epoch < self.epochs
 
     def finish(self, model: nn.Module, epochs_run: int) -> dict[str, Any]:
         """Load the chosen epoch's weights (``best``) and describe the choice for result.json."""

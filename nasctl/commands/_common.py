@@ -34,8 +34,9 @@ def add_epoch_selection_flags(g, prefix: str = "") -> None:
     g.add_argument(f"--{prefix}select-every", type=int, metavar="N",
                    help="score the validation split every N fine-tuning epochs (default 4)")
     g.add_argument(f"--{prefix}patience", type=int, metavar="EPOCHS",
-                   help="stop fine-tuning after EPOCHS epochs without a better validation PGD accuracy "
-                   "(default 12; 0: never stop early)")
+                   help="stop fine-tuning after EPOCHS epochs without a better validation PGD accuracy, "
+                   "counted from the schedule's second half at the earliest (default 12; 0: never stop "
+                   "early)")
 
 
 AA_SCOPES = ("up-to-knee", "all")  # nasctl.nas.search.AA_SCOPES (not imported: CLI start-up time)
