@@ -5,8 +5,8 @@ resume), ``finetune`` (``nasctl finetune`` and the fine-tune stage's members), `
 the strong protocol), ``select`` (picking a member of a finished run: ``--run RUN --pick knee``).
 
 The functions named like their modules (``search.search``, ``finetune.finetune``) are reached by their
-module: a package attribute cannot be both. Names resolve lazily (PEP 562): picking a member (``select``) needs no torch, so this package must not
-import the search run when a command only reads a front.
+module: a package attribute cannot be both. Names resolve lazily (PEP 562): picking a member (``select``)
+needs no torch, so this package must not import the search run when a command only reads a front.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ _EXPORTS = {
     "select": ("latest_run", "pick_from_run", "read_front"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
+__all__ = ["EvalConfig", "evaluate_subnets", "latest_run", "pick_from_run", "read_front", "resume_search",
+           "spread_picks"]
+assert set(__all__) == set(_WHERE)
 
 
 def __getattr__(name: str):

@@ -23,8 +23,8 @@ from nasctl.runfolder import RunFolder, run_scope
 
 from ..attacks import PGD, accuracy_under_attack, make_attack
 from ..attacks.autoattack import AA_LABELS, autoattack_accuracy, check_version
-from ..search.evaluator import genome_seed
 from ..data import TensorSplit
+from ..search.evaluator import genome_seed
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,9 @@ def _targets(cfg: EvalConfig, data: _Data) -> list[_Target]:
     """Every subnet ``cfg`` names, with the weights a user would deploy: a front member's fine-tuned
     checkpoint when the search trained it, else its inherited weights (BN recalibrated)."""
     from ..search.evaluator import CandidateEvaluator
-    from .select import pick_from_run, read_front
     from ..supernet.checkpoint import FORMAT, load_supernet, read_checkpoint
     from ..supernet.subnet_ckpt import SUBNET_FORMAT, check_subnet_arch, subnet_from_checkpoint
+    from .select import pick_from_run, read_front
 
     def fine_tuned(ckpt: dict[str, Any], arch: list[str] | None = None) -> _Target:
         sub = subnet_from_checkpoint(ckpt)

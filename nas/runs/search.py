@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import zlib
 import logging
+import os
 import time
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,12 @@ from nasctl.errors import NasctlError
 from nasctl.runfolder import run_lock, run_scope, write_run_config
 from nasctl.workers import RankPool, WorkerDied, WorkerPool, broadcast, process_group, resolve_workers, world
 
-from ..training import supernet as train_mod
 from ..attacks.autoattack import AA_LABELS
-from ..search.evaluator import CandidateEvaluator, EvalSettings, final_evaluation
 from ..data import DataSplits, first_test_images, subset_train, supernet_data
-from .finetune import PICK_RULE, save_member, spread_picks, train_and_save
-from .workers import candidate_task, final_task, finetune_task, init_search_worker
 from ..render.outputs import write_outputs
 from ..search import LatencyProvider, SearchCallbacks, SearchConfig, check_latency_provider, run_generations
 from ..search.archive import Archive
+from ..search.evaluator import CandidateEvaluator, EvalSettings, final_evaluation
 from ..search.front import HV_REFERENCE, knee_index
 from ..search.latency_check import run_latency_check
 from ..search.objectives import genome_costs, parse_objectives
@@ -42,7 +39,10 @@ from ..search.problem import SearchState
 from ..space import Genome, GenomeError
 from ..supernet import BNCalibration, prepare_subnet
 from ..supernet.checkpoint import LoadedSupernet, load_supernet
+from ..training import supernet as train_mod
 from ..training.subnet import TRADEOFFS, FinetuneConfig
+from .finetune import PICK_RULE, save_member, spread_picks, train_and_save
+from .workers import candidate_task, final_task, finetune_task, init_search_worker
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
 
@@ -242,8 +242,11 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             result = run_generations(state, cfg, run_dir / "history.json")
             stage_done("search")
             items = [(rec["genome"], cfg.final_steps, cfg.final_restarts) for rec in result.front]
-            finals = (pool.map(final_task, items, lambda it: f"front member {it[0]}") if pool is not None
-                      else (final_evaluation(evaluator, Genome.decode(g), data.test, st, rs) for g, st, rs in items))
+            if pool is not None:
+                finals = pool.map(final_task, items, lambda it: f"front member {it[0]}")
+            else:
+                finals = (final_evaluation(evaluator, Genome.decode(g), data.test, steps, restarts)
+                          for g, steps, restarts in items)
             # strong re-evaluation on the test split
             front = [{**rec, **fin, "rank": 0} for rec, fin in zip(result.front, finals)]
             stage_done("front_evaluation")
@@ -366,7 +369,7 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
             model = loaded.supernet.extract(Genome.decode(front[i]["genome"])).cpu()
             model.load_state_dict(state)
             results[i, tradeoff] = save_member(model, loaded, fcfg, eps, sub, source(i), result)
-    for n, i in enumerate(picks, 1):
+    for i in picks:
         rec = front[i]
         entries: dict[str, dict[str, Any]] = {}
         for tradeoff in tradeoffs:
