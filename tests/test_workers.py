@@ -214,3 +214,17 @@ def test_the_baselines_benchmark_with_workers_gives_the_serial_numbers(tmp_path)
         docs.append(json.loads(out.read_text()))
     rows = [[_untimed(r) for r in d["baselines"]] for d in docs]
     assert len(rows[0]) == 8 and rows[0] == rows[1]
+
+
+def test_the_transfer_study_with_workers_writes_what_a_serial_one_writes(serial_run, tmp_path):
+    """Each source's attack crafted in a worker process, scored on every target there: the same matrix,
+    the same results.jsonl lines in order, as in this process."""
+    from nasctl.nas.experiments.transfer import TransferConfig, run_transfer
+
+    def lines(folder: Path) -> list:
+        return [_untimed(json.loads(ln)) for ln in (folder / "results.jsonl").read_text().splitlines()]
+
+    outs = [run_transfer(TransferConfig(run=str(serial_run), members=2, steps=2, restarts=1, workers=w,
+                                        run_root=str(tmp_path / f"w{w}"))) for w in (1, 2)]
+    a, b = lines(outs[0]), lines(outs[1])
+    assert len(a) == 3 and a == b

@@ -22,6 +22,7 @@ sources. Outputs: ``transfer_matrix.csv``, ``transfer_heatmap.png``, ``result.js
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -36,6 +37,7 @@ from nasctl.config import check_at_least_one, check_eps
 from nasctl.core import atomic_write_text, resolve_device
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope
+from nasctl.workers import WorkerPool, parse_workers, resolve_workers, worker_state
 
 from . import folder as folder_mod
 from .run_data import check_members, member_label, member_picks, open_run, read_run
@@ -60,8 +62,12 @@ class TransferConfig(RunFolder):
     masking_margin: float = 5.0  # points by which transfer may beat white-box before it is flagged
     seed: int | None = None  # None: the run's seed (the random starts of its final attack)
     device: str = "auto"
+    # worker processes crafting on the sources side by side (nasctl/workers.py): auto = one one-thread
+    # worker per thread this process was given (or per GPU), 1 = in this process
+    workers: int | str = "auto"
 
     def validate(self) -> None:
+        self.workers = parse_workers(self.workers)
         check_at_least_one(self, ("members", "steps", "restarts"))
         check_eps(self.eps)
         if not self.masking_margin >= 0:
@@ -126,47 +132,78 @@ def _execute(cfg, folder, run, picks, steps, restarts, seed) -> Path:
     import torch
 
     from ..attacks import PGD
-    from ..search.evaluator import genome_seed
 
     device = resolve_device(cfg.device)
     front = run.front
     largest = run.loaded.space.largest().encode()
     sources = [(LARGEST, largest, None)] + [(f"member:{i}", front[i]["genome"], i) for i in picks]
-    targets = [run.subnet(front[i]["genome"]).to(device) for i in picks]
+    targets = {i: run.subnet(front[i]["genome"]).to(device) for i in picks}
     attack = PGD(eps=run.eps, steps=steps, restarts=restarts)
     done = folder.done()
-    for n, (cell, genome, index) in enumerate(sources, 1):
-        if cell in done:
-            continue
-        t0 = time.perf_counter()
-        log.info(
-            "transfer %d/%d: PGD-%d x%d crafted on %s (%s)",
-            n,
-            len(sources),
-            steps,
-            restarts,
-            "the largest path" if index is None else f"front member #{index}",
-            genome,
-        )
-        model = targets[picks.index(index)] if index is not None else run.subnet(genome).to(device)
-        gen = torch.Generator(device=device).manual_seed(genome_seed(seed + 1, genome))
-        clean, robust = _craft_and_score(model, targets, run.data.test, attack, gen, device)
-        total = len(run.data.test)
-        done[cell] = folder.append(
-            cell,
-            {
-                "source": genome,
-                "source_index": index,
-                "source_params": front[index]["params"] if index is not None else _params(run, genome),
-                "clean_acc": [100.0 * c / total for c in clean],
-                "robust_acc": [100.0 * r / total for r in robust],
-                "images": total,
-                "seconds": time.perf_counter() - t0,
-            },
-        )
+    todo = [(n, cell, genome, index) for n, (cell, genome, index) in enumerate(sources, 1)
+            if cell not in done]
+    cores = torch.get_num_threads() if device.type == "cpu" else None
+    workers = min(resolve_workers(cfg.workers, str(device), cores), len(todo))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:  # each worker loads the run and its targets once; the parent appends in order
+            pool = stack.enter_context(WorkerPool(workers, _init_worker, (str(run.run_dir), run.doc, run.eps,
+                                                                          picks), device=str(device)))
+            items = [(genome, index, seed, steps, restarts) for _, _, genome, index in todo]
+            scored = pool.map(_source_task, items, lambda it: f"transfer source {it[0]}")
+        else:
+            scored = (_score_source(run, targets, genome, index, seed, attack, device)
+                      for _, _, genome, index in todo)
+        for (n, cell, genome, index), (clean, robust, seconds) in zip(todo, scored):
+            log.info("transfer %d/%d: PGD-%d x%d crafted on %s (%s)", n, len(sources), steps, restarts,
+                     "the largest path" if index is None else f"front member #{index}", genome)
+            total = len(run.data.test)
+            done[cell] = folder.append(
+                cell,
+                {
+                    "source": genome,
+                    "source_index": index,
+                    "source_params": front[index]["params"] if index is not None else _params(run, genome),
+                    "clean_acc": [100.0 * c / total for c in clean],
+                    "robust_acc": [100.0 * r / total for r in robust],
+                    "images": total,
+                    "seconds": seconds,
+                },
+            )
     return _finish(
         folder, run, picks, sources, [done[c] for c, _, _ in sources], steps, restarts, cfg.masking_margin
     )
+
+
+def _score_source(run, targets: dict[int, Any], genome: str, index: int | None, seed: int, attack, device):
+    """(clean counts, robust counts, seconds) of PGD crafted on one source (the largest path, or the
+    member ``index``, itself a target), scored on every target (``targets``: member index -> model, in
+    the picks' order)."""
+    import torch
+
+    from ..search.evaluator import genome_seed
+
+    t0 = time.perf_counter()
+    model = targets[index] if index is not None else run.subnet(genome).to(device)
+    gen = torch.Generator(device=device).manual_seed(genome_seed(seed + 1, genome))
+    clean, robust = _craft_and_score(model, list(targets.values()), run.data.test, attack, gen, device)
+    return clean, robust, time.perf_counter() - t0
+
+
+def _init_worker(device: str, run_dir: str, doc: dict[str, Any], eps: float, picks: list[int]):
+    import torch
+
+    run = open_run(Path(run_dir), doc, eps)
+    dev = torch.device(device)
+    return run, {i: run.subnet(run.front[i]["genome"]).to(dev) for i in picks}, dev
+
+
+def _source_task(item) -> tuple[list[int], list[int], float]:
+    from ..attacks import PGD
+
+    genome, index, seed, steps, restarts = item
+    run, targets, device = worker_state()
+    return _score_source(run, targets, genome, index, seed, PGD(eps=run.eps, steps=steps, restarts=restarts),
+                         device)
 
 
 def _params(run, genome: str) -> int:

@@ -67,6 +67,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
     t.add_argument("--steps", type=int, help="PGD steps on each source (default: the run's final attack, 20)")
     t.add_argument("--restarts", type=int, help="PGD restarts (default: the run's final attack, 3)")
     t.add_argument("--eps", type=float, help="L-inf radius (default: the search's)")
+    t.add_argument("--workers", help="worker processes crafting on the sources side by side: auto (default: "
+                   "one per core or GPU, one thread each) or N (1: in this process)")
     t.add_argument(
         "--masking-margin",
         type=float,
