@@ -228,3 +228,28 @@ def test_the_transfer_study_with_workers_writes_what_a_serial_one_writes(serial_
                                         run_root=str(tmp_path / f"w{w}"))) for w in (1, 2)]
     a, b = lines(outs[0]), lines(outs[1])
     assert len(a) == 3 and a == b
+
+
+def test_ctrl_c_stops_every_worker(supernet, tmp_path):
+    """SIGINT to the parent (Ctrl-C) mid-search: exit 130 with the resume hint, and no worker outlives it."""
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "nasctl", "search", "--supernet", str(supernet), "--run-root", str(tmp_path),
+           "--workers", "2", "--config", _config(tmp_path, generations=6)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.time() + 240, []
+    while time.time() < deadline and proc.poll() is None and len(workers) < 2:
+        archive = next(tmp_path.glob("search/*/archive.jsonl"), None)
+        if archive is not None and archive.read_text().count("\n") >= 3:
+            workers = _spawned_workers(proc.pid)
+        time.sleep(0.2)
+    assert len(workers) == 2, "the workers did not start"
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "nasctl: interrupted" in err and "--resume" in err
+    time.sleep(1)
+    alive = [p for p in workers
+             if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"workers left running: {alive}"
