@@ -291,15 +291,15 @@ class RankPool:
     and rank 0 writes the run folder. A rank that dies ends the job through torchrun, which stops the
     others and reports it."""
 
-    def __init__(self, init: Callable | None = None, initargs: tuple = (), device: str = "cpu") -> None:
+    def __init__(self, state: Any, device: str = "cpu") -> None:
+        """``state``: what the tasks read with :func:`worker_state` -- built by the caller, who already
+        holds it in this process (a process pool's workers build theirs with ``init``)."""
         import torch.distributed as dist
 
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.workers = self.world
         _STATE.clear()
-        _STATE.update(index=self.rank, device=device, journal=None)
-        if init is not None:
-            _STATE["value"] = init(device, *initargs)
+        _STATE.update(index=self.rank, device=device, journal=None, value=state)
 
     def __enter__(self) -> RankPool:
         return self

@@ -204,7 +204,7 @@ def _train_cells(cfg, stack: contextlib.ExitStack, run, todo: list, device):
 
     for (_, base, _, out, fcfg), (result, state) in zip(todo, pool.map(_cell_task, items, labels)):
         out.mkdir(parents=True, exist_ok=True)
-        model = run.subnet(base["genome"])
+        model = run.loaded.supernet.extract(run.loaded.space.parse(base["genome"]))  # the shape to load into
         model.load_state_dict(state)
         yield save_member(model, run.loaded, fcfg, run.eps, out, _source(run, base), result)
 

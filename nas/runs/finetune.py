@@ -24,6 +24,7 @@ from nasctl.runfolder import run_scope, write_run_config
 from ..attacks.autoattack import autoattack_accuracy, pgd_overstates
 from ..data import DataSplits, first_test_images, supernet_data
 from ..search.evaluator import final_accuracy
+from ..space import Genome
 from ..supernet import BNCalibration, init_weights, prepare_subnet
 from ..supernet.checkpoint import load_supernet
 from ..supernet.subnet_ckpt import save_subnet
@@ -72,6 +73,16 @@ def train_member(model: nn.Module, genome: str, data: DataSplits, cfg: FinetuneC
             "aa_acc": aa["acc"] if aa else None, "aa_attack": aa, "tradeoff": cfg.tradeoff,
             "recipe": asdict(recipe), "eps": eps, "train_seconds": stats["seconds"],
             "images_per_s": stats["images_per_s"]}
+
+
+def finetune_inherited(supernet, data: DataSplits, genome: str, cfg: FinetuneConfig,
+                       calibration: BNCalibration, eps: float,
+                       device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A front member fine-tuned from its inherited weights, BatchNorm prepared as the search scored it:
+    the fine-tune stage's one item, in the run's process or in a worker. ``(trained model, result)``;
+    nothing is written (:func:`save_member`)."""
+    model = prepare_subnet(supernet.extract(Genome.decode(genome)), data.train, calibration)
+    return model, train_member(model, genome, data, cfg, eps, device)
 
 
 def save_member(model: nn.Module, loaded, cfg: FinetuneConfig, eps: float, out_dir: Path,

@@ -37,12 +37,12 @@ from ..search.latency_check import run_latency_check
 from ..search.objectives import genome_costs, parse_objectives
 from ..search.problem import SearchState
 from ..space import Genome, GenomeError
-from ..supernet import BNCalibration, prepare_subnet
+from ..supernet import BNCalibration
 from ..supernet.checkpoint import LoadedSupernet, load_supernet
 from ..training import supernet as train_mod
 from ..training.subnet import TRADEOFFS, FinetuneConfig
-from .finetune import PICK_RULE, save_member, spread_picks, train_and_save
-from .workers import candidate_task, final_task, finetune_task, init_search_worker
+from .finetune import PICK_RULE, finetune_inherited, save_member, spread_picks
+from .workers import SearchWorker, candidate_task, final_task, finetune_task, init_search_worker
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
 
@@ -229,7 +229,7 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
     if latency is not None:
         log.info("latency_ms from %s", latency.spec.describe())
     with contextlib.ExitStack() as stack:
-        pool = _worker_pool(cfg, stack, loaded, data, eps, settings, device)
+        pool = _worker_pool(cfg, stack, loaded, data, evaluator, device)
         evaluate_many = None
         if pool is not None:
             def evaluate_many(genomes):
@@ -290,24 +290,22 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
 
 
 def _worker_pool(cfg: SearchConfig, stack: contextlib.ExitStack, loaded: LoadedSupernet, data: DataSplits,
-                 eps: float, settings: EvalSettings, device) -> WorkerPool | RankPool | None:
+                 evaluator: CandidateEvaluator, device) -> WorkerPool | RankPool | None:
     """The run's worker processes (``cfg.workers``), or None for one process. On a CPU ``auto`` starts one
     one-thread worker per thread this process was given (``--threads``, ``OMP_NUM_THREADS``, the cores),
     so the run never takes more cores than asked."""
-    import torch
-
-    if world()[1] > 1:  # torchrun: the ranks are the workers
+    if world()[1] > 1:  # torchrun: the ranks are the workers, each with the run it already loaded
         log.info("%d torchrun ranks share the candidates, the front and the fine-tune stage", world()[1])
-        return stack.enter_context(RankPool(init_search_worker, (loaded.path, data, eps, settings, cfg.seed),
-                                            device=str(device)))
+        state = SearchWorker(loaded, data, evaluator, device)
+        return stack.enter_context(RankPool(state, device=str(device)))
     cores = torch.get_num_threads() if device.type == "cpu" else None
     n = resolve_workers(cfg.workers, str(device), cores, cfg.workers_per_gpu)
     if n <= 1:
         return None
     log.info("%d worker processes (%s, 1 thread each) for the candidates, the front and the fine-tune "
              "stage", n, device)
-    return stack.enter_context(WorkerPool(n, init_search_worker, (loaded.path, data, eps, settings, cfg.seed),
-                                          threads=1, device=str(device)))
+    initargs = (loaded.path, data, evaluator.eps, evaluator.s, evaluator.seed)
+    return stack.enter_context(WorkerPool(n, init_search_worker, initargs, threads=1, device=str(device)))
 
 
 def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, data, eps: float,
@@ -333,6 +331,7 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
             genome = front[i]["genome"]
             sub = run_dir / "finetune" / f"{front[i]['params']}-{zlib.crc32(genome.encode()):08x}{suffix}"
             jobs.append((n, i, tradeoff, fcfg, sub))
+    folders = {(i, tradeoff): sub for _, i, tradeoff, _, sub in jobs}
     results: dict[tuple[int, str], dict[str, Any]] = {}
     todo = []
     for n, i, tradeoff, fcfg, sub in jobs:
@@ -354,10 +353,9 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
         for n, i, tradeoff, fcfg, sub in todo:
             announce(n, i, tradeoff, "fine-tuning")
             sub.mkdir(parents=True, exist_ok=True)
-            model = prepare_subnet(loaded.supernet.extract(Genome.decode(front[i]["genome"])), data.train,
-                                   calibration)
-            results[i, tradeoff] = train_and_save(model, front[i]["genome"], loaded, data, fcfg, eps, sub,
-                                                  source(i), device)
+            model, result = finetune_inherited(loaded.supernet, data, front[i]["genome"], fcfg, calibration,
+                                               eps, device)
+            results[i, tradeoff] = save_member(model, loaded, fcfg, eps, sub, source(i), result)
     else:  # the largest members first, so no worker is left alone with the longest one at the end
         todo.sort(key=lambda job: (-front[job[1]]["params"], job[0], job[2]))
         items = [(front[i]["genome"], fcfg, calibration, eps) for _, i, _, fcfg, _ in todo]
@@ -374,7 +372,7 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
         entries: dict[str, dict[str, Any]] = {}
         for tradeoff in tradeoffs:
             result = results[i, tradeoff]
-            sub = next(j[4] for j in jobs if j[1] == i and j[2] == tradeoff)
+            sub = folders[i, tradeoff]
             entries[tradeoff] = {
                 "clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
                 "aa_acc": result.get("aa_acc"), "epoch": result.get("chosen_epoch", result["epochs"]),

@@ -19,10 +19,10 @@ from nasctl.workers import worker_state
 from ..data import DataSplits
 from ..search.evaluator import CandidateEvaluator, EvalSettings, final_evaluation
 from ..space import Genome
-from ..supernet import BNCalibration, prepare_subnet
+from ..supernet import BNCalibration
 from ..supernet.checkpoint import LoadedSupernet, load_supernet
 from ..training.subnet import FinetuneConfig
-from .finetune import train_member
+from .finetune import finetune_inherited
 
 
 @dataclass
@@ -62,6 +62,5 @@ def finetune_task(item: tuple[str, FinetuneConfig, BNCalibration, float]) -> tup
     ``(state_dict on the CPU, result)`` for the parent to save (:func:`.finetune.save_member`)."""
     genome, cfg, calibration, eps = item
     w: SearchWorker = worker_state()
-    model = prepare_subnet(w.loaded.supernet.extract(Genome.decode(genome)), w.data.train, calibration)
-    result = train_member(model, genome, w.data, cfg, eps, w.device)
+    model, result = finetune_inherited(w.loaded.supernet, w.data, genome, cfg, calibration, eps, w.device)
     return result, {k: v.cpu() for k, v in model.state_dict().items()}

@@ -14,12 +14,10 @@ training and restores the best weights.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from torch import nn
 from nasctl.core import atomic_torch_save, atomic_write_text, resolve_device
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope, write_run_config
+from nasctl.workers import broadcast, process_group
 
 from ..attacks import ATTACKS, PGD, Attack, accuracy_under_attack, training_attacks
 from ..data import (
@@ -182,14 +181,6 @@ def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def _maybe_init_distributed(device: torch.device) -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend=backend)
-    return True
 
 
 class Trainer:
@@ -433,30 +424,15 @@ def _json_line(obj: Any) -> str:
                       default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)) + "\n"
 
 
-@contextlib.contextmanager
-def _process_group(device: torch.device) -> Iterator[bool]:
-    """torch.distributed for the length of one call when torchrun launched us (torn down after,
-    however the call ends); yields whether this call set it up."""
-    owns_pg = _maybe_init_distributed(device)
-    try:
-        yield owns_pg
-    finally:
-        if owns_pg:
-            torch.distributed.destroy_process_group()
-
-
 def train_supernet(cfg: TrainConfig, callbacks: TrainCallbacks | None = None, run_dir: Path | None = None,
                    data: DataSplits | None = None) -> tuple[Path, list[EpochMetrics]]:
     """Train a supernet in a new run folder; returns (path of supernet.pt, per-epoch metrics)."""
     made_dir = run_dir is None
-    with _process_group(resolve_device(cfg.device)) as owns_pg:
+    # torch.distributed when torchrun launched us (a group the caller set up is used as it is)
+    with process_group(str(resolve_device(cfg.device))):
         rank, _ = _dist_info()
-        if run_dir is None:
-            run_dir = cfg.new_run_dir("train") if rank == 0 else None
-            if owns_pg:  # every rank writes into rank 0's folder
-                box = [str(run_dir) if run_dir else None]
-                torch.distributed.broadcast_object_list(box, src=0)
-                run_dir = Path(box[0])
+        if run_dir is None:  # every rank writes into rank 0's folder
+            run_dir = Path(broadcast(str(cfg.new_run_dir("train")) if rank == 0 else None))
         # rank 0 alone writes and locks the folder; bad input before any work leaves no empty folder
         with run_scope(run_dir, fresh=made_dir and rank == 0, lock=rank == 0):
             trainer = Trainer(cfg, run_dir, data=data, callbacks=callbacks)
@@ -489,7 +465,7 @@ def resume_training(run_dir: str | Path, callbacks: TrainCallbacks | None = None
     if epochs is not None:
         cfg.epochs = epochs
         cfg.validate()
-    with _process_group(resolve_device(cfg.device)):
+    with process_group(str(resolve_device(cfg.device))):
         with run_scope(run_dir, fresh=False, lock=_dist_info()[0] == 0):
             trainer = Trainer(cfg, run_dir, callbacks=callbacks)
             trainer.load_state(ckpt)
