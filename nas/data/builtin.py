@@ -271,12 +271,11 @@ class IdxLoader:
         if data_dir is None:
             root = Path(self.system_dir)
             files = self.locate(root)
-            if files is None:
-                raise NasctlError(
-                    f"the {name} data set needs its four idx files: install them with "
-                    f"apt-get install {self.package} (Debian; read in place from {root}/) or pass "
-                    f"--data-dir DIR (it reads {self._expected('DIR')}; downloaded there when online)"
-                )
+            missing = (
+                f"the {name} data set needs its four idx files: install them with "
+                f"apt-get install {self.package} (Debian; read in place from {root}/) or pass "
+                f"--data-dir DIR (it reads {self._expected('DIR')}; downloaded there when online)"
+            )
             fix = f"reinstall the package: apt-get install --reinstall {self.package}"
         else:
             root = Path(data_dir).expanduser()
@@ -284,13 +283,14 @@ class IdxLoader:
             if files is None and download:
                 self._download(root)
                 files = self.locate(root)
-            if files is None:
-                raise NasctlError(
-                    f"the {name} data set was not found in {root}: expected {self._expected(str(root))}; "
-                    f"place the files there, allow the download, or apt-get install {self.package} and "
-                    "leave out --data-dir"
-                )
+            missing = (
+                f"the {name} data set was not found in {root}: expected {self._expected(str(root))}; "
+                f"place the files there, allow the download, or apt-get install {self.package} and "
+                "leave out --data-dir"
+            )
             fix = f"replace it with the original file ({self.source}, or Debian's {self.package})"
+        if files is None:  # one raise for both places: what to do differs, not what went wrong
+            raise NasctlError(missing)
         train = self._pair(files, "train", fix)
         test = self._pair(files, "t10k", fix)
         return _official_splits(self.info, root, *train, *test, seed, val_size)
