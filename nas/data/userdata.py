@@ -797,6 +797,15 @@ def _npz_layout(key: str, a: np.ndarray, where: str) -> str:
     return fits[0]
 
 
+def _cast_within(a: np.ndarray, top: float, dtype: type, subject: str, held: str, rule: str) -> np.ndarray:
+    """``a`` as ``dtype`` once every value is known to lie in 0..``top``; else the one error of both pixel
+    kinds: ``subject`` holds ``held`` (formatted with the ``lo`` and ``hi`` found); ``rule``."""
+    lo, hi = a.min().item(), a.max().item()
+    if lo < 0 or hi > top:
+        raise NasctlError(f"{subject} holds {held.format(lo=lo, hi=hi)}; {rule}")
+    return a.astype(dtype)
+
+
 def _npz_pixels(key: str, a: np.ndarray, where: str) -> np.ndarray:
     """uint8 as is, other integers in 0..255 as uint8, floats in [0, 1] as float32; NCHW, square."""
     if len(a) == 0:
@@ -805,19 +814,14 @@ def _npz_pixels(key: str, a: np.ndarray, where: str) -> np.ndarray:
     if a.dtype == np.uint8:
         pass
     elif a.dtype.kind in "iu":
-        lo, hi = int(a.min()), int(a.max())
-        if lo < 0 or hi > 255:
-            raise NasctlError(f"{where}: {key} holds integers {lo}..{hi}; pixels must be 0..255 (uint8) or "
-                              "floats in [0, 1]")
-        a = a.astype(np.uint8)
+        a = _cast_within(a, 255, np.uint8, f"{where}: {key}", "integers {lo}..{hi}",
+                         "pixels must be 0..255 (uint8) or floats in [0, 1]")
     elif a.dtype.kind == "f":
         if not np.isfinite(a).all():
             raise NasctlError(f"{where}: {key} holds NaN or infinite values; pixels must be floats in [0, 1]")
-        lo, hi = float(a.min()), float(a.max())
-        if lo < 0 or hi > 1:
-            raise NasctlError(f"{where}: {key} holds floats from {lo:g} to {hi:g}; float pixels must lie in "
-                              "[0, 1] (divide 0..255 values by 255, or save them as uint8)")
-        a = a.astype(np.float32)
+        a = _cast_within(a, 1, np.float32, f"{where}: {key}", "floats from {lo:g} to {hi:g}",
+                         "float pixels must lie in [0, 1] (divide 0..255 values by 255, or save them as "
+                         "uint8)")
     else:
         raise NasctlError(f"{where}: {key} has dtype {a.dtype}; pixels must be uint8 (0..255) or floats in "
                           "[0, 1]")
