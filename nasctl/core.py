@@ -7,9 +7,11 @@ need it), so the command line and future device tools (adb) can use it without p
 
 from __future__ import annotations
 
+import csv
 import difflib
 import errno
 import hashlib
+import io
 import json
 import os
 import platform
@@ -60,6 +62,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def csv_text(rows: Iterable[Iterable[Any]]) -> str:
+    """``rows`` (the header first) as CSV text in the csv module's default dialect: one writer for every
+    table a run or a study writes, so they all quote and end lines alike."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

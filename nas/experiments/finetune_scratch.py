@@ -20,8 +20,6 @@ Each arm of each member is one cell (``results.jsonl``); the trained ones keep `
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import zlib
@@ -32,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from nasctl.config import check_at_least_one
-from nasctl.core import atomic_write_text, resolve_device
+from nasctl.core import atomic_write_text, csv_text, resolve_device
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope
 from nasctl.workers import WorkerPool, parse_workers, resolve_workers, worker_state
@@ -258,13 +256,9 @@ def _finish(folder, run, picks, epochs, done) -> Path:
         "scratch PGD %",
         "fine-tuned - scratch PGD",
     ]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        ["front_index", "genome", "params", *[f"{a}_{m}" for a in ARMS for m in ("clean_acc", "adv_acc")]]
-    )
-    w.writerows(csv_rows)
-    atomic_write_text(folder.path / "finetune_vs_scratch.csv", buf.getvalue())
+    header = ["front_index", "genome", "params",
+              *[f"{a}_{m}" for a in ARMS for m in ("clean_acc", "adv_acc")]]
+    atomic_write_text(folder.path / "finetune_vs_scratch.csv", csv_text([header, *csv_rows]))
     fa = run.final_attack
     attack = f"PGD-{fa.get('steps')} x{fa.get('restarts')}"
     plot_arms(

@@ -23,8 +23,6 @@ sources. Outputs: ``transfer_matrix.csv``, ``transfer_heatmap.png``, ``result.js
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from nasctl.config import check_at_least_one, check_eps
-from nasctl.core import atomic_write_text, resolve_device
+from nasctl.core import atomic_write_text, csv_text, resolve_device
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope
 from nasctl.workers import WorkerPool, parse_workers, resolve_workers, worker_state
@@ -318,15 +316,11 @@ def _findings(res: dict[str, Any], row_labels: list[str], margin: float) -> list
 
 
 def _write_csv(path: Path, sources, cells, picks, front, clean, matrix) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        ["source", "source_index", "source_params", *[f"target:{i}:{front[i]['params']}" for i in picks]]
-    )
+    rows = [["source", "source_index", "source_params", *[f"target:{i}:{front[i]['params']}" for i in picks]]]
     for (_, genome, index), c, row in zip(sources, cells, matrix):
-        w.writerow([genome, "" if index is None else index, c["source_params"], *[f"{v:.2f}" for v in row]])
-    w.writerow(["clean", "", "", *[f"{v:.2f}" for v in clean]])
-    atomic_write_text(path, buf.getvalue())
+        rows.append([genome, "" if index is None else index, c["source_params"], *[f"{v:.2f}" for v in row]])
+    rows.append(["clean", "", "", *[f"{v:.2f}" for v in clean]])
+    atomic_write_text(path, csv_text(rows))
 
 
 def plot_heatmap(path: Path, matrix: np.ndarray, rows: list[str], cols: list[str], title: str) -> None:

@@ -22,8 +22,6 @@ Outputs: ``width_table.csv`` (widths) and ``width_budgets.csv`` (budgets x width
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import time
@@ -34,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from nasctl.config import check_at_least_one
-from nasctl.core import atomic_write_text
+from nasctl.core import atomic_write_text, csv_text
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope, write_run_config
 
@@ -376,20 +374,14 @@ def _write_csvs(path: Path, cmp: dict[str, Any], widths: list[str]) -> None:
         "train_seconds",
         "search_seconds",
     ]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(keys)
-    for row in cmp["widths"]:
-        w.writerow([row[k] for k in keys])
-    atomic_write_text(path / "width_table.csv", buf.getvalue())
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["param_budget", *[f"best_adv_acc_x{x}" for x in widths]])
-    for m in cmp["matched"]:
-        w.writerow(
-            [m["budget"], *["" if m["best_adv_acc"][x] is None else m["best_adv_acc"][x] for x in widths]]
-        )
-    atomic_write_text(path / "width_budgets.csv", buf.getvalue())
+    table = [[row[k] for k in keys] for row in cmp["widths"]]
+    atomic_write_text(path / "width_table.csv", csv_text([keys, *table]))
+    budgets = [
+        [m["budget"], *["" if m["best_adv_acc"][x] is None else m["best_adv_acc"][x] for x in widths]]
+        for m in cmp["matched"]
+    ]
+    header = ["param_budget", *[f"best_adv_acc_x{x}" for x in widths]]
+    atomic_write_text(path / "width_budgets.csv", csv_text([header, *budgets]))
 
 
 def plot_fronts(path: Path, fronts: dict[float, dict[str, Any]], cmp: dict[str, Any]) -> None:

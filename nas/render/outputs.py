@@ -7,7 +7,6 @@ a heat map. Plots are plain matplotlib Figures rendered to PNG: no display, no p
 
 from __future__ import annotations
 
-import csv
 import io
 import itertools
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nasctl.core import atomic_write_bytes, atomic_write_json, atomic_write_text, csv_text
 
 from ..attacks.autoattack import pgd_overstates
 from ..search.front import knee_index
@@ -44,12 +43,9 @@ def layer_stats(space: SearchSpace,
 
 def layer_stats_csv(space: SearchSpace, front: list[dict[str, Any]]) -> str:
     ops, op_counts, widths, ch_counts = layer_stats(space, front)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["layer", "stride", *[f"block:{o}" for o in ops], *[f"width:{c}" for c in widths]])
-    for lc, oc, cc in zip(space.layers, op_counts, ch_counts):
-        w.writerow([lc.index, lc.stride, *oc, *cc])
-    return buf.getvalue()
+    header = ["layer", "stride", *[f"block:{o}" for o in ops], *[f"width:{c}" for c in widths]]
+    rows = [[lc.index, lc.stride, *oc, *cc] for lc, oc, cc in zip(space.layers, op_counts, ch_counts)]
+    return csv_text([header, *rows])
 
 
 def _save(fig, path: Path) -> None:
