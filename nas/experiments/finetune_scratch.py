@@ -37,7 +37,7 @@ from nasctl.workers import WorkerPool, parse_workers, resolve_workers, worker_st
 
 from ..training.subnet import FinetuneConfig
 from . import folder as folder_mod
-from .run_data import check_members, member_label, member_picks, open_run, read_run
+from .run_data import check_members, member_label, member_picks, open_run, study_run
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,12 @@ def _member_dir(rec: dict[str, Any]) -> str:
 def run_finetune_scratch(cfg: FinetuneScratchConfig, resume: str | Path | None = None) -> Path:
     """Run (or with ``resume``, finish) the study; returns the experiment folder."""
     cfg.validate()
-    if resume is not None:
-        folder = folder_mod.reopen(resume)
-        run_dir, doc = read_run(folder.config["search_runs"][0], cfg.run_root)
+    folder, run_dir, doc = study_run(cfg.run, cfg.run_root, resume)
+    if folder is not None:
         picks, epochs = [int(i) for i in folder.config["members"]], int(folder.config["epochs"])
     else:
-        run_dir, doc = read_run(cfg.run, cfg.run_root)
         epochs = cfg.epochs or int((doc.get("finetune") or {}).get("epochs") or FinetuneConfig.epochs)
         picks = choose_members(cfg, doc, run_dir, epochs)
-        folder = None
     run = open_run(run_dir, doc)
     if folder is None:
         folder = folder_mod.start(cfg, STUDY, [str(run_dir)], {"members": picks, "epochs": epochs})

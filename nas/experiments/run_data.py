@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nasctl.errors import NasctlError
+
+if TYPE_CHECKING:
+    from .folder import ExperimentFolder
 
 
 @dataclass
@@ -55,6 +58,20 @@ def read_run(run: str | None, run_root: str) -> tuple[Path, dict[str, Any]]:
 
     # instead=None: the studies take no --checkpoint, so no message may suggest one
     return read_front(run or latest_run(run_root, instead=None), instead=None)
+
+
+def study_run(
+    run: str | None, run_root: str, resume: str | Path | None
+) -> tuple[ExperimentFolder | None, Path, dict[str, Any]]:
+    """(the reopened experiment folder, or None for a new study; the search run's folder; its pareto.json):
+    a resumed study goes on with the run it recorded, a new one reads ``run`` as :func:`read_run` does.
+    A new study's folder is started by the caller only once the run has been opened, so a bad run
+    leaves none."""
+    from .folder import reopen
+
+    folder = None if resume is None else reopen(resume)
+    run_dir, doc = read_run(run if folder is None else folder.config["search_runs"][0], run_root)
+    return folder, run_dir, doc
 
 
 def check_members(members: int, run_dir: Path, front: list[dict[str, Any]]) -> None:

@@ -38,7 +38,7 @@ from nasctl.runfolder import RunFolder, run_scope
 from nasctl.workers import WorkerPool, parse_workers, resolve_workers, worker_state
 
 from . import folder as folder_mod
-from .run_data import check_members, member_label, member_picks, open_run, read_run
+from .run_data import check_members, member_label, member_picks, open_run, study_run
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,14 @@ def _craft_and_score(source, targets, split, attack, gen, device, batch_size: in
 def run_transfer(cfg: TransferConfig, resume: str | Path | None = None) -> Path:
     """Run (or with ``resume``, finish) the transfer study; returns the experiment folder."""
     cfg.validate()
-    if resume is not None:
-        folder = folder_mod.reopen(resume)
-        run_dir, doc = read_run(folder.config["search_runs"][0], cfg.run_root)
+    folder, run_dir, doc = study_run(cfg.run, cfg.run_root, resume)
+    if folder is not None:
         attack = folder.config["attack"]
         picks = [int(i) for i in folder.config["members"]]
     else:
-        run_dir, doc = read_run(cfg.run, cfg.run_root)
         k = cfg.members if cfg.members is not None else min(5, len(doc["front"]))
         check_members(k, run_dir, doc["front"])
         picks = member_picks(doc["front"], int(doc["knee"]), k)
-        folder = None
     run = open_run(run_dir, doc, cfg.eps)  # fails on a missing or replaced supernet before any folder exists
     final = run.final_attack
     steps = cfg.steps or int(final.get("steps") or 20)
