@@ -161,6 +161,12 @@ def add_timing_flags(g) -> None:
                    help=f"keep timing until this long has passed (default {d.min_seconds:g})")
 
 
+def timing_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of :func:`add_timing_flags` as the keywords ``ProfileSettings`` and ``BenchOptions`` share,
+    so profile and bench hand a measurement the same four numbers."""
+    return {name: getattr(args, name) for name in ("threads", "runs", "warmup", "min_seconds")}
+
+
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--config", metavar="YAML", help="settings file; flags override it")

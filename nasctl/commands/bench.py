@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import STORE_HELP, add_phone_flags, add_timing_flags, command_parser
+from ._common import STORE_HELP, add_phone_flags, add_timing_flags, command_parser, timing_settings
 
 DETAILS = (
     "Pushes the model and benchmark_model to /data/local/tmp/nasctl/, runs it --repeats times with a "
@@ -81,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from nasctl.profiling.store import MeasurementStore
 
     options = BenchOptions(
-        threads=args.threads,
-        runs=args.runs,
-        warmup=args.warmup,
-        min_seconds=args.min_seconds,
+        **timing_settings(args),
         repeats=args.repeats,
         cooldown_s=args.cooldown,
         use_xnnpack=args.xnnpack,

@@ -7,7 +7,14 @@ import json
 import sys
 from typing import Any
 
-from ._common import STORE_HELP, add_phone_flags, add_timing_flags, command_parser, progress_bar
+from ._common import (
+    STORE_HELP,
+    add_phone_flags,
+    add_timing_flags,
+    command_parser,
+    progress_bar,
+    timing_settings,
+)
 
 DETAILS = (
     "Three modes: MODEL times a file; --build-lut measures a space's lookup table and calibrates its "
@@ -90,13 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "give exactly one of MODEL, --build-lut or --arch (got "
             f"{' and '.join(modes) if modes else 'none'}); see nasctl profile --help"
         )
-    settings = ProfileSettings(
-        threads=args.threads,
-        runs=args.runs,
-        warmup=args.warmup,
-        min_seconds=args.min_seconds,
-        max_runs=args.max_runs,
-    )
+    settings = ProfileSettings(**timing_settings(args), max_runs=args.max_runs)
     check_device_name(args.device)
     # everything that can be wrong with the input (the device above all: a phone adb does not list) is
     # found before the store is opened, so a failed command stores nothing
