@@ -182,6 +182,19 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def mem_available_bytes() -> int | None:
+    """The kernel's MemAvailable (``/proc/meminfo``) in bytes; None where there is none (not Linux). One
+    reader for the data loader's memory check and the supernet's size check, so both see one number."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def torch_threads() -> int | None:
     """torch's intra-op thread count in this process (it can change floating-point results, so every run
     records it), or None where torch was never imported."""

@@ -354,11 +354,11 @@ def test_corrupt_and_truncated_images_named_or_skipped(tmp_path, caplog):
 
 def test_too_large_for_memory_refused_before_decoding(tmp_path, monkeypatch):
     root = _two_classes(tmp_path / "big", n=4)
-    monkeypatch.setattr(userdata, "_mem_available_bytes", lambda: 50)
+    monkeypatch.setattr(userdata, "mem_available_bytes", lambda: 50)
     monkeypatch.setattr(userdata, "_decode_chunk", lambda *a: pytest.fail("decoded before the check"))
     msg = raises("only 50.0 kB|only 0.1 kB|are available", load_dataset, f"folder:{root}")
     assert "8 images of 5x5x1" in msg and "use fewer images" in msg
-    monkeypatch.setattr(userdata, "_mem_available_bytes", lambda: 8 * 3 * 3 * userdata.MEMORY_FACTOR * 100)
+    monkeypatch.setattr(userdata, "mem_available_bytes", lambda: 8 * 3 * 3 * userdata.MEMORY_FACTOR * 100)
     assert "--image-size" in raises("available", load_dataset, f"folder:{root}?image_size=40")
 
 

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nasctl.core import atomic_write_json, atomic_write_with, did_you_mean
+from nasctl.core import atomic_write_json, atomic_write_with, did_you_mean, mem_available_bytes
 from nasctl.errors import NasctlError
 
 if TYPE_CHECKING:  # torch and .splits (which imports torch) are imported where used: decoding workers
@@ -501,18 +501,6 @@ def _workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _mem_available_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _size(n: float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6)):
         if n >= scale:
@@ -523,7 +511,7 @@ def _size(n: float) -> str:
 def _check_memory(what: str, n: int, pixel_bytes: int, shape: str, fix: Callable[[int], str]) -> None:
     """Refuse, before any work, a set whose pixels (times :data:`MEMORY_FACTOR`) exceed MemAvailable;
     ``fix(available bytes)`` says what to do."""
-    avail = _mem_available_bytes()
+    avail = mem_available_bytes()
     need = pixel_bytes * MEMORY_FACTOR
     if avail is None or need <= avail:
         return

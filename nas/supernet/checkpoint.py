@@ -16,7 +16,10 @@ from typing import Any
 
 import torch
 
-from nasctl.core import sha256_file  # noqa: F401 (the checkpoint's identity, used with load_supernet)
+from nasctl.core import (
+    mem_available_bytes,
+    sha256_file,  # noqa: F401 (the checkpoint's identity, used with load_supernet)
+)
 from nasctl.errors import NasctlError
 
 from ..space import SearchSpace
@@ -191,15 +194,7 @@ def supernet_params(space: SearchSpace, in_channels: int, num_classes: int) -> i
 def available_memory_bytes() -> int | None:
     """Memory this process could still get: the kernel's MemAvailable (``/proc/meminfo``), capped by a
     cgroup v2 limit when there is one; ``os.sysconf``'s free pages where neither exists; None: unknown."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
+    avail = mem_available_bytes()
     if avail is None:
         try:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
