@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import zlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from ..supernet.checkpoint import LoadedSupernet, load_supernet
 from ..training import supernet as train_mod
 from ..training.subnet import TRADEOFFS, FinetuneConfig
 from .finetune import PICK_RULE, finetune_inherited, save_member, spread_picks
-from .workers import SearchWorker, candidate_task, final_task, finetune_task, init_search_worker
+from .workers import SearchWorker, candidate_task, final_task, init_search_worker, stage_task
 
 SUPERNET_RECORD = "supernet.json"  # which supernet this run searches: written before the first candidate
 
@@ -242,18 +242,29 @@ def _execute(cfg: SearchConfig, run_dir: Path, callbacks: SearchCallbacks, train
             result = run_generations(state, cfg, run_dir / "history.json")
             stage_done("search")
             items = [(rec["genome"], cfg.final_steps, cfg.final_restarts) for rec in result.front]
-            if pool is not None:
-                finals = pool.map(final_task, items, lambda it: f"front member {it[0]}")
+            measures = latency is not None and latency.spec.kind == "lut" and cfg.check_latency
+            plan = None
+            if pool is not None and result.front and cfg.finetune_members and not measures:
+                # one queue for both stages: the fine-tunings largest first, then the front's short final
+                # evaluations, which fill the workers left idle at the end of the fine-tunings (a latency
+                # check measures between the two, on a quiet machine, so it keeps them apart)
+                plan = plan_finetune(cfg, run_dir, result.front)
+                finals = finetune_with_finals(plan, loaded, data, eps, result.front, pool, items, stage_done)
+            elif pool is not None:
+                finals = list(pool.map(final_task, items, lambda it: f"front member {it[0]}"))
             else:
-                finals = (final_evaluation(evaluator, Genome.decode(g), data.test, steps, restarts)
-                          for g, steps, restarts in items)
+                finals = [final_evaluation(evaluator, Genome.decode(g), data.test, steps, restarts)
+                          for g, steps, restarts in items]
             # strong re-evaluation on the test split
             front = [{**rec, **fin, "rank": 0} for rec, fin in zip(result.front, finals)]
-            stage_done("front_evaluation")
+            if plan is None:
+                stage_done("front_evaluation")
             latency_check = run_latency_check(front, latency, cfg.max_latency_ms, cfg.check_latency)
-            if latency is not None and latency.spec.kind == "lut" and cfg.check_latency:
+            if measures:
                 stage_done("latency_check")  # a resume measures again (answered from the store's cache)
-            if front and cfg.finetune_members:
+            if plan is not None:
+                record_finetuned(cfg, plan, front)
+            elif front and cfg.finetune_members:
                 finetune_front(cfg, run_dir, loaded, data, eps, front, device, pool)
                 stage_done("finetune_stage")
         except WorkerDied as e:
@@ -308,19 +319,33 @@ def _worker_pool(cfg: SearchConfig, stack: contextlib.ExitStack, loaded: LoadedS
     return stack.enter_context(WorkerPool(n, init_search_worker, initargs, threads=1, device=str(device)))
 
 
-def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, data, eps: float,
-                   front: list[dict[str, Any]], device, pool: WorkerPool | RankPool | None = None) -> None:
-    """The fine-tune stage: train ``cfg.finetune_members`` front members on their own and record
-    ``finetuned_clean_acc``, ``finetuned_adv_acc`` and ``finetuned_checkpoint`` in their front entries.
+@dataclass
+class FinetunePlan:
+    """The fine-tune stage's work: the picked front indices and the knee, one job per (pick, trade-off)
+    in the serial order, the results read back from a resumed run's folders, and what is left to do."""
 
-    Each member gets ``<run>/finetune/<params>-<crc>/`` with ``subnet.pt`` and ``result.json``; a member
-    whose ``result.json`` exists is read back, so a resumed run fine-tunes only what is left.
-    """
+    picks: list[int]
+    tradeoffs: tuple[str, ...]
+    jobs: list[tuple[int, int, str, FinetuneConfig, Path]]  # (pick number, front index, trade-off, config,
+    results: dict[tuple[int, str], dict[str, Any]]          # folder); results by (front index, trade-off)
+    todo: list[tuple[int, int, str, FinetuneConfig, Path]]
+    calibration: BNCalibration
+    knee: int
+    run_dir: Path
+
+    def folder(self, i: int, tradeoff: str) -> Path:
+        return next(sub for _, j, t, _, sub in self.jobs if (j, t) == (i, tradeoff))
+
+
+def plan_finetune(cfg: SearchConfig, run_dir: Path, front: list[dict[str, Any]]) -> FinetunePlan:
+    """Which members the fine-tune stage trains, with which recipe, into which folder; a member whose
+    ``result.json`` exists is read back, so a resumed run fine-tunes only what is left. Needs the front's
+    genomes and search objectives only (not its final evaluation)."""
     knee = knee_index(front, parse_objectives(cfg.objectives))
     tradeoffs = cfg.tradeoffs()
     picks = spread_picks(front, knee, cfg.finetune_members, cover_decades=True)
     calibration = BNCalibration(batches=cfg.calib_batches, seed=cfg.seed)  # as the search scored them
-    jobs = []  # (pick number, front index, trade-off, its config, its folder), in the serial order
+    jobs = []
     for n, i in enumerate(picks, 1):
         attacked = cfg.finetune_autoattack_scope == "all" or front[i]["params"] <= front[knee]["params"]
         for tradeoff in tradeoffs:
@@ -331,7 +356,6 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
             genome = front[i]["genome"]
             sub = run_dir / "finetune" / f"{front[i]['params']}-{zlib.crc32(genome.encode()):08x}{suffix}"
             jobs.append((n, i, tradeoff, fcfg, sub))
-    folders = {(i, tradeoff): sub for _, i, tradeoff, _, sub in jobs}
     results: dict[tuple[int, str], dict[str, Any]] = {}
     todo = []
     for n, i, tradeoff, fcfg, sub in jobs:
@@ -339,51 +363,99 @@ def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, dat
             results[i, tradeoff] = _read_json(sub / "result.json")
         else:
             todo.append((n, i, tradeoff, fcfg, sub))
+    return FinetunePlan(picks, tradeoffs, jobs, results, todo, calibration, knee, run_dir)
 
-    def source(i: int) -> dict[str, Any]:
-        return {"run": ".", "front_index": i, "knee": i == knee, "supernet": _portable(loaded.path, run_dir),
-                "weights": "inherited"}
 
-    def announce(n: int, i: int, tradeoff: str, verb: str) -> None:
-        rec = front[i]
-        log.info("%s %d/%d (%s): %s (%s params, %d epochs)", verb, n, len(picks), tradeoff, rec["genome"],
-                 f"{rec['params']:,}", cfg.finetune_epochs)
+def finetune_front(cfg: SearchConfig, run_dir: Path, loaded: LoadedSupernet, data, eps: float,
+                   front: list[dict[str, Any]], device, pool: WorkerPool | RankPool | None = None) -> None:
+    """The fine-tune stage: train ``cfg.finetune_members`` front members on their own and record
+    ``finetuned_clean_acc``, ``finetuned_adv_acc`` and ``finetuned_checkpoint`` in their front entries.
 
+    Each member gets ``<run>/finetune/<params>-<crc>/`` with ``subnet.pt`` and ``result.json``; a member
+    whose ``result.json`` exists is read back, so a resumed run fine-tunes only what is left.
+    """
+    plan = plan_finetune(cfg, run_dir, front)
     if pool is None:
-        for n, i, tradeoff, fcfg, sub in todo:
-            announce(n, i, tradeoff, "fine-tuning")
+        for n, i, tradeoff, fcfg, sub in plan.todo:
+            _announce(plan, front, n, i, tradeoff, fcfg, "fine-tuning")
             sub.mkdir(parents=True, exist_ok=True)
-            model, result = finetune_inherited(loaded.supernet, data, front[i]["genome"], fcfg, calibration,
-                                               eps, device)
-            results[i, tradeoff] = save_member(model, loaded, fcfg, eps, sub, source(i), result)
-    else:  # the largest members first, so no worker is left alone with the longest one at the end
-        todo.sort(key=lambda job: (-front[job[1]]["params"], job[0], job[2]))
-        items = [(front[i]["genome"], fcfg, calibration, eps) for _, i, _, fcfg, _ in todo]
-        labels = lambda it: f"fine-tuning {it[1].tradeoff} of {it[0]}"  # noqa: E731
-        for k, (result, state) in pool.map_unordered(finetune_task, items, labels):
-            n, i, tradeoff, fcfg, sub = todo[k]  # saved as soon as it is done: a failure loses no other
-            announce(n, i, tradeoff, "fine-tuned")
+            model, result = finetune_inherited(loaded.supernet, data, front[i]["genome"], fcfg,
+                                               plan.calibration, eps, device)
+            plan.results[i, tradeoff] = save_member(model, loaded, fcfg, eps, sub, _source(plan, loaded, i),
+                                                    result)
+    else:
+        finetune_with_finals(plan, loaded, data, eps, front, pool)
+    record_finetuned(cfg, plan, front)
+
+
+def finetune_with_finals(plan: FinetunePlan, loaded: LoadedSupernet, data, eps: float,
+                         front: list[dict[str, Any]], pool: WorkerPool | RankPool,
+                         finals: list[tuple[str, int, int]] = (), stage_done=None) -> list[dict[str, Any]]:
+    """The plan's fine-tunings on the workers, the largest members first so no worker is left alone with
+    the longest one at the end, each saved as soon as it is done (a failure loses no other); then the
+    ``finals`` (front members' final evaluations, :func:`.workers.final_task`) in the same queue, which
+    are returned in their order. ``stage_done`` marks ``front_evaluation`` when the last final is in
+    and ``finetune_stage`` when the last fine-tuning is."""
+    todo = sorted(plan.todo, key=lambda job: (-front[job[1]]["params"], job[0], job[2]))
+    items = [("finetune", (front[i]["genome"], fcfg, plan.calibration, eps)) for _, i, _, fcfg, _ in todo]
+    items += [("final", it) for it in finals]
+    labels = lambda it: (f"fine-tuning {it[1][1].tradeoff} of {it[1][0]}" if it[0] == "finetune"  # noqa: E731
+                         else f"front member {it[1][0]}")
+    out: dict[int, dict[str, Any]] = {}
+    left = {"finetune": len(todo), "final": len(finals)}
+    names = {"finetune": "finetune_stage", "final": "front_evaluation"}
+    if stage_done is not None and not todo:  # a resumed run with every member fine-tuned already
+        stage_done(names["finetune"])
+    for k, answer in pool.map_unordered(stage_task, items, labels):
+        kind = items[k][0]
+        if kind == "final":
+            out[k - len(todo)] = answer
+        else:
+            result, state = answer
+            n, i, tradeoff, fcfg, sub = todo[k]
+            _announce(plan, front, n, i, tradeoff, fcfg, "fine-tuned")
             sub.mkdir(parents=True, exist_ok=True)
             model = loaded.supernet.extract(Genome.decode(front[i]["genome"])).cpu()
             model.load_state_dict(state)
-            results[i, tradeoff] = save_member(model, loaded, fcfg, eps, sub, source(i), result)
-    for i in picks:
-        rec = front[i]
+            plan.results[i, tradeoff] = save_member(model, loaded, fcfg, eps, sub, _source(plan, loaded, i),
+                                                    result)
+        left[kind] -= 1
+        if stage_done is not None and not left[kind]:  # the two stages overlap: each is marked when its
+            stage_done(names[kind])                     # last item is in, so the stages sum to the wall time
+    return [out[j] for j in range(len(finals))]
+
+
+def _source(plan: FinetunePlan, loaded: LoadedSupernet, i: int) -> dict[str, Any]:
+    return {"run": ".", "front_index": i, "knee": i == plan.knee,
+            "supernet": _portable(loaded.path, plan.run_dir), "weights": "inherited"}
+
+
+def _announce(plan: FinetunePlan, front, n: int, i: int, tradeoff: str, fcfg: FinetuneConfig,
+              verb: str) -> None:
+    rec = front[i]
+    log.info("%s %d/%d (%s): %s (%s params, %d epochs)", verb, n, len(plan.picks), tradeoff, rec["genome"],
+             f"{rec['params']:,}", fcfg.epochs)
+
+
+def record_finetuned(cfg: SearchConfig, plan: FinetunePlan, front: list[dict[str, Any]]) -> None:
+    """Each picked member's fine-tuned numbers into its front entry (the first trade-off's as the
+    ``finetuned_*`` fields, every trade-off's under ``finetuned_tradeoffs``)."""
+    for i in plan.picks:
         entries: dict[str, dict[str, Any]] = {}
-        for tradeoff in tradeoffs:
-            result = results[i, tradeoff]
-            sub = folders[i, tradeoff]
+        for tradeoff in plan.tradeoffs:
+            result = plan.results[i, tradeoff]
+            sub = plan.folder(i, tradeoff)
             entries[tradeoff] = {
                 "clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"],
                 "aa_acc": result.get("aa_acc"), "epoch": result.get("chosen_epoch", result["epochs"]),
                 "epochs_run": result.get("epochs_run", result["epochs"]),
-                "checkpoint": str((sub / result["checkpoint"]).relative_to(run_dir))}
-        first = entries[tradeoffs[0]]
-        rec.update(finetuned_clean_acc=first["clean_acc"], finetuned_adv_acc=first["adv_acc"],
-                   finetuned_aa_acc=first["aa_acc"], finetuned_tradeoff=tradeoffs[0],
-                   finetuned_epochs=cfg.finetune_epochs, finetuned_epoch=first["epoch"],
-                   finetuned_epochs_run=first["epochs_run"], finetuned_select=cfg.finetune_select,
-                   finetuned_checkpoint=first["checkpoint"], finetuned_tradeoffs=entries)
+                "checkpoint": str((sub / result["checkpoint"]).relative_to(plan.run_dir))}
+        first = entries[plan.tradeoffs[0]]
+        front[i].update(finetuned_clean_acc=first["clean_acc"], finetuned_adv_acc=first["adv_acc"],
+                        finetuned_aa_acc=first["aa_acc"], finetuned_tradeoff=plan.tradeoffs[0],
+                        finetuned_epochs=cfg.finetune_epochs, finetuned_epoch=first["epoch"],
+                        finetuned_epochs_run=first["epochs_run"], finetuned_select=cfg.finetune_select,
+                        finetuned_checkpoint=first["checkpoint"], finetuned_tradeoffs=entries)
 
 
 def _finetune_recipe() -> str:

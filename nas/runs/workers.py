@@ -64,3 +64,13 @@ def finetune_task(item: tuple[str, FinetuneConfig, BNCalibration, float]) -> tup
     w: SearchWorker = worker_state()
     model, result = finetune_inherited(w.loaded.supernet, w.data, genome, cfg, calibration, eps, w.device)
     return result, {k: v.cpu() for k, v in model.state_dict().items()}
+
+
+STAGE_TASKS = {"final": final_task, "finetune": finetune_task}
+
+
+def stage_task(item: tuple[str, Any]) -> Any:
+    """One item of a queue that mixes kinds (the fine-tunings and the front's final evaluations):
+    ``(kind, payload)`` answered by the task of that kind (:data:`STAGE_TASKS`)."""
+    kind, payload = item
+    return STAGE_TASKS[kind](payload)
