@@ -164,11 +164,14 @@ def test_width_study_compares_fronts_on_one_scale(tmp_path):
         final_steps=1,
         test_size=60,
         run_root=str(tmp_path),
+        workers=1,
     )
     out = run_width(cfg)
     res = json.loads((out / "result.json").read_text())
     runs = json.loads((out / "config.json").read_text())["search_runs"]
     assert len(runs) == 2 and all((Path(r) / "pareto.json").is_file() for r in runs)
+    # the study's --workers reaches each width's search
+    assert all(json.loads((Path(r) / "config.json").read_text())["config"]["workers"] == 1 for r in runs)
     fronts = {w: json.loads((Path(r) / "pareto.json").read_text()) for w, r in zip(cfg.width_mult, runs)}
     cmp = res["comparison"]
     assert cmp["scale"]["params"] == fronts[1.0]["scale"]["params"] > fronts[0.5]["scale"]["params"]

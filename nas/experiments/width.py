@@ -35,6 +35,7 @@ from nasctl.config import check_at_least_one
 from nasctl.core import atomic_write_text, csv_text
 from nasctl.errors import NasctlError
 from nasctl.runfolder import RunFolder, run_scope, write_run_config
+from nasctl.workers import parse_workers
 
 from ..search.front import HV_REFERENCE, hypervolume
 from ..space import check_width
@@ -65,8 +66,12 @@ class WidthConfig(RunFolder):
     param_budgets: list[int] | None = None  # None: five log-spaced budgets over the range all fronts reach
     seed: int = 0
     device: str = "auto"
+    # worker processes for each width's candidates and front evaluation (the search's --workers: auto =
+    # one one-thread worker per core or GPU); the supernet of each width trains in this process
+    workers: int | str = "auto"
 
     def validate(self) -> None:
+        self.workers = parse_workers(self.workers)
         if not self.width_mult:
             raise NasctlError("--width-mult needs at least one width multiplier, e.g. 0.5,1.0,1.5")
         for w in self.width_mult:
@@ -123,6 +128,7 @@ class WidthConfig(RunFolder):
             finetune_members=0,
             seed=self.seed,
             device=self.device,
+            workers=self.workers,
             name=f"w{width:g}",
         )
 

@@ -98,6 +98,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
         metavar="P1,P2,...",
         help="parameter budgets for the matched comparison (default: 5 log-spaced over the shared range)",
     )
+    w.add_argument("--workers", help="worker processes for each width's candidates and front evaluation: "
+                   "auto (default: one per core or GPU, one thread each) or N (1: in this process)")
 
     f = command_parser(
         studies, "finetune-vs-scratch", STUDIES["finetune-vs-scratch"].help, "For K front members: inherited "
