@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .procfs import proc_kib_field
+
 # packages whose version can change a result; every run folder records them
 VERSIONED = ("nasctl", "torch", "torchvision", "numpy", "pymoo", "scikit-learn", "onnx", "onnxruntime",
              "onnx2tf", "tensorflow", "ai-edge-litert")
@@ -185,14 +187,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def mem_available_bytes() -> int | None:
     """The kernel's MemAvailable (``/proc/meminfo``) in bytes; None where there is none (not Linux). One
     reader for the data loader's memory check and the supernet's size check, so both see one number."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return proc_kib_field("/proc/meminfo", "MemAvailable")
 
 
 def torch_threads() -> int | None:

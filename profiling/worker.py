@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from nasctl.procfs import proc_kib_field
+
 
 class LiteRTRunner:
     """LiteRT interpreter (XNNPACK delegate applied by default, as on phones), input set once."""
@@ -142,13 +144,9 @@ def cap_hit(n_runs: int, seconds: float, runs: int, min_seconds: float, max_runs
 def _peak_rss_bytes() -> int:
     """Peak resident memory of this process. VmHWM, not ``ru_maxrss``: Linux carries ``ru_maxrss``
     across ``exec``, so it would report the parent's peak (a torch-loaded CLI) instead of the run's."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    vm_hwm = proc_kib_field("/proc/self/status", "VmHWM")
+    if vm_hwm is not None:
+        return vm_hwm
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 

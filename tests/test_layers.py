@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"nasctl": ROOT / "nasctl", "nasctl.nas": ROOT / "nas", "nasctl.export": ROOT / "export",
             "nasctl.profiling": ROOT / "profiling", "nasctl.android_bench": ROOT / "android_bench"}
 GROUND = ("nasctl.errors", "nasctl.yaml_strict", "nasctl.core", "nasctl.config", "nasctl.runfolder",
-          "nasctl.threads", "nasctl.workers")
+          "nasctl.threads", "nasctl.workers", "nasctl.procfs")
 # low to high; the CLI and the Python API (everything else under nasctl/) sit on top of all of them
 PACKAGE_ORDER = ("ground", "nasctl.nas", "nasctl.export", "nasctl.profiling", "nasctl.android_bench",
                  "nasctl (cli, api)")

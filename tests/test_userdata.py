@@ -472,3 +472,20 @@ def test_dataset_info_classes_round_trip_and_old_dicts():
     old = {"name": "digits", "in_channels": 1, "resolution": 8, "num_classes": 10, "mean": [0.3],
            "std": [0.4], "default_eps": 0.1}
     assert DatasetInfo.from_dict(old).classes == ()
+
+
+def test_proc_kib_field_reads_one_key_in_bytes_and_none_when_missing(tmp_path):
+    """The one ``/proc`` reader behind the memory checks and the measuring worker's peak memory."""
+    from nasctl.procfs import proc_kib_field
+
+    f = tmp_path / "meminfo"
+    f.write_text("MemTotal:       1000 kB\nMemAvailable:    250 kB\nVmHWM:  7 kB\nBroken:\n")
+    assert proc_kib_field(str(f), "MemAvailable") == 250 * 1024
+    assert proc_kib_field(str(f), "VmHWM") == 7 * 1024
+    assert proc_kib_field(str(f), "Mem") is None  # a prefix of a key is not the key
+    assert proc_kib_field(str(f), "Broken") is None
+    assert proc_kib_field(str(tmp_path / "absent"), "MemAvailable") is None
+    if Path("/proc/meminfo").exists():
+        from nasctl.core import mem_available_bytes
+
+        assert mem_available_bytes() > 0  # this machine's MemAvailable, read through the same function
