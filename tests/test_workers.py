@@ -235,8 +235,10 @@ def test_ctrl_c_stops_every_worker(supernet, tmp_path):
     import psutil
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # 60 generations: a search long enough to be caught mid-way on a fast machine (6 took 2 s, and once
+    # ended before the signal came); the signal stops it long before it would end
     cmd = [sys.executable, "-m", "nasctl", "search", "--supernet", str(supernet), "--run-root", str(tmp_path),
-           "--workers", "2", "--config", _config(tmp_path, generations=6)]
+           "--workers", "2", "--config", _config(tmp_path, generations=60)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, workers = time.time() + 240, []
     while time.time() < deadline and proc.poll() is None and len(workers) < 2:
@@ -245,6 +247,7 @@ def test_ctrl_c_stops_every_worker(supernet, tmp_path):
             workers = _spawned_workers(proc.pid)
         time.sleep(0.2)
     assert len(workers) == 2, "the workers did not start"
+    assert proc.poll() is None, "the search ended before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
