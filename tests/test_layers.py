@@ -157,3 +157,17 @@ def test_every_lazily_exported_name_resolves():
         module = importlib.import_module(pkg)
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{pkg}.{name}"
+
+
+def test_pyproject_lists_every_package_folder():
+    """A plain (non-editable) ``pip install .`` packages only what ``[tool.setuptools] packages`` lists:
+    the layered subpackages of ``nas/`` were once missing from it, which an editable install hides (it
+    finds them through the folder) but a wheel drops, so ``import nasctl.nas.runs`` failed there. Every
+    folder with an ``__init__.py`` under the product folders must be listed, and every listed one exist."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {k: ROOT / v for k, v in cfg["package-dir"].items()} == PACKAGES
+    on_disk = {name for name, path in module_files().items() if path.name == "__init__.py"}
+    assert set(cfg["packages"]) == on_disk, (sorted(on_disk - set(cfg["packages"])),
+                                             sorted(set(cfg["packages"]) - on_disk))
