@@ -49,12 +49,12 @@ def write_folder(dest: Path, limit: int | None, pad_to: int | None = None, rgb: 
     import concurrent.futures
     import multiprocessing
 
-    from nasctl.nas.data import _FASHION_NAMES, read_idx
+    from nasctl.nas.data import FASHION_MNIST_CLASSES, read_idx
 
     t0 = time.perf_counter()
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    names = [f"{c}-{n.replace('/', '_')}" for c, n in enumerate(_FASHION_NAMES)]
+    names = [f"{c}-{n.replace('/', '_')}" for c, n in enumerate(FASHION_MNIST_CLASSES)]
     fix = "apt-get install dataset-fashion-mnist"
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(len(os.sched_getaffinity(0)), mp_context=ctx) as pool:

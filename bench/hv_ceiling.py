@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", help="search run folders (config.json + archive.jsonl)")
     args = ap.parse_args(argv)
-    from nasctl.nas.runs.search import _sizes_fn, config_from_run
+    from nasctl.nas.runs.search import config_from_run, sizes_fn
     from nasctl.nas.search.archive import Archive
     from nasctl.nas.search.front import hypervolume, nondominated
     from nasctl.nas.search.objectives import SIZE_OBJECTIVES, parse_objectives
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = cfgs[0]
     loaded = load_supernet(cfg.supernet)
     objectives, limits = parse_objectives(cfg.objectives), cfg.constraints()
-    largest = _sizes_fn(loaded.space, loaded.dataset)(loaded.space.largest())
+    largest = sizes_fn(loaded.space, loaded.dataset)(loaded.space.largest())
     scale = {k: float(largest[k]) for k in SIZE_OBJECTIVES}  # as the search scales sizes
     union: dict[str, dict] = {}
     rows = []

@@ -274,13 +274,13 @@ JOURNAL = "COMMIT.json"  # written into the staging folder when it is complete: 
 
 def _new_staging(out_dir: Path) -> Path:
     """An empty staging folder; what a killed export left there is finished or dropped first."""
-    _recover(out_dir)
+    recover_export(out_dir)
     staging = out_dir / STAGING
     staging.mkdir()
     return staging
 
 
-def _recover(out_dir: Path) -> None:
+def recover_export(out_dir: Path) -> None:
     """Finish a commit that a kill interrupted (its journal exists), else drop a half-made export.
 
     Called with the folder's lock held, so no other export is writing the staging folder.
@@ -300,7 +300,7 @@ def _commit(staging: Path, out_dir: Path, previous: set[str]) -> None:
     """Move the new export's files over the old ones; remove the old files the new one lacks.
 
     The journal is written first, so a kill at any point of the move is finished by the next export
-    into the folder (:func:`_recover`): the folder then holds the new export whole, never a mixture.
+    into the folder (:func:`recover_export`): the folder then holds the new export whole, never a mixture.
     """
     new = sorted(n for n in OWN_FILES if (staging / n).is_file())
     atomic_write_json(staging / JOURNAL, {"move": new, "remove": sorted(previous - set(new))})
@@ -317,7 +317,7 @@ def _roll_forward(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(staging)
 
 
-def _setup(cfg: ExportConfig, splits: DataSplits | None, guard: contextlib.ExitStack) -> ExportContext:
+def setup_export(cfg: ExportConfig, splits: DataSplits | None, guard: contextlib.ExitStack) -> ExportContext:
     """Everything before the first step: target, model, data, output folder (locked on ``guard``, the
     files written into its staging folder), config.json."""
     from nasctl.core import versions
@@ -412,7 +412,10 @@ def _bn_calibration(cfg: ExportConfig, pick: RunPick | None, seed: int):
                          seed=int(_first(run.get("seed"), seed)))
 
 
-def _write_report(ctx: ExportContext) -> None:
+def write_export_report(ctx: ExportContext) -> None:
+    """``report.json`` and ``metadata.json`` from what the export has done so far (steps, checks,
+    robustness, files), written atomically after the steps and on failure, so a failed export still
+    says which steps ran and which check failed."""
     report = ctx.report
     report["steps"] = [r.to_dict() for r in ctx.records]
     report["checks"] = {k: c.to_dict() for k, c in ctx.checks.items()}
@@ -447,7 +450,7 @@ def export(
     """
     cb = callbacks or ExportCallbacks()
     with contextlib.ExitStack() as guard:
-        ctx = _setup(cfg, splits, guard)
+        ctx = setup_export(cfg, splits, guard)
         try:
             _run_steps(ctx, cb)
         except BaseException as e:
@@ -492,7 +495,7 @@ def _run_steps(ctx: ExportContext, cb: ExportCallbacks) -> None:
     """The target's steps in order, report.json rewritten after each (in the staging folder)."""
     cfg = ctx.cfg
     report, plan = ctx.report, ctx.target.plan(cfg.int8)
-    _write_report(ctx)
+    write_export_report(ctx)
     cb.on_start(ctx.final_dir, ctx.source.genome, plan, report["source"])
     t_start = time.perf_counter()
     with ctx.stack:
@@ -512,13 +515,13 @@ def _run_steps(ctx: ExportContext, cb: ExportCallbacks) -> None:
                 )
                 ctx.records.append(StepRecord(name, time.perf_counter() - t0, "failed", msg))
                 report.update(status="failed", error=msg, total_seconds=time.perf_counter() - t_start)
-                _write_report(ctx)
+                write_export_report(ctx)
                 cb.on_step_end(i, len(plan), ctx.records[-1])
                 raise
             record.seconds = time.perf_counter() - t0
             ctx.records.append(record)
             log.debug("step %s: %.2f s, %s", name, record.seconds, record.summary)
-            _write_report(ctx)
+            write_export_report(ctx)
             cb.on_step_end(i, len(plan), record)
 
     failed = [k for k, c in ctx.checks.items() if not c.passed]
@@ -527,4 +530,4 @@ def _run_steps(ctx: ExportContext, cb: ExportCallbacks) -> None:
         from .onnx import stamp_metadata
 
         stamp_metadata(ctx.out_dir / ONNX_FILE, ctx.metadata)  # final: includes the int8 scales
-    _write_report(ctx)
+    write_export_report(ctx)

@@ -45,7 +45,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SAMPLE_SHAPE = (20, 128, 128, 3)  # what onnx2tf's download_test_image_data returns
 
 
-def _import_converters() -> tuple[Any, Any]:
+def import_converters() -> tuple[Any, Any]:
     """(onnx2tf.onnx2tf module, tensorflow); a missing package names the export extra."""
     # torch's compiler stack (torch._dynamo -> triton) must be loaded before TensorFlow: in the
     # other order the first torch optimiser created later in the same process segfaults
@@ -159,7 +159,7 @@ class TFLiteConversion:
     def __enter__(self) -> Self:
         self.log_path.write_text("")  # one log per conversion
         with _captured(self.log_path):
-            self._o2t, self._tf = _import_converters()
+            self._o2t, self._tf = import_converters()
         self.scratch = Path(tempfile.mkdtemp(prefix=".tflite-scratch-", dir=self.onnx_path.parent))
         shutil.copyfile(self.onnx_path, self.scratch / "model.onnx")
         return self

@@ -367,8 +367,8 @@ def test_export_killed_after_a_file_before_its_report_can_be_run_again(run_dir, 
     out = tmp_path / "out"
     cfg = pipeline.ExportConfig(run=str(run_dir), target="onnx", out=str(out), threads=1)
     with contextlib.ExitStack() as held:  # closing it drops the lock, as the kill would
-        ctx = pipeline._setup(cfg, None, held)
-        pipeline._write_report(ctx)  # the state an export leaves right before its first step
+        ctx = pipeline.setup_export(cfg, None, held)
+        pipeline.write_export_report(ctx)  # the state an export leaves right before its first step
         (ctx.out_dir / "model.onnx").write_bytes(b"the killed export's half-verified model")
     assert ctx.out_dir.parent == out and not (out / "model.onnx").exists()
     assert cli("--run", str(run_dir), "--target", "onnx", "--out", str(out), "--threads", "1") == 0

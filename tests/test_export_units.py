@@ -64,12 +64,12 @@ def test_missing_export_extra_says_what_to_install(monkeypatch):
 
 
 def test_missing_onnx2tf_at_import_time_says_what_to_install(monkeypatch):
-    from nasctl.export.tflite import _import_converters
+    from nasctl.export.tflite import import_converters
 
     monkeypatch.setitem(sys.modules, "onnx2tf", None)
     monkeypatch.setitem(sys.modules, "onnx2tf.onnx2tf", None)
     with pytest.raises(ExportError, match=r"pip install 'nasctl\[export\]'"):
-        _import_converters()
+        import_converters()
 
 
 # --- picking from a search run --------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_twin_tracks_the_float_model_and_has_gradients():
 def test_training_after_tensorflow_does_not_crash():
     """Loading the converters (TensorFlow) and then creating a torch optimiser in one process
     segfaulted before the converters started loading torch._dynamo first."""
-    code = ("from nasctl.export.tflite import _import_converters; _import_converters(); import torch; "
+    code = ("from nasctl.export.tflite import import_converters; import_converters(); import torch; "
             "torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1); print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

@@ -221,7 +221,7 @@ def test_export_prepares_inherited_weights_exactly_as_the_search_scored_them(tun
     (run / "pareto.json").write_text(json.dumps(doc))
     cfg = pipeline.ExportConfig(run=str(run), pick=str(i), target="onnx", out=str(tmp_path / "e"))
     with contextlib.ExitStack() as held:
-        ctx = pipeline._setup(cfg, None, held)
+        ctx = pipeline.setup_export(cfg, None, held)
         STEPS["prepare"](ctx)
     loaded = load_supernet(run_supernet(run, doc))
     ev = CandidateEvaluator(loaded.supernet, load_dataset("digits", seed=0), loaded.eps,
@@ -236,14 +236,14 @@ def test_nasctl_finetune_scores_on_the_runs_test_split(digits, tmp_path):
     """A search run that scored its front on test_size images: nasctl finetune scores on the same ones."""
     import json
 
-    from nasctl.nas.runs.finetune import _search_test_split
+    from nasctl.nas.runs.finetune import search_test_split
 
     (tmp_path / "config.json").write_text(json.dumps({"command": "search", "config": {"test_size": 50}}))
-    data = _search_test_split(digits, str(tmp_path))
+    data = search_test_split(digits, str(tmp_path))
     assert len(data.test) == 50 and bool((data.test.labels == digits.test.labels[:50]).all())
     assert data.train is digits.train and data.val is digits.val
     (tmp_path / "config.json").write_text(json.dumps({"command": "search", "config": {}}))
-    assert _search_test_split(digits, str(tmp_path)) is digits
+    assert search_test_split(digits, str(tmp_path)) is digits
 
 
 def test_autoattack_far_below_pgd_is_warned_in_summary_report_and_cli(tuned_run, tmp_path, capsys):

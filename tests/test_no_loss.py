@@ -130,7 +130,7 @@ def test_a_kill_while_the_files_move_is_finished_by_the_next_export(checkpoint, 
     names = sorted(p.name for p in staging.iterdir())
     (staging / pipeline.JOURNAL).write_text(json.dumps({"move": names, "remove": []}))
     (staging / "model.onnx").replace(exported / "model.onnx")  # the kill came after the first move
-    pipeline._recover(exported)
+    pipeline.recover_export(exported)
     files = tree(exported)
     assert files == {**tree(new), "notes.txt": b"mine"}
     assert json.loads(files["report.json"])["genome"] == GENOMES[1]

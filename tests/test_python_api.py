@@ -60,7 +60,7 @@ def test_member_model_is_the_network_export_ships(page_run, tmp_path):
     cfg = pipeline.ExportConfig(run=str(run.run_dir), pick=str(inherited.index), target="onnx",
                                 out=str(tmp_path / "e"))
     with contextlib.ExitStack() as held:
-        ctx = pipeline._setup(cfg, None, held)
+        ctx = pipeline.setup_export(cfg, None, held)
         STEPS["prepare"](ctx)
     exported, ours = ctx.float_model.state_dict(), model.state_dict()
     stats = [k for k in ours if k.endswith(("running_mean", "running_var"))]

@@ -162,7 +162,7 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
     no supernet): crossover of identical parents is a copy, so what differs is mutation's doing."""
     import tempfile
 
-    from nasctl.nas.runs.search import _sizes_fn
+    from nasctl.nas.runs.search import sizes_fn
     from nasctl.nas.search import SearchCallbacks
     from nasctl.nas.search.algorithms import make_nsga2
     from nasctl.nas.search.archive import Archive
@@ -170,7 +170,7 @@ def _offspring_of_one_parent(mutation_genes: float, seed: int = 0):
     from nasctl.nas.space import load_space
 
     space = load_space("digits")
-    sizes = _sizes_fn(space, {"in_channels": 1, "resolution": 8, "num_classes": 10})
+    sizes = sizes_fn(space, {"in_channels": 1, "resolution": 8, "num_classes": 10})
 
     def fake_accuracy(g):
         p = sizes(g)["params"]

@@ -109,12 +109,12 @@ def test_catastrophic_overfitting_guard_restores_best(tmp_path, digits):
     def mk(e, adv):
         return EpochMetrics(e, 0.1, 1.0, 90, 50, {"largest": {"clean_acc": 90, "adv_acc": adv}}, 1, 1)
 
-    tr._guard_overfitting(mk(1, 60.0))
+    tr.guard_overfitting(mk(1, 60.0))
     with torch.no_grad():
         for p in tr.supernet.parameters():
             p.add_(1.0)
     m = mk(2, 10.0)
-    tr._guard_overfitting(m)
+    tr.guard_overfitting(m)
     assert m.catastrophic_overfitting and tr.stopped_early
     for k, v in tr.supernet.state_dict().items():
         assert torch.equal(v, good[k]), k

@@ -19,11 +19,11 @@ from PIL import Image
 from nasctl.errors import NasctlError
 from nasctl.nas.data import (
     DatasetInfo,
-    _official_splits,
     dataset_info,
     dataset_spec,
     default_space,
     load_dataset,
+    official_splits,
     supernet_data,
     userdata,
 )
@@ -102,7 +102,7 @@ def test_digits_png_train_test_folders(tmp_path, digits_u8):
     got = load_dataset(spec, seed=3, val_size=20)
 
     tr, te = folder_order(y[:240]), folder_order(y[240:])
-    want = _official_splits(got.info, root, *as_tensors(x[:240][tr], y[:240][tr]),
+    want = official_splits(got.info, root, *as_tensors(x[:240][tr], y[:240][tr]),
                             *as_tensors(x[240:][te], y[240:][te]), 3, 20)
     assert_same_splits(got, want)
     info = got.info
@@ -127,7 +127,7 @@ def test_digits_jpeg_class_folders_stratified_test(tmp_path, digits_u8):
     # the test split is the folder's, not the run's: the same for every seed; val is the seed's
     assert torch.equal(a.test.images, b.test.images) and torch.equal(a.test.labels, b.test.labels)
     assert not torch.equal(a.val.source_indices, b.val.source_indices)
-    decoded = userdata._decoded(userdata.parse_spec(spec), None)[1].images[:, 0].astype(float)
+    decoded = userdata.decoded_images(userdata.parse_spec(spec), None)[1].images[:, 0].astype(float)
     assert np.abs(decoded - x[folder_order(y)]).mean() < 4  # JPEG is lossy; 0..255 scale
     half = load_dataset(f"{spec}?test_fraction=0.5", seed=0)
     assert len(half.test) == sum(int(c * 0.5 + 0.5) for c in counts)
@@ -137,7 +137,7 @@ def test_fashion_mnist_folder_equals_builtin_loader(tmp_path):
     """The same images as PNG folders and as idx files give exactly the built-in loader's splits."""
     if not FASHION_DIR.is_dir():
         pytest.skip(f"Fashion-MNIST is not in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
-    from nasctl.nas.data import _FASHION_NAMES
+    from nasctl.nas.data import FASHION_MNIST_CLASSES
 
     full = load_dataset("fashion-mnist", seed=0)
     official = {}
@@ -148,7 +148,7 @@ def test_fashion_mnist_folder_equals_builtin_loader(tmp_path):
             images[p.source_indices.numpy()] = p.images[:, 0].numpy()
             labels[p.source_indices.numpy()] = p.labels.numpy()
         official[name] = images, labels
-    folders = [f"{c}-{n.replace('/', '_')}" for c, n in enumerate(_FASHION_NAMES)]
+    folders = [f"{c}-{n.replace('/', '_')}" for c, n in enumerate(FASHION_MNIST_CLASSES)]
     root, idx_dir = tmp_path / "fmnist", tmp_path / "idx"
     idx_dir.mkdir()
     for name, per_class, prefix in (("train", 30, "train"), ("test", 10, "t10k")):
@@ -176,7 +176,7 @@ def test_grayscale_rgb_detection_and_channels_override(tmp_path):
     only_gray = write_images(tmp_path / "gray", gray, labels)
     deep = (gray[0].astype(np.uint16) * 257)  # a 16-bit PNG: scaled to 8 bits, not clipped
     Image.fromarray(deep).save(only_gray / "0" / "99999.png")
-    g = userdata._decoded(userdata.parse_spec(f"folder:{only_gray}"), None)[1].images
+    g = userdata.decoded_images(userdata.parse_spec(f"folder:{only_gray}"), None)[1].images
     assert g.shape == (7, 1, 6, 6) and np.array_equal(g[3, 0], gray[0])  # class 0: 00000, 00002, 00004, 99999
     mixed = tmp_path / "mixed"
     write_images(mixed, gray[:3], labels[:3], first=0)
@@ -184,11 +184,11 @@ def test_grayscale_rgb_detection_and_channels_override(tmp_path):
     write_images(mixed, rgb[5:], labels[5:], ext="webp", first=5, lossless=True)
     order = folder_order(labels)  # class 0: rows 0, 2, 4; class 1: rows 1, 3, 5
     sources = [np.repeat(gray[i][..., None], 3, axis=2) if i < 3 else rgb[i] for i in order]
-    m = userdata._decoded(userdata.parse_spec(f"folder:{mixed}"), None)[1].images
+    m = userdata.decoded_images(userdata.parse_spec(f"folder:{mixed}"), None)[1].images
     assert m.shape == (6, 3, 6, 6)
     for got, want in zip(m, sources):  # gray images in a colour set: replicated; BMP and lossless WebP exact
         assert np.array_equal(got.transpose(1, 2, 0), want)
-    one = userdata._decoded(userdata.parse_spec(f"folder:{mixed}?channels=1"), None)[1].images
+    one = userdata.decoded_images(userdata.parse_spec(f"folder:{mixed}?channels=1"), None)[1].images
     assert one.shape == (6, 1, 6, 6)
     # listed 4th: row 3, class 1's second image
     assert np.array_equal(one[4, 0], np.asarray(Image.fromarray(rgb[3]).convert("L")))
@@ -207,7 +207,7 @@ def test_image_size_resizes_and_mixed_sizes_refused(tmp_path):
         Image.fromarray(a).save(root / str(i % 2) / f"{i}.png")
     msg = raises("different sizes", load_dataset, f"folder:{root}")
     assert "10x10 (2 images" in msg and "8x12" in msg and "--image-size N" in msg
-    got = userdata._decoded(userdata.parse_spec(f"folder:{root}?image_size=6"), None)[1].images
+    got = userdata.decoded_images(userdata.parse_spec(f"folder:{root}?image_size=6"), None)[1].images
     bilinear = Image.Resampling.BILINEAR
     want = [np.asarray(Image.fromarray(arrays[i]).resize((6, 6), bilinear)) for i in (0, 2, 1, 3)]
     assert got.shape == (4, 1, 6, 6) and all(np.array_equal(g[0], w) for g, w in zip(got, want))
@@ -377,7 +377,7 @@ def test_npz_layouts_and_dtypes(tmp_path):
     spec = _save(tmp_path / "a.npz", x_train=nhwc[:20], y_train=y[:20], x_test=nhwc[20:], y_test=y[20:],
                  classes=np.array(["cat", "dog", "eel"]))
     got = load_dataset(spec, seed=0, val_size=4)
-    want = _official_splits(got.info, tmp_path, *as_tensors(nhwc[:20], y[:20]),
+    want = official_splits(got.info, tmp_path, *as_tensors(nhwc[:20], y[:20]),
                             *as_tensors(nhwc[20:], y[20:]), 0, 4)
     assert_same_splits(got, want)
     assert got.info.classes == ("cat", "dog", "eel") and got.info.in_channels == 3

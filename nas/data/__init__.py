@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .builtin import IDX_FILES, read_idx
+    from .builtin import FASHION_MNIST_CLASSES, IDX_FILES, read_idx
     from .registry import (
         DATASETS,
         dataset_info,
@@ -36,23 +36,26 @@ if TYPE_CHECKING:
         TensorSplit,
         class_balanced_indices,
         first_test_images,
+        official_splits,
         subset_train,
     )
     from .userdata import is_user_spec
 
 _EXPORTS = {
-    "builtin": ("IDX_FILES", "_FASHION_NAMES", "read_idx"),
+    "builtin": ("IDX_FILES", "FASHION_MNIST_CLASSES", "read_idx"),
     "registry": ("DATASETS", "dataset_info", "dataset_names", "dataset_spec", "default_space", "load_dataset",
                  "supernet_data"),
     "splits": ("DEFAULT_DATASET", "DataSplits", "DatasetInfo", "DatasetLoader", "TensorSplit",
-               "_official_splits", "class_balanced_indices", "first_test_images", "subset_train"),
+               "official_splits", "class_balanced_indices", "first_test_images", "subset_train"),
     "userdata": ("is_user_spec",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
-    "DATASETS", "DEFAULT_DATASET", "IDX_FILES", "DataSplits", "DatasetInfo", "DatasetLoader", "TensorSplit",
+    "DATASETS", "DEFAULT_DATASET", "FASHION_MNIST_CLASSES", "IDX_FILES", "DataSplits", "DatasetInfo",
+    "DatasetLoader", "TensorSplit",
     "class_balanced_indices", "dataset_info", "dataset_names", "dataset_spec", "default_space",
-    "first_test_images", "is_user_spec", "load_dataset", "read_idx", "subset_train", "supernet_data",
+    "first_test_images", "is_user_spec", "load_dataset", "official_splits", "read_idx", "subset_train",
+    "supernet_data",
 ]
 assert set(__all__) == {n for n in _WHERE if not n.startswith("_")}
 

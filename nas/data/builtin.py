@@ -29,8 +29,8 @@ from .splits import (
     DatasetLoader,
     DataSplits,
     _carve,
-    _official_splits,
     _split,
+    official_splits,
 )
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class TorchvisionLoader:
         test_images, test_labels = self._tensors(test_ds)
         self._check(root, train_images, train_labels)
         self._check(root, test_images, test_labels)
-        return _official_splits(self.info, root, train_images, train_labels, test_images, test_labels, seed,
+        return official_splits(self.info, root, train_images, train_labels, test_images, test_labels, seed,
                                 val_size)
 
     def _check(self, root: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -293,7 +293,7 @@ class IdxLoader:
             raise NasctlError(missing)
         train = self._pair(files, "train", fix)
         test = self._pair(files, "t10k", fix)
-        return _official_splits(self.info, root, *train, *test, seed, val_size)
+        return official_splits(self.info, root, *train, *test, seed, val_size)
 
     def _pair(self, files: dict[str, Path], prefix: str, fix: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [N, 1, H, W] uint8 and labels [N] int64 of one split, checked against each other."""
@@ -321,8 +321,10 @@ _MNIST_FILES = (
 
 _DIGIT_NAMES = tuple(str(d) for d in range(10))
 _CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                  "Ankle boot")
+# Fashion-MNIST's class names in label order (public: a test or a bench writing the set as an image
+# folder names its class folders by them)
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
 
 
 def _cifar(name: str, classes: int, mean: tuple[float, ...], std: tuple[float, ...],
@@ -371,7 +373,7 @@ _LOADERS: tuple[DatasetLoader, ...] = (
     ),
     IdxLoader(
         DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), default_eps=0.1,
-                    classes=_FASHION_NAMES),
+                    classes=FASHION_MNIST_CLASSES),
         system_dir="/usr/share/datasets/fashion-mnist",
         package="dataset-fashion-mnist",
         torchvision_folder="FashionMNIST",

@@ -215,9 +215,9 @@ def _split(images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray) -> Tenso
     return TensorSplit(images[t].contiguous(), labels[t].contiguous(), t)
 
 
-def _official_splits(info: DatasetInfo, root: Path, train_images: torch.Tensor, train_labels: torch.Tensor,
-                     test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
-                     val_size: int | None) -> DataSplits:
+def official_splits(info: DatasetInfo, root: Path, train_images: torch.Tensor, train_labels: torch.Tensor,
+                    test_images: torch.Tensor, test_labels: torch.Tensor, seed: int,
+                    val_size: int | None) -> DataSplits:
     """Train / val / test of a set that ships an official train and test split: val is carved from
     train with the seed (default 5,000 images, 10 % of small train sets), test keeps the file order."""
     n_train = len(train_labels)

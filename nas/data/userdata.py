@@ -674,13 +674,13 @@ def _splits(name: str, where: str, source: Path, classes: Sequence[str],
     """Train / val / test from the official parts (TRAIN and TEST, VAL optional), info from train."""
     import torch
 
-    from .splits import DatasetInfo, DataSplits, _official_splits, _split
+    from .splits import DatasetInfo, DataSplits, _split, official_splits
 
     train, test = parts[TRAIN], parts[TEST]
     c, res = int(train[0].shape[1]), int(train[0].shape[2])
     info = DatasetInfo(name, c, res, len(classes), (0.5,) * c, (0.5,) * c, USER_EPS, tuple(classes))
     if VAL not in parts:
-        splits = _official_splits(info, source, *train, *test, seed, val_size)
+        splits = official_splits(info, source, *train, *test, seed, val_size)
     else:
         val = parts[VAL]
         n_val = len(val[1])
@@ -729,9 +729,10 @@ def _folder_splits(spec: UserSpec, listing: _Listing, decoded: _Decoded, seed: i
     return _splits(spec.encode(), where, listing.root, listing.classes, parts, seed, val_size)
 
 
-def _decoded(spec: UserSpec, progress: Progress | None,
-             listing: _Listing | None = None) -> tuple[_Listing, _Decoded]:
-    """The folder's images from the cache, or decoded (and then cached)."""
+def decoded_images(spec: UserSpec, progress: Progress | None,
+                   listing: _Listing | None = None) -> tuple[_Listing, _Decoded]:
+    """The folder's images from the cache, or decoded (and then cached): the one door to the pixels, so
+    a second run (or a test) with the same folder starts from the cache."""
     listing = listing or _scan(spec)
     path = _cache_path(spec, listing)
     t0 = time.perf_counter()
@@ -950,7 +951,7 @@ def user_info(spec: UserSpec, progress: Progress | None = None) -> DatasetInfo:
             return DatasetInfo.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("the cached info %s cannot be read (%s): computing it again", path, e)
-    listing, decoded = _decoded(spec, progress, listing)
+    listing, decoded = decoded_images(spec, progress, listing)
     info = _folder_splits(spec, listing, decoded, 0, None).info
     _remember_info(spec, listing, info)
     return info
@@ -973,7 +974,7 @@ class UserLoader:
                  download: bool) -> DataSplits:
         if self.spec.kind == "npz":
             return _npz_splits(self.spec, seed, val_size)
-        listing, decoded = _decoded(self.spec, self.progress)
+        listing, decoded = decoded_images(self.spec, self.progress)
         splits = _folder_splits(self.spec, listing, decoded, seed, val_size)
         if seed == 0 and val_size is None:
             _remember_info(self.spec, listing, splits.info)

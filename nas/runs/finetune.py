@@ -107,7 +107,7 @@ def _search_run_config(run_dir: str) -> dict[str, Any]:
         return {}
 
 
-def _search_test_split(data, run_dir: str):
+def search_test_split(data, run_dir: str):
     """The test split the search run scored its front on (its ``test_size`` first images, or all)."""
     return first_test_images(data, _search_run_config(run_dir).get("test_size"))
 
@@ -128,7 +128,7 @@ def finetune(cfg: FinetuneConfig, on_epoch: Callable[[int, float], None] | None 
     genome = loaded.space.parse(pick.genome)
     eps = float(cfg.eps if cfg.eps is not None else pick.eps if pick.eps is not None else loaded.eps)
     data = supernet_data({**loaded.config, "dataset": loaded.dataset["name"]}, pick.data_dir)
-    data = _search_test_split(data, pick.run_dir)  # scored on the same test images as the run's front
+    data = search_test_split(data, pick.run_dir)  # scored on the same test images as the run's front
     _search_attack_for_selection(cfg, pick.run_dir)  # the epoch is chosen by the run's own val attack
     device = resolve_device(cfg.device)
     out_dir = cfg.new_run_dir("finetune", genome.encode()[:80])

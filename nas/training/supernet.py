@@ -341,7 +341,7 @@ class Trainer:
         val = self.check_paths() if self.epoch % every == 0 or self.epoch >= cfg.epochs else {}
         m = EpochMetrics(self.epoch, lr, tot_loss / max(tot_n, 1), 100 * tot_clean / max(tot_n, 1),
                          100 * tot_adv / max(tot_n, 1), val, seconds, images / max(seconds, 1e-9))
-        self._guard_overfitting(m)
+        self.guard_overfitting(m)
         return m
 
     def check_paths(self) -> dict[str, dict[str, float]]:
@@ -357,7 +357,10 @@ class Trainer:
         self.supernet.train()
         return out
 
-    def _guard_overfitting(self, m: EpochMetrics) -> None:
+    def guard_overfitting(self, m: EpochMetrics) -> None:
+        """Track the best validation PGD accuracy; under a single-step attack (FGSM), a drop of more than
+        ``co_drop`` points is catastrophic overfitting: the best weights are restored and training stops,
+        since the supernet would otherwise serve weights with no robustness left."""
         if not m.val:
             return
         adv = m.val["largest"]["adv_acc"]
