@@ -32,6 +32,12 @@ def _add(x):
     if x == "die":
         time.sleep(0.5)  # the items before it finish first
         os.kill(os.getpid(), signal.SIGKILL)
+    barrier = os.environ.get("NASCTL_TEST_BARRIER")
+    if barrier and x in (0, 1):  # the first two items wait until both workers hold one: a worker slow to
+        Path(barrier, str(os.getpid())).touch()  # start (spawn + torch import on a loaded machine) would
+        deadline = time.monotonic() + 120  # otherwise leave all 12 short items to the other one
+        while len(os.listdir(barrier)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
     time.sleep(0.05 * (x % 3))  # finish out of order
     s = worker_state()
     import torch
@@ -39,7 +45,8 @@ def _add(x):
     return x + s["offset"], s["pid"], torch.get_num_threads()
 
 
-def test_pool_answers_in_the_items_order_with_one_thread_each():
+def test_pool_answers_in_the_items_order_with_one_thread_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASCTL_TEST_BARRIER", str(tmp_path))  # read by the spawned workers
     with WorkerPool(2, _init, (100,)) as pool:
         out = list(pool.map(_add, range(12)))
     assert [r[0] for r in out] == [100 + i for i in range(12)]
