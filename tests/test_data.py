@@ -24,6 +24,7 @@ from nasctl.nas.data import (
     TensorSplit,
     dataset_info,
     dataset_names,
+    default_space,
     load_dataset,
 )
 
@@ -465,3 +466,19 @@ def test_first_test_images_cuts_only_the_test_split(digits):
     assert torch.equal(cut.test.images, digits.test.images[:50]) and len(digits.test) == 397
     assert first_test_images(digits, None) is digits and first_test_images(digits, 0) is digits
     assert len(first_test_images(digits, 10_000).test) == 397  # more than there are: the whole split
+
+
+def test_the_32x32_sets_default_to_the_auto_space_a_32x32_folder_gets():
+    """CIFAR-10/100 and SVHN search the space a user's 32x32 folder gets (issue 25), read from the data
+    set's info alone (no files): the same stages, strides and choices as ``auto_space(32)``."""
+    from nasctl.nas.space import auto_space
+    from nasctl.nas.training.supernet import TrainConfig, resolve_space
+
+    want = auto_space(32)
+    for name in ("cifar10", "cifar100", "svhn"):
+        assert default_space(name) == "auto"
+        got = resolve_space(TrainConfig(dataset=name))
+        assert got.name == want.name == "auto-32"
+        assert got.largest().encode() == want.largest().encode()
+        assert got.smallest().encode() == want.smallest().encode()
+    assert resolve_space(TrainConfig(dataset="cifar10", space="tam")).name == "tam"  # still there by name

@@ -57,7 +57,7 @@ TRAIN_ATTACKS = tuple(training_attacks())  # the registry's trainable attacks (f
 class TrainConfig(RunFolder):
     dataset: str = "digits"  # the embedded default: no download
     data_dir: str | None = None  # where torchvision data sets live (downloaded there when online)
-    space: str | None = None  # built-in space name or YAML path; None: 'digits' for digits, else 'tam'
+    space: str | None = None  # space name, YAML path or 'auto'; None: the data set's default (default_space)
     width_mult: float = 1.0  # multiplies every channel choice (TAM-NAS question b)
     # digits: about 1 min on 2 CPU cores (uniform sampling, PGD-7); the dense digits space needs the 60
     # (30 left its subnets at about 90 / 62 % clean / PGD, the smallest far lower; BENCHMARKS.md)
