@@ -103,7 +103,7 @@ def test_digits_png_train_test_folders(tmp_path, digits_u8):
 
     tr, te = folder_order(y[:240]), folder_order(y[240:])
     want = official_splits(got.info, root, *as_tensors(x[:240][tr], y[:240][tr]),
-                            *as_tensors(x[240:][te], y[240:][te]), 3, 20)
+                           *as_tensors(x[240:][te], y[240:][te]), 3, 20)
     assert_same_splits(got, want)
     info = got.info
     assert (info.name, info.in_channels, info.resolution, info.num_classes) == (spec, 1, 8, 10)
@@ -378,7 +378,7 @@ def test_npz_layouts_and_dtypes(tmp_path):
                  classes=np.array(["cat", "dog", "eel"]))
     got = load_dataset(spec, seed=0, val_size=4)
     want = official_splits(got.info, tmp_path, *as_tensors(nhwc[:20], y[:20]),
-                            *as_tensors(nhwc[20:], y[20:]), 0, 4)
+                           *as_tensors(nhwc[20:], y[20:]), 0, 4)
     assert_same_splits(got, want)
     assert got.info.classes == ("cat", "dog", "eel") and got.info.in_channels == 3
     assert default_space(spec) == "auto"

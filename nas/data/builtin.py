@@ -152,7 +152,7 @@ class TorchvisionLoader:
         self._check(root, train_images, train_labels)
         self._check(root, test_images, test_labels)
         return official_splits(self.info, root, train_images, train_labels, test_images, test_labels, seed,
-                                val_size)
+                               val_size)
 
     def _check(self, root: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Fail with the fix when the files hold something else than this data set."""
